@@ -1,0 +1,45 @@
+# Two commands on a fresh Debian/Ubuntu machine, as root:
+#   make run    install what is missing, then run the agent on the default rules
+#   make test   install what is missing (test tools too), then the whole test suite
+
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+# bcc comes from Debian (python3-bpfcc): the venv must see the system site-packages of the
+# system interpreter, not whatever `python3` is first on PATH.
+SYSTEM_PYTHON := /usr/bin/python3
+
+RUN_DEBS := python3-bpfcc bpfcc-tools bpftool python3-venv python3-pip
+TEST_DEBS := tmux rsyslog rsyslog-gnutls rsyslog-relp loki openssl iproute2 gcc libc6-dev \
+             dpkg-dev fakeroot systemd
+PYTEST_ARGS ?=
+
+.PHONY: run test deps-run deps-test venv bench lsm-test deb clean
+
+run: deps-run venv
+	$(VENV)/bin/sentinel run
+
+test: deps-test venv
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+# Installs only the Debian packages that are missing, so a second run costs nothing.
+deps-run:
+	@./scripts/apt-ensure $(RUN_DEBS)
+
+deps-test: deps-run
+	@./scripts/apt-ensure $(TEST_DEBS)
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(SYSTEM_PYTHON) -m venv --system-site-packages $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -c 'import bcc, sentinel' 
+	touch $@
+
+bench: deps-test venv
+	$(PY) -m benchmarks.run_all
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info
