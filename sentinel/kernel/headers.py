@@ -1,60 +1,52 @@
-"""
-bcc_btf.py - let BCC's BPF(text=...) compile on a kernel that has BTF
-(/sys/kernel/btf/vmlinux) but no kernel headers, by building a *fake kernel
-source tree* from BTF and pointing BCC_KERNEL_SOURCE at it.
-Tested: Debian bookworm python3-bpfcc/libbpfcc 0.26 (LLVM 14), bpftool 7.1,
-kernel 6.18 x86_64.
+"""Compile bcc programs on any kernel: real headers where installed, else a tree built from BTF.
 
-Usage:
-    import bcc_btf
-    b = bcc_btf.load(src)               # = ensure_tree() + fix_includes() + bcc.BPF(text=)
-  or
-    tree = bcc_btf.ensure_tree()        # builds once, cached by BTF(+libbcc) hash,
-    from bcc import BPF                 # sets BCC_KERNEL_SOURCE=tree
-    b = BPF(text=bcc_btf.fix_includes(src, tree))
+bcc compiles C at run time against the kernel's headers. Many hosts have BTF
+(/sys/kernel/btf/vmlinux) but no headers; there this module builds a *fake kernel source
+tree* from BTF once, caches it (keyed by the BTF blob, libbcc and this recipe's version),
+and points BCC_KERNEL_SOURCE at it. Where /lib/modules/$(uname -r)/build exists the real
+headers are used and nothing is built.
 
-BCC (loader.cc / kbuild_helper.cc) always compiles with, in this order:
+bcc (loader.cc / kbuild_helper.cc) always compiles with, in this order:
     -include <tree>/include/linux/kconfig.h
-    -include /virtual/include/bcc/bpf.h        (BCC's own copy of uapi bpf.h; it
-                                                 #includes <linux/types.h>, <linux/bpf_common.h>)
+    -include /virtual/include/bcc/bpf.h        bcc's own copy of the uapi bpf.h; it includes
+                                               <linux/types.h>, <linux/bpf_common.h>
     -include /virtual/include/bcc/bpf_workaround.h
-    -include /virtual/include/bcc/helpers.h    (#includes <uapi/linux/bpf.h>,
-                                                 <uapi/linux/if_packet.h>, <linux/version.h>,
-                                                 <linux/log2.h>, <asm/page.h>)
-build_tree() therefore writes:
-    include/linux/kconfig.h            IS_ENABLED() & co, BPF_NO_PRESERVE_ACCESS_INDEX,
-                                       includes generated/autoconf.h (from /proc/config.gz)
-    include/linux/types.h              only __u8..__u64/__be*/__le*/__wsum (copied from
-                                       the BTF dump) + __aligned_u64 macros: what BCC's
-                                       bpf.h needs *before* any kernel type is seen
-    include/linux/bpf_common.h         uapi macros
-    include/uapi/linux/bpf.h,          -> #include <bcc_vmlinux.h>  (i.e. the kernel
-    include/uapi/linux/if_packet.h,       types are seen right *after* BCC's bpf.h, so
-    include/linux/log2.h                  kernel structs embedding uapi structs by
-                                          value find them complete)
-    include/linux/version.h            LINUX_VERSION_CODE from uname
-    arch/<arch>/include/asm/page.h     PAGE_SIZE
-    include/bcc_vmlinux.h              bcc_vmlinux_body.h + bcc_btf_compat.h
-    include/bcc_vmlinux_body.h         `bpftool btf dump ... format c`, post-processed:
-        a) enums whose BTF size is 1 (kernel __packed enums; bpftool 7.1 drops the
-           attribute) get __attribute__((mode(byte)))  -> e.g. struct inode layout
-        b) `long: 0;` after every `long: 64;` padding  -> no wide iN bitfield runs
-           in the IR (BCC's x86_64-IR -> BPF-datalayout bug, iovisor/bcc#4890)
-        c) every top-level definition BCC's bpf.h already has is removed - found by
-           compiling through BCC and reading the compiler's errors (redefinition of
-           struct/enum/typedef -> drop the whole chunk; redefinition of an enumerator
-           or an enumerator clashing with a bpf.h macro -> drop that one line);
-           repeated until it compiles (2 iterations here)
-    include/bcc_btf_compat.h           macros BTF cannot carry: errno (E*), SIG*, AF_*/SOCK_*
-                                       (values from Python's errno/signal/socket),
-                                       __always_inline, likely(), container_of(), ntohs()...
-    include/{linux,net,uapi/linux}/... one-line stubs for commonly #included headers
-    bcc_btf.json                       build report
-and verifies at build time (only):
-    - sizeof/offsetof of every uniquely named BTF struct/union == BTF (_Static_assert)
-    - the LLVM IR of a program touching every struct has no iN>64 bitfield storage
+    -include /virtual/include/bcc/helpers.h    includes <uapi/linux/bpf.h>,
+                                               <uapi/linux/if_packet.h>, <linux/version.h>,
+                                               <linux/log2.h>, <asm/page.h>
+so the tree holds: kconfig.h (+ generated/autoconf.h from the running kernel's config),
+a minimal linux/types.h (what bcc's bpf.h needs before any kernel type), bpf_common.h,
+and uapi/linux/bpf.h, if_packet.h, log2.h that include bcc_vmlinux.h: the kernel types
+therefore arrive right after bcc's bpf.h, so kernel structs that embed uapi structs by value
+find them complete. bcc_vmlinux.h = `bpftool btf dump ... format c` with three fixes:
+
+a) enums whose BTF size is 1 (kernel `__packed` enums; bpftool 7.1 drops the attribute)
+   get `__attribute__((mode(byte)))`. Without it, e.g. every member of struct inode after
+   such an enum has a wrong offset: reads silently return other fields.
+b) `long: 0;` after every `long: 64;` padding. Clang merges a run of padding bitfields
+   into one wide integer (i448); bcc lowers to x86_64 IR but generates code with the BPF
+   datalayout, where such integers are 16-aligned, which shifts every later member
+   (bcc issue 4890). The zero-width field ends the run: each pad stays an i64.
+c) every top-level definition bcc's bpf.h already has is removed, found by compiling
+   through bcc and reading clang's redefinition errors, repeated until it compiles.
+bcc_btf_compat.h adds what BTF cannot carry: errno/signal/socket constants (values from
+Python's own modules), __always_inline, likely(), container_of(), ntohs()...
+
+Both bugs give wrong offsets without any error, so every build is checked before it is
+used: sizeof/offsetof of every uniquely named BTF struct/union against BTF
+(_Static_assert), and the LLVM IR of a program touching every struct for iN>64 storage.
+A build that fails a check is never cached.
+
+BTF also answers "does this kernel have field X" without version numbers:
+`btf_feature_cflags()` turns the data table BTF_FEATURES into -DSENTINEL_HAVE_* flags
+that `load_bpf` passes to every compile.
 """
+
+from __future__ import annotations
+
 import errno as _errno
+import fcntl
+import functools
 import gzip
 import hashlib
 import json
@@ -68,14 +60,29 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, NamedTuple
 
-SCRIPT_VERSION = "7"
+from sentinel.config import SensorConfig
+from sentinel.errors import KernelError, SourceLocation
+from sentinel.log import get_logger
+
+if TYPE_CHECKING:
+    import bcc
+
+log = get_logger("sentinel.kernel.headers")
+
+# Bump when the generated tree changes: old caches are then ignored, never reused.
+RECIPE_VERSION = "8"
 BTF_PATH = "/sys/kernel/btf/vmlinux"
-DEFAULT_CACHE = os.environ.get("BCC_BTF_CACHE", "/var/cache/sentinel/bcc-btf")
-VMLINUX_NAME = "bcc_vmlinux_body.h"
+# Tests and CI point every caller at a scratch cache with this variable.
+CACHE_DIR_ENV = "SENTINEL_BTF_CACHE_DIR"
+VMLINUX_BODY = "bcc_vmlinux_body.h"
+BUILD_REPORT = "bcc_btf.json"
 
-# Kernel headers commonly #included by BCC programs.  In the fake tree they
-# are one-line stubs pointing at bcc_vmlinux.h.
+# Headers BCC programs commonly #include; in the fake tree each is a one-line stub that
+# includes bcc_vmlinux.h (all types come from BTF).
 COMMON_STUBS = """
 linux/sched.h linux/sched/signal.h linux/fs.h linux/fdtable.h linux/file.h
 linux/dcache.h linux/mount.h linux/path.h linux/binfmts.h linux/cred.h
@@ -93,6 +100,406 @@ uapi/linux/tcp.h uapi/linux/ip.h uapi/linux/bpf_perf_event.h
 uapi/linux/if_ether.h
 """.split()
 
+# Headers bcc serves from memory (/virtual/include): never dropped by fix_includes().
+_BCC_VIRTUAL_HEADERS = frozenset(
+    {"bcc/proto.h", "bcc/helpers.h", "bcc/bpf.h", "bcc/bpf_workaround.h", "bcc/footer.h", "stdarg.h"}
+)
+
+
+class BtfFeature(NamedTuple):
+    """One compile-time feature macro, defined when BTF shows the kernel has the thing.
+
+    kind "member": struct/union `type_name` has member `member`;
+    kind "type": a struct/union named `type_name` exists;
+    kind "enumerator": enum `type_name` (or any enum when "") has enumerator `member`;
+    kind "func": the kernel function `type_name` is in BTF (e.g. an LSM hook's BPF stub).
+    """
+
+    macro: str
+    kind: str
+    type_name: str
+    member: str = ""
+
+
+# Programs test these with #ifdef instead of kernel versions; add rows as sensors need them.
+BTF_FEATURES: tuple[BtfFeature, ...] = (
+    BtfFeature("SENTINEL_HAVE_BPRM_EXECUTABLE", "member", "linux_binprm", "executable"),
+    BtfFeature("SENTINEL_HAVE_TASK_LOGINUID", "member", "task_struct", "loginuid"),
+    BtfFeature("SENTINEL_HAVE_TASK_STATE_RENAMED", "member", "task_struct", "__state"),
+    BtfFeature("SENTINEL_HAVE_TASK_START_BOOTTIME", "member", "task_struct", "start_boottime"),
+    BtfFeature("SENTINEL_HAVE_KERNFS_PARENT_RENAMED", "member", "kernfs_node", "__parent"),
+    BtfFeature("SENTINEL_HAVE_INODE_CTIME_SEC", "member", "inode", "i_ctime_sec"),
+    BtfFeature("SENTINEL_HAVE_RINGBUF", "enumerator", "bpf_map_type", "BPF_MAP_TYPE_RINGBUF"),
+    BtfFeature("SENTINEL_HAVE_SEND_SIGNAL", "enumerator", "bpf_func_id", "BPF_FUNC_send_signal"),
+    BtfFeature("SENTINEL_HAVE_BPF_LSM", "func", "bpf_lsm_bprm_check_security"),
+)
+_FEATURE_KINDS = frozenset({"member", "type", "enumerator", "func"})
+
+
+@dataclass(frozen=True)
+class KernelSource:
+    """Where bcc finds kernel types on this host, and what it cost to get them."""
+
+    kind: str  # "headers" (real kernel headers) or "btf" (tree built from BTF)
+    path: str
+    build_seconds: float | None  # set when this call built the BTF tree
+    cache_hit: bool  # the BTF tree was already built (always False for "headers")
+
+
+def cache_dir(configured: str | None = None) -> str:
+    """The BTF cache directory: the test override, else the configured one, else the default."""
+    return os.environ.get(CACHE_DIR_ENV) or configured or SensorConfig().btf_cache_dir
+
+
+def headers_dir() -> str | None:
+    """The running kernel's real header tree, if the distribution installed it."""
+    build = "/lib/modules/%s/build" % os.uname().release
+    return build if os.path.isdir(os.path.join(build, "include")) else None
+
+
+@functools.lru_cache(maxsize=None)
+def _kernel_source_cached(cache: str, btf_path: str) -> KernelSource:
+    real = headers_dir()
+    if real is not None:
+        log.info("kernel.source", kind="headers", path=real)
+        return KernelSource("headers", real, None, False)
+    return _ensure_tree_source(cache, btf_path)
+
+
+def kernel_source(configured_cache_dir: str | None = None, btf_path: str = BTF_PATH) -> KernelSource:
+    """Pick real headers or the BTF tree (building it on first use); once per process.
+
+    With the BTF tree, BCC_KERNEL_SOURCE is set in this process so every later bcc.BPF()
+    compiles against it; with real headers it is left alone.
+    """
+    source = _kernel_source_cached(cache_dir(configured_cache_dir), btf_path)
+    if source.kind == "btf":
+        os.environ["BCC_KERNEL_SOURCE"] = source.path
+    return source
+
+
+def btf_tree(configured_cache_dir: str | None = None, btf_path: str = BTF_PATH) -> KernelSource:
+    """The BTF-derived tree for the running kernel, built and cached if missing.
+
+    Idempotent and safe across processes: builders take a lock, and a finished tree is
+    renamed into place, so a half-built tree is never seen.
+    """
+    return _ensure_tree_source(cache_dir(configured_cache_dir), btf_path)
+
+
+def ensure_tree(configured_cache_dir: str | None = None, btf_path: str = BTF_PATH, set_env: bool = True) -> str:
+    """Path of btf_tree(); with set_env, BCC_KERNEL_SOURCE points at it (bcc reads it at
+    every BPF() call)."""
+    source = btf_tree(configured_cache_dir, btf_path)
+    if set_env:
+        os.environ["BCC_KERNEL_SOURCE"] = source.path
+    return source.path
+
+
+def fix_includes(text: str, tree: str) -> str:
+    """Comment out `#include <...>` lines that neither the tree nor bcc can satisfy.
+
+    Programs written for real headers include files the fake tree lacks; their types come
+    from BTF anyway, so the include is dropped visibly rather than failing the compile.
+    """
+    arch = _kernel_arch()
+    search = [
+        os.path.join(tree, d)
+        for d in ("include", "arch/%s/include" % arch, "include/uapi", "arch/%s/include/uapi" % arch)
+    ]
+
+    def keep_or_drop(match: re.Match[str]) -> str:
+        name = match.group(2)
+        if name in _BCC_VIRTUAL_HEADERS or any(os.path.exists(os.path.join(d, name)) for d in search):
+            return match.group(0)
+        return "/* sentinel: dropped %s */" % match.group(0).strip()
+
+    return re.sub(r"^([ \t]*#[ \t]*include[ \t]*<([^>]+)>.*)$", keep_or_drop, text, flags=re.M)
+
+
+def load_bpf(
+    text: str,
+    cflags: Sequence[str] = (),
+    configured_cache_dir: str | None = None,
+    **bpf_kwargs: Any,
+) -> bcc.BPF:
+    """Compile and load `text` with bcc on this host, with the BTF feature macros defined.
+
+    The one way sentinel compiles C: it picks headers or the BTF tree, drops unsatisfiable
+    includes on the latter, and adds btf_feature_cflags() before the caller's cflags.
+    """
+    source = kernel_source(configured_cache_dir)
+    if source.kind == "btf":
+        text = fix_includes(text, source.path)
+    from bcc import BPF
+
+    all_cflags = [*btf_feature_cflags(configured_cache_dir), *cflags]
+    return BPF(text=text, cflags=all_cflags, **bpf_kwargs)
+
+
+def btf_feature_cflags(configured_cache_dir: str | None = None, btf_path: str = BTF_PATH) -> list[str]:
+    """-D flags for every BTF_FEATURES row this kernel's BTF satisfies.
+
+    Without BTF nothing can be asked, so no macro is defined (programs take the
+    conservative branch); that is logged once.
+    """
+    return list(_feature_cflags_cached(cache_dir(configured_cache_dir), btf_path, BTF_FEATURES))
+
+
+@functools.lru_cache(maxsize=None)
+def _feature_cflags_cached(cache: str, btf_path: str, features: tuple[BtfFeature, ...]) -> tuple[str, ...]:
+    for feature in features:
+        if feature.kind not in _FEATURE_KINDS:
+            raise KernelError(
+                "BTF feature %s: unknown kind %r (known: %s)"
+                % (feature.macro, feature.kind, ", ".join(sorted(_FEATURE_KINDS)))
+            )
+    if not os.path.exists(btf_path):
+        log.warning("kernel.btf_features.unavailable", btf=btf_path)
+        return ()
+    digest = hashlib.sha256()
+    _hash_file(btf_path, digest)
+    digest.update(repr(features).encode())
+    cached = os.path.join(cache, "features-%s.json" % digest.hexdigest()[:20])
+    try:
+        with open(cached) as f:
+            return tuple(json.load(f))
+    except (OSError, ValueError):
+        pass
+    flags = tuple("-D%s" % f.macro for f in features_present(_btf_types(btf_path), features))
+    try:
+        os.makedirs(cache, exist_ok=True)
+        _write_atomic(cached, json.dumps(list(flags)))
+    except OSError as exc:  # a read-only cache (e.g. a shared root) only costs a re-read
+        log.debug("kernel.btf_features.cache_unwritable", path=cached, error=str(exc))
+    log.info("kernel.btf_features", flags=list(flags))
+    return flags
+
+
+def features_present(btf_types: Iterable[dict[str, Any]], features: Iterable[BtfFeature]) -> list[BtfFeature]:
+    """The rows of `features` that the BTF type list (bpftool -j) satisfies."""
+    members: dict[str, set[str]] = {}
+    enumerators: dict[str, set[str]] = {}
+    funcs: set[str] = set()
+    for t in btf_types:
+        kind, name = t["kind"], t.get("name", "")
+        if kind in ("STRUCT", "UNION"):
+            members.setdefault(name, set()).update(m["name"] for m in t.get("members", ()))
+        elif kind in ("ENUM", "ENUM64"):
+            values = {v["name"] for v in t.get("values", ())}
+            enumerators.setdefault(name, set()).update(values)
+            enumerators.setdefault("", set()).update(values)
+        elif kind == "FUNC":
+            funcs.add(name)
+    present = []
+    for f in features:
+        if f.kind == "member":
+            have = f.member in members.get(f.type_name, ())
+        elif f.kind == "type":
+            have = f.type_name in members
+        elif f.kind == "enumerator":
+            have = f.member in enumerators.get(f.type_name, ())
+        else:
+            have = f.type_name in funcs
+        if have:
+            present.append(f)
+    return present
+
+
+# ---------------------------------------------------------------- cache and build
+
+
+def cache_key(btf_path: str = BTF_PATH) -> str:
+    """Hash of what the tree depends on: the BTF blob, libbcc (its bundled bpf.h decides
+    what gets dropped), the kernel release and this recipe's version."""
+    digest = hashlib.sha256()
+    _hash_file(btf_path, digest)
+    lib = _libbcc_path()
+    if lib:
+        digest.update(lib.encode())
+        digest.update(str(os.stat(lib).st_size).encode())
+    digest.update(os.uname().release.encode())
+    digest.update(RECIPE_VERSION.encode())
+    return digest.hexdigest()[:20]
+
+
+def _ensure_tree_source(cache: str, btf_path: str) -> KernelSource:
+    if not os.path.exists(btf_path):
+        raise KernelError(
+            "no kernel headers (/lib/modules/%s/build) and no BTF: bcc cannot compile" % os.uname().release,
+            SourceLocation(btf_path),
+        )
+    final = os.path.join(cache, cache_key(btf_path))
+    report = os.path.join(final, BUILD_REPORT)
+    if os.path.exists(report):
+        log.debug("kernel.btf_tree.cache_hit", path=final)
+        return KernelSource("btf", final, None, True)
+    try:
+        os.makedirs(cache, exist_ok=True)
+        lock_fd = os.open(os.path.join(cache, ".build.lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    except OSError as exc:
+        raise KernelError("cannot write the BTF header cache: %s" % exc.strerror, SourceLocation(cache)) from None
+    try:
+        fcntl.flock(lock_fd, fcntl.LOCK_EX)  # another process may be building the same tree
+        if os.path.exists(report):
+            return KernelSource("btf", final, None, True)
+        started = time.monotonic()
+        scratch = tempfile.mkdtemp(prefix=os.path.basename(final) + ".tmp-", dir=cache)
+        try:
+            shutil.rmtree(scratch)
+            build_tree(scratch, btf_path)
+            os.rename(scratch, final)
+        except BaseException:
+            shutil.rmtree(scratch, ignore_errors=True)
+            raise
+        seconds = round(time.monotonic() - started, 2)
+        log.info("kernel.btf_tree.built", path=final, build_seconds=seconds)
+        return KernelSource("btf", final, seconds, False)
+    finally:
+        os.close(lock_fd)
+
+
+def _hash_file(path: str, digest: Any) -> None:
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+
+
+def _write(path: str, text: str) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        f.write(text)
+
+
+def _write_atomic(path: str, text: str) -> None:
+    scratch = "%s.%d.tmp" % (path, os.getpid())
+    _write(scratch, text)
+    os.replace(scratch, path)
+
+
+def _kernel_arch() -> str:
+    """The kernel's name for this architecture (the arch/<name> directory)."""
+    machine = os.environ.get("ARCH") or platform.machine()
+    if machine.startswith("x86_64") or re.match(r"i.86", machine):
+        return "x86"
+    for prefix, arch in (
+        ("aarch64", "arm64"),
+        ("arm64", "arm64"),
+        ("arm", "arm"),
+        ("s390", "s390"),
+        ("ppc", "powerpc"),
+        ("mips", "mips"),
+        ("riscv", "riscv"),
+        ("loongarch", "loongarch"),
+    ):
+        if machine.startswith(prefix):
+            return arch
+    return machine
+
+
+def _libbcc_path() -> str | None:
+    for d in (
+        "/usr/lib/x86_64-linux-gnu",
+        "/usr/lib/aarch64-linux-gnu",
+        "/usr/lib64",
+        "/usr/lib",
+        "/usr/local/lib",
+        "/usr/local/lib64",
+    ):
+        if os.path.isdir(d):
+            for name in sorted(os.listdir(d)):
+                if name.startswith("libbcc.so"):
+                    return os.path.realpath(os.path.join(d, name))
+    return None
+
+
+def _kconfig_lines() -> tuple[str | None, list[str]]:
+    """CONFIG_* of the running kernel as #defines, from /proc/config.gz or /boot."""
+    source = None
+    for candidate in ("/proc/config.gz", "/boot/config-" + os.uname().release):
+        if os.path.exists(candidate):
+            source = candidate
+            break
+    if source is None:  # the minimum bcc's helpers.h needs
+        lines = ["#define CONFIG_BPF_SYSCALL 1"]
+        if _kernel_arch() in ("x86", "arm64"):
+            lines.append("#define CONFIG_ARCH_HAS_SYSCALL_WRAPPER 1")
+        return None, lines
+    lines = []
+    opener: Any = gzip.open if source.endswith(".gz") else open
+    with opener(source, "rt") as f:
+        for line in f:
+            match = re.match(r"^(CONFIG_[A-Za-z0-9_]+)=(.*)$", line.strip())
+            if not match:
+                continue
+            key, value = match.groups()
+            if value == "y":
+                lines.append("#define %s 1" % key)
+            elif value == "m":
+                lines.append("#define %s_MODULE 1" % key)
+            elif value.startswith('"') or re.match(r"^-?(0x[0-9a-fA-F]+|\d+)$", value):
+                lines.append("#define %s %s" % (key, value))
+    return source, lines
+
+
+def _linux_version_code() -> int:
+    numbers = [int(n) for n in re.findall(r"\d+", os.uname().release)[:3]]
+    major, minor, patch = (numbers + [0, 0, 0])[:3]
+    return (major << 16) + (minor << 8) + min(patch, 255)
+
+
+def _split_chunks(text: str) -> list[tuple[int, list[str]]]:
+    """bpftool's C dump has one top-level declaration per blank-line separated chunk;
+    returns (1-based first line, lines) per chunk."""
+    chunks: list[tuple[int, list[str]]] = []
+    current: list[str] = []
+    start = 0
+    for number, line in enumerate(text.split("\n"), 1):
+        if line == "":
+            if current:
+                chunks.append((start, current))
+                current = []
+            continue
+        if not current:
+            start = number
+        current.append(line)
+    if current:
+        chunks.append((start, current))
+    return chunks
+
+
+def _compile_in_child(tree: str, program: str, extra: str = "", timeout: float = 900) -> subprocess.CompletedProcess[str]:
+    """Compile with bcc in a child process: a failed compile cannot leave this process's
+    LLVM state or loaded programs behind, and the child's stderr holds clang's diagnostics."""
+    env = dict(os.environ, BCC_KERNEL_SOURCE=tree)
+    code = "import sys\nfrom bcc import BPF\nBPF(text=sys.stdin.read()%s)\nprint('COMPILED_OK')\n" % extra
+    return subprocess.run(
+        [sys.executable, "-c", code], input=program, env=env, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def _compiles(tree: str, program: str) -> tuple[bool, str]:
+    result = _compile_in_child(tree, program, ", cflags=['-ferror-limit=0']")
+    return "COMPILED_OK" in result.stdout, result.stderr
+
+
+_DIAGNOSTIC = re.compile(
+    r"^(?P<file>[^:\n]+):(?P<line>\d+):(?P<col>\d+): (?P<sev>error|fatal error): (?P<msg>.*)$", re.M
+)
+
+# Exercises helpers.h, maps, a ring buffer and a struct read: what the filter loop needs
+# to compile before the tree is usable.
+_FILTER_PROGRAM = r"""
+BPF_HASH(h, u32, u64);
+BPF_RINGBUF_OUTPUT(rb, 1);
+int probe(void *ctx) {
+    struct task_struct *t = (struct task_struct *)bpf_get_current_task();
+    u32 k = t->real_parent->tgid;
+    u64 v = 1;
+    h.update(&k, &v);
+    return 0;
+}
+"""
 BPF_COMMON_H = r"""
 #ifndef _UAPI__LINUX_BPF_COMMON_H__
 #define _UAPI__LINUX_BPF_COMMON_H__
@@ -157,637 +564,405 @@ KCONFIG_MACROS = r"""
 #define IS_ENABLED(option) __or(IS_BUILTIN(option), IS_MODULE(option))
 """
 
-# a probe program that exercises helpers.h, maps, a ring buffer and a
-# struct read, used while filtering
-PROBE_PROG = r"""
-BPF_HASH(h, u32, u64);
-BPF_RINGBUF_OUTPUT(rb, 1);
-int probe(void *ctx) {
-    struct task_struct *t = (struct task_struct *)bpf_get_current_task();
-    u32 k = t->real_parent->tgid;
-    u64 v = 1;
-    h.update(&k, &v);
-    return 0;
-}
-"""
+def build_tree(dest: str, btf_path: str = BTF_PATH, max_iterations: int = 30) -> dict[str, Any]:
+    """Create the fake kernel tree in `dest` (must not exist) and return its build report.
 
-
-# ---------------------------------------------------------------- helpers
-def _log(verbose, *a):
-    if verbose:
-        print("[bcc_btf]", *a, file=sys.stderr, flush=True)
-
-
-def _write(path, text):
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "w") as f:
-        f.write(text)
-
-
-def _kernel_arch():
-    m = os.environ.get("ARCH") or platform.machine()
-    if m.startswith("x86_64") or re.match(r"i.86", m):
-        return "x86"
-    if m.startswith("aarch64") or m.startswith("arm64"):
-        return "arm64"
-    if m.startswith("arm"):
-        return "arm"
-    if m.startswith("s390"):
-        return "s390"
-    if m.startswith("ppc"):
-        return "powerpc"
-    if m.startswith("mips"):
-        return "mips"
-    if m.startswith("riscv"):
-        return "riscv"
-    if m.startswith("loongarch"):
-        return "loongarch"
-    return m
-
-
-def _libbcc_path():
-    for d in ("/usr/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu",
-              "/usr/lib64", "/usr/lib", "/usr/local/lib", "/usr/local/lib64"):
-        for n in sorted(os.listdir(d)) if os.path.isdir(d) else []:
-            if n.startswith("libbcc.so"):
-                return os.path.realpath(os.path.join(d, n))
-    return None
-
-
-def _file_digest(path, h):
-    with open(path, "rb") as f:
-        for blk in iter(lambda: f.read(1 << 20), b""):
-            h.update(blk)
-
-
-def cache_key(btf_path=BTF_PATH):
-    """sha256 over the BTF blob, libbcc (its embedded bpf.h decides what is
-    dropped), kernel release and this script's version."""
-    h = hashlib.sha256()
-    _file_digest(btf_path, h)
-    lib = _libbcc_path()
-    if lib:
-        h.update(lib.encode())
-        h.update(str(os.stat(lib).st_size).encode())
-    h.update(os.uname().release.encode())
-    h.update(SCRIPT_VERSION.encode())
-    return h.hexdigest()[:20]
-
-
-def _kconfig_lines():
-    """CONFIG_* from /proc/config.gz or /boot/config-$(uname -r)."""
-    rel = os.uname().release
-    src = None
-    for p in ("/proc/config.gz", "/boot/config-" + rel):
-        if os.path.exists(p):
-            src = p
-            break
-    lines = []
-    if src:
-        op = gzip.open if src.endswith(".gz") else open
-        with op(src, "rt") as f:
-            for ln in f:
-                m = re.match(r"^(CONFIG_[A-Za-z0-9_]+)=(.*)$", ln.strip())
-                if not m:
-                    continue
-                k, v = m.groups()
-                if v == "y":
-                    lines.append("#define %s 1" % k)
-                elif v == "m":
-                    lines.append("#define %s_MODULE 1" % k)
-                elif v.startswith('"') or re.match(r"^-?(0x[0-9a-fA-F]+|\d+)$", v):
-                    lines.append("#define %s %s" % (k, v))
-    else:
-        # no config available: the minimum BCC's helpers.h needs
-        lines.append("#define CONFIG_BPF_SYSCALL 1")
-        if _kernel_arch() in ("x86", "arm64"):
-            lines.append("#define CONFIG_ARCH_HAS_SYSCALL_WRAPPER 1")
-    return src, lines
-
-
-def _linux_version_code():
-    nums = re.findall(r"\d+", os.uname().release)[:3]
-    a, b, c = (list(map(int, nums)) + [0, 0, 0])[:3]
-    return (a << 16) + (b << 8) + min(c, 255)
-
-
-def _split_chunks(text):
-    """bpftool's C dump: one top-level declaration per blank-line separated
-    chunk; returns list of [start_line(1-based), lines]."""
-    out = []
-    lines = text.split("\n")
-    cur, start = [], None
-    for i, ln in enumerate(lines, 1):
-        if ln == "":
-            if cur:
-                out.append([start, cur])
-                cur = []
-            continue
-        if not cur:
-            start = i
-        cur.append(ln)
-    if cur:
-        out.append([start, cur])
-    return out
-
-
-def _identifiers(text):
-    return set(re.findall(r"\b[A-Za-z_][A-Za-z0-9_]*\b", text))
-
-
-def _compile_probe(tree, prog=PROBE_PROG, timeout=600):
-    """Compile PROG with BCC in a child process; return (ok, stderr)."""
-    env = dict(os.environ, BCC_KERNEL_SOURCE=tree)
-    code = ("import sys\nfrom bcc import BPF\n"
-            "b = BPF(text=sys.stdin.read(), cflags=['-ferror-limit=0'])\n"
-            "print('COMPILED_OK')\n")
-    r = subprocess.run([sys.executable, "-c", code], input=prog, env=env,
-                       capture_output=True, text=True, timeout=timeout)
-    return ("COMPILED_OK" in r.stdout), r.stderr
-
-
-_DIAG = re.compile(r"^(?P<file>[^:\n]+):(?P<line>\d+):(?P<col>\d+): "
-                   r"(?P<sev>error|fatal error): (?P<msg>.*)$", re.M)
-
-
-# ---------------------------------------------------------------- builder
-def build_tree(dest, btf_path=BTF_PATH, verbose=False, max_iter=30):
-    """Create the fake kernel tree in directory `dest` (must not exist)."""
-    t0 = time.time()
+    Raises KernelError when the tree cannot be made to compile or fails a layout check:
+    a tree with wrong offsets must never be used.
+    """
+    started = time.monotonic()
     arch = _kernel_arch()
-    inc = os.path.join(dest, "include")
-    ainc = os.path.join(dest, "arch", arch, "include")
-    os.makedirs(inc)
-    os.makedirs(ainc)
-    for d in ("arch/%s/include/generated" % arch, "arch/%s/include/uapi" % arch,
-              "arch/%s/include/generated/uapi" % arch, "include/uapi",
-              "include/generated/uapi"):
-        os.makedirs(os.path.join(dest, d), exist_ok=True)
+    include = os.path.join(dest, "include")
+    for d in (
+        "include/uapi",
+        "include/generated/uapi",
+        "arch/%s/include/generated/uapi" % arch,
+        "arch/%s/include/uapi" % arch,
+    ):
+        os.makedirs(os.path.join(dest, d))
 
-    # 1. vmlinux.h from BTF
-    raw = subprocess.run(["bpftool", "btf", "dump", "file", btf_path, "format", "c"],
-                         check=True, capture_output=True, text=True).stdout
+    dump = subprocess.run(
+        ["bpftool", "btf", "dump", "file", btf_path, "format", "c"], check=True, capture_output=True, text=True
+    ).stdout
     btf_types = _btf_types(btf_path)
-    raw, enum_fixed = _fix_enum_sizes(raw, btf_types)
-    raw, nsplit = _split_padding_runs(raw)
-    _log(verbose, "zero-width barriers inserted after %d 'long: 64;' paddings" % nsplit)
-    _log(verbose, "enums given a mode() attribute to match BTF size: %s" % enum_fixed)
-    _write(os.path.join(dest, "vmlinux_raw.h"), raw)
-    chunks = _split_chunks(raw)
-    vm_idents = _identifiers(raw)
+    dump, enums_resized = _fix_enum_sizes(dump, btf_types)
+    dump, padding_barriers = _split_padding_runs(dump)
+    chunks = _split_chunks(dump)
 
-    # 2. kconfig.h + generated/autoconf.h
-    cfg_src, cfg = _kconfig_lines()
-    _write(os.path.join(inc, "generated", "autoconf.h"),
-           "/* generated by bcc_btf.py from %s */\n" % cfg_src + "\n".join(cfg) + "\n")
-    _write(os.path.join(inc, "linux", "kconfig.h"),
-           "#ifndef __BCC_BTF_KCONFIG_H\n#define __BCC_BTF_KCONFIG_H\n"
-           "#include <generated/autoconf.h>\n"
-           "/* no CO-RE: BCC does not relocate, and the offsets already match */\n"
-           "#define BPF_NO_PRESERVE_ACCESS_INDEX 1\n"
-           "#define __BCC_BTF_FAKE_TREE 1\n" + KCONFIG_MACROS +
-           "#endif\n")
+    config_source = _write_base_headers(dest, arch, chunks)
+    _write_compat_header(include, set(re.findall(r"\b[A-Za-z_][A-Za-z0-9_]*\b", dump)))
+    iterations, dropped_chunks, dropped_lines, removed = _drop_bcc_duplicates(
+        os.path.join(include, VMLINUX_BODY), dest, chunks, max_iterations
+    )
 
-    # 3. linux/types.h: only what BCC's bpf.h needs before vmlinux.h is seen
-    basic = ["__s8", "__u8", "__s16", "__u16", "__s32", "__u32", "__s64", "__u64",
-             "__be16", "__le16", "__be32", "__le32", "__be64", "__le64",
-             "__wsum", "__sum16", "__poll_t"]
-    tdefs = {}
-    for _, lns in chunks:
-        m = re.match(r"^typedef [^{;]* (\w+);$", lns[0]) if len(lns) == 1 else None
-        if m and m.group(1) in basic:
-            tdefs[m.group(1)] = lns[0]
-    types_h = ["#ifndef __BCC_BTF_TYPES_H", "#define __BCC_BTF_TYPES_H"]
-    for n in basic:                      # keep dependency order of `basic`
-        if n in tdefs:
-            types_h.append(tdefs[n])
+    dropped_tags = set()
+    for index in dropped_chunks:
+        match = re.match(r"^(struct|union) (\w+) \{", chunks[index][1][0])
+        if match:
+            dropped_tags.add("%s %s" % match.groups())
+    layout_asserts, uapi_differences = _check_layout(dest, btf_types, dropped_tags)
+    wide = _ir_wide_int_types(dest, btf_types, dropped_tags)
+    if wide:
+        raise KernelError(
+            "BTF tree: structs stored as integers wider than 64 bits would get wrong offsets: %s" % wide[:20],
+            SourceLocation(os.path.join(include, VMLINUX_BODY)),
+        )
+    report = {
+        "btf": btf_path,
+        "kernel": os.uname().release,
+        "libbcc": _libbcc_path(),
+        "config": config_source,
+        "iterations": iterations,
+        "dropped_chunks": len(dropped_chunks),
+        "dropped_enumerators": len(dropped_lines),
+        "enums_resized": enums_resized,
+        "padding_barriers": padding_barriers,
+        "layout_asserts": layout_asserts,
+        "uapi_types_differing_from_kernel": uapi_differences,
+        "build_seconds": round(time.monotonic() - started, 2),
+        "removed": removed,
+    }
+    _write(os.path.join(dest, BUILD_REPORT), json.dumps(report, indent=1))
+    return report
+
+
+def _write_base_headers(dest: str, arch: str, chunks: list[tuple[int, list[str]]]) -> str | None:
+    """Everything bcc's own headers include, plus stubs for common kernel headers."""
+    include = os.path.join(dest, "include")
+    config_source, config = _kconfig_lines()
+    _write(
+        os.path.join(include, "generated", "autoconf.h"),
+        "/* from %s */\n%s\n" % (config_source or "no kernel config found", "\n".join(config)),
+    )
+    _write(
+        os.path.join(include, "linux", "kconfig.h"),
+        "#ifndef __SENTINEL_KCONFIG_H\n#define __SENTINEL_KCONFIG_H\n"
+        "#include <generated/autoconf.h>\n"
+        "/* no CO-RE: bcc does not relocate, and the offsets already match */\n"
+        "#define BPF_NO_PRESERVE_ACCESS_INDEX 1\n"
+        "#define __SENTINEL_BTF_TREE 1\n" + KCONFIG_MACROS + "#endif\n",
+    )
+    # linux/types.h: only what bcc's bpf.h needs before the kernel types are seen,
+    # copied from the BTF dump so the definitions agree.
+    basic = ["__s8", "__u8", "__s16", "__u16", "__s32", "__u32", "__s64", "__u64", "__be16", "__le16",
+             "__be32", "__le32", "__be64", "__le64", "__wsum", "__sum16", "__poll_t"]  # fmt: skip
+    typedefs = {}
+    for _, lines in chunks:
+        match = re.match(r"^typedef [^{;]* (\w+);$", lines[0]) if len(lines) == 1 else None
+        if match and match.group(1) in basic:
+            typedefs[match.group(1)] = lines[0]
+    types_h = ["#ifndef __SENTINEL_TYPES_H", "#define __SENTINEL_TYPES_H"]
+    types_h += [typedefs[name] for name in basic if name in typedefs]  # dependency order
     types_h += [
         "#define __bitwise",
         "#define __aligned_u64 __u64 __attribute__((aligned(8)))",
         "#define __aligned_be64 __be64 __attribute__((aligned(8)))",
         "#define __aligned_le64 __le64 __attribute__((aligned(8)))",
-        "#endif"]
-    _write(os.path.join(inc, "linux", "types.h"), "\n".join(types_h) + "\n")
-    _write(os.path.join(inc, "uapi", "linux", "types.h"), "#include <linux/types.h>\n")
-    _write(os.path.join(inc, "linux", "bpf_common.h"), BPF_COMMON_H)
-    _write(os.path.join(inc, "uapi", "linux", "bpf_common.h"), BPF_COMMON_H)
+        "#endif",
+    ]
+    _write(os.path.join(include, "linux", "types.h"), "\n".join(types_h) + "\n")
+    _write(os.path.join(include, "uapi", "linux", "types.h"), "#include <linux/types.h>\n")
+    _write(os.path.join(include, "linux", "bpf_common.h"), BPF_COMMON_H)
+    _write(os.path.join(include, "uapi", "linux", "bpf_common.h"), BPF_COMMON_H)
 
-    # 4. headers helpers.h includes after BCC's bpf.h -> pull in vmlinux
-    vinc = "#include <bcc_vmlinux.h>\n"
-    _write(os.path.join(inc, "uapi", "linux", "bpf.h"), vinc)
-    _write(os.path.join(inc, "uapi", "linux", "if_packet.h"), vinc)
-    _write(os.path.join(inc, "linux", "log2.h"), vinc)
-    _write(os.path.join(inc, "linux", "version.h"),
-           "#ifndef __BCC_BTF_VERSION_H\n#define __BCC_BTF_VERSION_H\n"
-           "#define LINUX_VERSION_CODE %d\n"
-           "#define KERNEL_VERSION(a,b,c) (((a) << 16) + ((b) << 8) + ((c) > 255 ? 255 : (c)))\n"
-           "#endif\n" % _linux_version_code())
+    # what helpers.h includes after bcc's bpf.h: the kernel types enter here
+    vmlinux = "#include <bcc_vmlinux.h>\n"
+    for name in ("uapi/linux/bpf.h", "uapi/linux/if_packet.h", "linux/log2.h"):
+        _write(os.path.join(include, name), vmlinux)
+    _write(
+        os.path.join(include, "linux", "version.h"),
+        "#ifndef __SENTINEL_VERSION_H\n#define __SENTINEL_VERSION_H\n"
+        "#define LINUX_VERSION_CODE %d\n"
+        "#define KERNEL_VERSION(a,b,c) (((a) << 16) + ((b) << 8) + ((c) > 255 ? 255 : (c)))\n"
+        "#endif\n" % _linux_version_code(),
+    )
     page = os.sysconf("SC_PAGE_SIZE")
-    _write(os.path.join(ainc, "asm", "page.h"),
-           "#ifndef __BCC_BTF_PAGE_H\n#define __BCC_BTF_PAGE_H\n"
-           "#define PAGE_SHIFT %d\n#define PAGE_SIZE %dUL\n"
-           "#define PAGE_MASK (~(PAGE_SIZE-1))\n#endif\n" % (page.bit_length() - 1, page))
-    for s in COMMON_STUBS:
-        p = os.path.join(inc, s)
-        if not os.path.exists(p):
-            _write(p, vinc)
+    _write(
+        os.path.join(dest, "arch", arch, "include", "asm", "page.h"),
+        "#ifndef __SENTINEL_PAGE_H\n#define __SENTINEL_PAGE_H\n"
+        "#define PAGE_SHIFT %d\n#define PAGE_SIZE %dUL\n"
+        "#define PAGE_MASK (~(PAGE_SIZE-1))\n#endif\n" % (page.bit_length() - 1, page),
+    )
+    for stub in COMMON_STUBS:
+        path = os.path.join(include, stub)
+        if not os.path.exists(path):
+            _write(path, vmlinux)
+    _write(
+        os.path.join(include, "bcc_vmlinux.h"),
+        '#ifndef __SENTINEL_VMLINUX_H\n#define __SENTINEL_VMLINUX_H\n#include "%s"\n'
+        '#include "bcc_btf_compat.h"\n#endif\n' % VMLINUX_BODY,
+    )
+    return config_source
 
-    # 5. compat macros that BTF cannot carry (macros), after vmlinux
-    compat = ["/* macros that are not in BTF; generated by bcc_btf.py */",
-              "#ifndef NULL", "#define NULL ((void *)0)", "#endif",
-              "#ifndef offsetof",
-              "#define offsetof(TYPE, MEMBER) __builtin_offsetof(TYPE, MEMBER)",
-              "#endif"]
-    # kernel compiler_types.h / compiler.h / kernel.h macros BCC programs use
-    for name, val in (("__always_inline", "inline __attribute__((always_inline))"),
-                      ("noinline", "__attribute__((noinline))"),
-                      ("__packed", "__attribute__((packed))"),
-                      ("__aligned(x)", "__attribute__((aligned(x)))"),
-                      ("__maybe_unused", "__attribute__((unused))"),
-                      ("likely(x)", "__builtin_expect(!!(x), 1)"),
-                      ("unlikely(x)", "__builtin_expect(!!(x), 0)"),
-                      ("barrier()", "asm volatile(\"\" ::: \"memory\")"),
-                      ("ARRAY_SIZE(a)", "(sizeof(a) / sizeof((a)[0]))"),
-                      ("container_of(ptr, type, member)",
-                       "((type *)((void *)(ptr) - offsetof(type, member)))"),
-                      ("__user", ""), ("__kernel", ""), ("__force", ""), ("__iomem", ""),
-                      ("__rcu", ""), ("__percpu", ""), ("__must_check", "")):
-        compat.append("#ifndef %s\n#define %s %s\n#endif" % (name.split("(")[0], name, val))
 
-    def add_consts(pairs):
-        for k, v in sorted(pairs):
-            if k not in vm_idents:   # never shadow an identifier of vmlinux.h
-                compat.append("#ifndef %s\n#define %s %d\n#endif" % (k, k, v))
+# Kernel compiler/kernel.h macros bcc programs use; BTF carries no macros.
+_COMPAT_MACROS = (
+    ("__always_inline", "inline __attribute__((always_inline))"),
+    ("noinline", "__attribute__((noinline))"),
+    ("__packed", "__attribute__((packed))"),
+    ("__aligned(x)", "__attribute__((aligned(x)))"),
+    ("__maybe_unused", "__attribute__((unused))"),
+    ("likely(x)", "__builtin_expect(!!(x), 1)"),
+    ("unlikely(x)", "__builtin_expect(!!(x), 0)"),
+    ("barrier()", 'asm volatile("" ::: "memory")'),
+    ("ARRAY_SIZE(a)", "(sizeof(a) / sizeof((a)[0]))"),
+    ("container_of(ptr, type, member)", "((type *)((void *)(ptr) - offsetof(type, member)))"),
+    ("__user", ""),
+    ("__kernel", ""),
+    ("__force", ""),
+    ("__iomem", ""),
+    ("__rcu", ""),
+    ("__percpu", ""),
+    ("__must_check", ""),
+)
 
-    add_consts((n, c) for c, n in _errno.errorcode.items())
-    add_consts((s.name, int(s)) for s in _signal.Signals
-               if not s.name.startswith("SIG_") and not s.name.startswith("SIGRT"))
-    add_consts((n, int(getattr(_socket, n))) for n in dir(_socket)
-               if re.match(r"^(AF|SOCK)_[A-Z0-9_]+$", n) and isinstance(getattr(_socket, n), int))
-    # helpers.h (included right after) defines bpf_ntohs()/bpf_htons()/...
-    for f in ("ntohs", "htons", "ntohl", "htonl"):
-        compat.append("#ifndef %s\n#define %s(x) bpf_%s(x)\n#endif" % (f, f, f))
 
-    wrapper = ("#ifndef __BCC_BTF_VMLINUX_H\n#define __BCC_BTF_VMLINUX_H\n"
-               "#include \"%s\"\n#include \"bcc_btf_compat.h\"\n"
-               "#endif\n" % VMLINUX_NAME)
-    _write(os.path.join(inc, "bcc_vmlinux.h"), wrapper)
-    _write(os.path.join(inc, "bcc_btf_compat.h"), "\n".join(compat) + "\n")
+def _write_compat_header(include: str, btf_identifiers: set[str]) -> None:
+    """Macros BTF cannot carry: errno, signal and socket constants, compiler helpers."""
+    lines = [
+        "/* macros that are not in BTF; generated by sentinel.kernel.headers */",
+        "#ifndef NULL\n#define NULL ((void *)0)\n#endif",
+        "#ifndef offsetof\n#define offsetof(TYPE, MEMBER) __builtin_offsetof(TYPE, MEMBER)\n#endif",
+    ]
+    for name, value in _COMPAT_MACROS:
+        lines.append("#ifndef %s\n#define %s %s\n#endif" % (name.split("(")[0], name, value))
+    constants = [(name, code) for code, name in _errno.errorcode.items()]
+    constants += [
+        (s.name, int(s)) for s in _signal.Signals if not s.name.startswith(("SIG_", "SIGRT"))
+    ]
+    constants += [
+        (name, int(getattr(_socket, name)))
+        for name in dir(_socket)
+        if re.match(r"^(AF|SOCK)_[A-Z0-9_]+$", name) and isinstance(getattr(_socket, name), int)
+    ]
+    for name, value in sorted(constants):
+        if name not in btf_identifiers:  # never shadow a kernel identifier
+            lines.append("#ifndef %s\n#define %s %d\n#endif" % (name, name, value))
+    for function in ("ntohs", "htons", "ntohl", "htonl"):  # helpers.h defines bpf_ntohs() & co
+        lines.append("#ifndef %s\n#define %s(x) bpf_%s(x)\n#endif" % (function, function, function))
+    _write(os.path.join(include, "bcc_btf_compat.h"), "\n".join(lines) + "\n")
 
-    # 6. filter loop: drop what BCC's own bpf.h already defined
-    body_path = os.path.join(inc, VMLINUX_NAME)
-    dropped_chunks = set()            # chunk index
-    dropped_lines = set()             # absolute line numbers (enumerators)
-    line2chunk = {}
-    for ci, (start, lns) in enumerate(chunks):
-        for j in range(len(lns)):
-            line2chunk[start + j] = ci
-    removed_log = []
 
-    def render():
-        out, newmap = [], {}
-        n = 0
-        for ci, (start, lns) in enumerate(chunks):
-            if ci in dropped_chunks:
+def _drop_bcc_duplicates(
+    body_path: str, tree: str, chunks: list[tuple[int, list[str]]], max_iterations: int
+) -> tuple[int, set[int], set[int], list[tuple[str, str, str]]]:
+    """Write the BTF dump without what bcc's bpf.h already defines.
+
+    Compiles through bcc and reads clang's errors: a redefined struct/enum/typedef drops
+    its whole chunk, a clashing enumerator drops that one line; repeated until it compiles.
+    """
+    dropped_chunks: set[int] = set()
+    dropped_lines: set[int] = set()  # absolute dump line numbers (enumerators)
+    line_to_chunk = {start + j: index for index, (start, lines) in enumerate(chunks) for j in range(len(lines))}
+    removed: list[tuple[str, str, str]] = []
+
+    def render() -> tuple[str, dict[int, int]]:
+        out: list[str] = []
+        written_to_dump: dict[int, int] = {}
+        for index, (start, lines) in enumerate(chunks):
+            if index in dropped_chunks:
                 continue
-            keep = [(start + j, l) for j, l in enumerate(lns) if start + j not in dropped_lines]
-            if lns[0].startswith("enum") and lns[-1].startswith("}"):
-                if not any(re.match(r"^\t\w+ = ", l) for _, l in keep):
-                    continue                   # enum left without enumerators
-            for absno, l in keep:
-                out.append(l)
-                n += 1
-                newmap[n] = absno
+            kept = [(start + j, line) for j, line in enumerate(lines) if start + j not in dropped_lines]
+            if lines[0].startswith("enum") and lines[-1].startswith("}"):
+                if not any(re.match(r"^\t\w+ = ", line) for _, line in kept):
+                    continue  # every enumerator was dropped
+            for dump_line, line in kept:
+                out.append(line)
+                written_to_dump[len(out)] = dump_line
             out.append("")
-            n += 1
-        return "\n".join(out) + "\n", newmap
+        return "\n".join(out) + "\n", written_to_dump
 
-    ok, err = False, ""
-    for it in range(1, max_iter + 1):
-        body, newmap = render()
+    errors = ""
+    for iteration in range(1, max_iterations + 1):
+        body, written_to_dump = render()
         _write(body_path, body)
-        t1 = time.time()
-        ok, err = _compile_probe(dest)
-        diags = [m for m in _DIAG.finditer(err)]
-        _log(verbose, "iteration %d: compile %.1fs, ok=%s, %d errors"
-             % (it, time.time() - t1, ok, len(diags)))
+        started = time.monotonic()
+        ok, errors = _compiles(tree, _FILTER_PROGRAM)
+        diagnostics = list(_DIAGNOSTIC.finditer(errors))
+        log.debug(
+            "kernel.btf_tree.filter",
+            iteration=iteration,
+            compile_seconds=round(time.monotonic() - started, 2),
+            ok=ok,
+            errors=len(diagnostics),
+        )
         if ok:
-            break
+            return iteration, dropped_chunks, dropped_lines, removed
         progress = False
         foreign = []
-        for m in diags:
-            if os.path.basename(m.group("file")) != VMLINUX_NAME:
-                foreign.append(m.group(0))
+        for diagnostic in diagnostics:
+            if os.path.basename(diagnostic.group("file")) != VMLINUX_BODY:
+                foreign.append(diagnostic.group(0))
                 continue
-            absno = newmap.get(int(m.group("line")))
-            if absno is None:
+            dump_line = written_to_dump.get(int(diagnostic.group("line")))
+            if dump_line is None:
                 continue
-            ci = line2chunk[absno]
-            start, lns = chunks[ci]
-            msg = m.group("msg")
-            is_enum = lns[0].startswith("enum")
-            if ci in dropped_chunks:
+            index = line_to_chunk[dump_line]
+            if index in dropped_chunks:
                 continue
-            if is_enum and absno != start and re.match(r"^\t\w+ = ", lns[absno - start]):
-                if absno not in dropped_lines:
-                    dropped_lines.add(absno)
-                    removed_log.append(("enumerator", lns[absno - start].strip(), msg))
+            start, lines = chunks[index]
+            line = lines[dump_line - start]
+            if lines[0].startswith("enum") and dump_line != start and re.match(r"^\t\w+ = ", line):
+                if dump_line not in dropped_lines:
+                    dropped_lines.add(dump_line)
+                    removed.append(("enumerator", line.strip(), diagnostic.group("msg")))
                     progress = True
-            elif ci not in dropped_chunks:
-                dropped_chunks.add(ci)
-                removed_log.append(("chunk", lns[0][:80] if len(lns) > 1 else lns[0], msg))
+            else:
+                dropped_chunks.add(index)
+                removed.append(("chunk", lines[0][:80], diagnostic.group("msg")))
                 progress = True
         if not progress:
-            raise RuntimeError("bcc_btf: cannot fix errors outside vmlinux.h:\n"
-                               + "\n".join(foreign[:30]) + "\n" + err[-4000:])
-    if not ok:
-        raise RuntimeError("bcc_btf: still failing after %d iterations:\n%s"
-                           % (max_iter, err[-6000:]))
-
-    # 7. layout check (build time only): every uniquely named struct/union of
-    #    BTF must have the BTF size and BTF member offsets in what BCC compiles.
-    #    Types that BCC's bundled bpf.h owns (dropped above) may legitimately
-    #    differ (BCC's copy of the uapi header is older); they are reported,
-    #    and it is an error only if a kept kernel type embeds one by value.
-    t2 = time.time()
-    check = _layout_check_program(btf_types)
-    ok2, err2 = _compile_probe(dest, check)
-    failed = set(re.findall(r"bcc_btf_layout:(\w+ \w+)", err2))
-    dropped_tags = set()
-    for ci in dropped_chunks:
-        m = re.match(r"^(struct|union) (\w+) \{", chunks[ci][1][0])
-        if m:
-            dropped_tags.add("%s %s" % m.groups())
-    bad = sorted(failed - dropped_tags)
-    mismatched_uapi = sorted(failed & dropped_tags)
-    _log(verbose, "layout check: %d asserts, %.1fs, uapi mismatches (BCC's older "
-         "bpf.h wins): %s" % (check.count("_Static_assert"), time.time() - t2,
-                              mismatched_uapi))
-    if bad or (not ok2 and not failed):
-        raise RuntimeError("bcc_btf: layout check failed for %s\n%s" % (bad, err2[-4000:]))
-
-    # 8. IR check (build time only): BCC lowers C to LLVM IR for the host
-    #    (x86_64) and then codegens with the BPF datalayout.  Integer types
-    #    wider than 64 bits are 8-aligned in the first and 16-aligned in the
-    #    second, so any struct whose IR type holds one (typically a merged
-    #    bitfield run) gets member offsets different from offsetof().  Compile
-    #    one pointer use of every struct, dump the IR and look for iN, N > 64
-    #    (i128 from a real __int128 member is fine: clang pads it explicitly).
-    t3 = time.time()
-    wide = _ir_wide_int_types(dest, btf_types, dropped_tags)
-    _log(verbose, "IR check: %.1fs, struct types with iN>64 (bitfield runs): %s"
-         % (time.time() - t3, wide or "none"))
-    if wide:
-        raise RuntimeError("bcc_btf: IR types with wide bitfield storage (offsets would be "
-                           "wrong): %s; use cflags=['-ffine-grained-bitfield-accesses']" % wide[:20])
-
-    info = {
-        "btf": btf_path, "kernel": os.uname().release, "libbcc": _libbcc_path(),
-        "config": cfg_src, "iterations": it, "dropped_chunks": len(dropped_chunks),
-        "dropped_enumerators": len(dropped_lines), "enums_resized": enum_fixed, "padding_barriers": nsplit,
-        "layout_asserts": check.count("_Static_assert"), "ir_wide_int_types": wide,
-        "uapi_types_differing_from_kernel": mismatched_uapi,
-        "build_seconds": round(time.time() - t0, 2),
-        "removed": removed_log,
-    }
-    _write(os.path.join(dest, "bcc_btf.json"), json.dumps(info, indent=1))
-    os.remove(os.path.join(dest, "vmlinux_raw.h"))
-    return info
+            raise KernelError(
+                "BTF tree: compile errors outside the BTF types:\n%s\n%s" % ("\n".join(foreign[:30]), errors[-4000:]),
+                SourceLocation(body_path),
+            )
+    raise KernelError(
+        "BTF tree: still failing after %d iterations:\n%s" % (max_iterations, errors[-6000:]),
+        SourceLocation(body_path),
+    )
 
 
-def _btf_types(btf_path):
-    r = subprocess.run(["bpftool", "-j", "btf", "dump", "file", btf_path],
-                       check=True, capture_output=True, text=True).stdout
-    return json.loads(r)["types"]
-
-
-_MODE = {1: "byte", 2: "HI", 4: "SI", 8: "DI"}
-
-
-def _fix_enum_sizes(raw, types):
-    """bpftool < 7.2 (libbpf < 1.2) dumps `enum foo {..} __packed` (BTF size 1)
-    as a plain enum, which clang makes 4 bytes -> every later member of e.g.
-    struct inode gets a wrong offset.  Add __attribute__((mode(..))) to every
-    named enum whose BTF size differs from what clang would pick."""
-    want = {}
-    for t in types:
-        if t["kind"] not in ("ENUM", "ENUM64") or t["name"] == "(anon)":
-            continue
-        if t["kind"] == "ENUM":      # 32-bit values (bpftool -j sign-extends them)
-            natural = 4
-        else:
-            vals = [int(v["val"]) for v in t.get("values", [])]
-            natural = 4 if all(-2**31 <= v < 2**32 for v in vals) else 8
-        if t["size"] != natural and t["size"] in _MODE:
-            want[t["name"]] = t["size"]
-    fixed = []
-
-    def repl(m):
-        name = m.group(1)
-        if name in want and "__attribute__" not in m.group(3):
-            fixed.append(name)
-            return "enum %s {%s} __attribute__((mode(%s)));" % (name, m.group(2), _MODE[want[name]])
-        return m.group(0)
-    raw = re.sub(r"^enum (\w+) \{(\n.*?\n)\}([^;\n]*);$", repl, raw, flags=re.M | re.S)
-    return raw, sorted(fixed)
-
-
-def _split_padding_runs(raw):
-    """bpftool pads with runs of unnamed `long: 64;` bitfields.  Clang (non
-    fine-grained bitfield mode) stores such a run as ONE wide integer (e.g.
-    i448); BCC builds the IR for x86_64 (LLVM 14: i64:64, no i128 entry) but
-    codegens with the BPF datalayout (i128:128), where that integer becomes
-    16-byte aligned -> every later member access is shifted (bcc#4890).
-    A zero-width `long: 0;` after each `long: 64;` is a layout no-op (we are
-    on an 8-byte boundary there, and on x86-64 unnamed bit-fields do not
-    affect alignment) but ends clang's bitfield run, so each pad becomes i64."""
-    n = [0]
-
-    def repl(m):
-        n[0] += 1
-        return "%slong: 64;\n%slong: 0;" % (m.group(1), m.group(1))
-    raw = re.sub(r"^(\t+)long: 64;$", repl, raw, flags=re.M)
-    return raw, n[0]
-
-
-def _ir_wide_int_types(tree, types, skip_tags):
-    count, has_i128 = {}, set()
-    byid = {t["id"]: t for t in types}
-    for t in types:
+def _unique_named_composites(btf_types: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
+    """("struct foo", type) for each struct/union whose name is unique in BTF (bpftool
+    renames duplicates to foo___2, so only unique names are checkable by name)."""
+    count: dict[str, int] = {}
+    for t in btf_types:
         if t["kind"] in ("STRUCT", "UNION", "ENUM", "ENUM64"):
             count[t["name"]] = count.get(t["name"], 0) + 1
+    return [
+        ("%s %s" % (t["kind"].lower(), t["name"]), t)
+        for t in btf_types
+        if t["kind"] in ("STRUCT", "UNION") and t["name"] != "(anon)" and count[t["name"]] == 1
+    ]
+
+
+def _check_layout(tree: str, btf_types: list[dict[str, Any]], dropped_tags: set[str]) -> tuple[int, list[str]]:
+    """Every uniquely named struct/union must have BTF's size and member offsets in what bcc
+    compiles. Types bcc's bundled (older) bpf.h owns may differ: they are only reported;
+    a kernel type that embeds one by value fails its own asserts and so the build."""
     lines = []
-    for t in types:
-        if t["kind"] not in ("STRUCT", "UNION") or t["name"] == "(anon)" or count[t["name"]] != 1:
-            continue
-        tag = "%s %s" % (t["kind"].lower(), t["name"])
+    for tag, t in _unique_named_composites(btf_types):
+        lines.append('_Static_assert(sizeof(%s) == %d, "sentinel_layout:%s");' % (tag, t["size"], tag))
+        for member in t.get("members", []):
+            if member["name"] == "(anon)" or member.get("bitfield_size") or member["bits_offset"] % 8:
+                continue
+            lines.append(
+                '_Static_assert(__builtin_offsetof(%s, %s) == %d, "sentinel_layout:%s");'
+                % (tag, member["name"], member["bits_offset"] // 8, tag)
+            )
+    program = "\n".join(lines) + "\nint sentinel_layout_check(void *ctx) { return 0; }\n"
+    started = time.monotonic()
+    ok, errors = _compiles(tree, program)
+    failed = set(re.findall(r"sentinel_layout:(\w+ \w+)", errors))
+    bad = sorted(failed - dropped_tags)
+    uapi_differences = sorted(failed & dropped_tags)
+    log.debug(
+        "kernel.btf_tree.layout_check",
+        asserts=len(lines),
+        seconds=round(time.monotonic() - started, 2),
+        uapi_differences=uapi_differences,
+    )
+    if bad or (not ok and not failed):
+        raise KernelError(
+            "BTF tree: layout check failed for %s\n%s" % (bad, errors[-4000:]),
+            SourceLocation(os.path.join(tree, "include", VMLINUX_BODY)),
+        )
+    return len(lines), uapi_differences
+
+
+def _ir_wide_int_types(tree: str, btf_types: list[dict[str, Any]], skip_tags: set[str]) -> list[str]:
+    """Struct IR types holding an integer wider than 64 bits (see fix b in the module doc).
+
+    bcc lowers C to x86_64 IR, then generates code with the BPF datalayout, where such
+    integers are 16-aligned instead of 8: offsetof() stays right, the generated loads do
+    not, so the layout check cannot see it. A genuine __int128 member is fine.
+    """
+    by_id = {t["id"]: t for t in btf_types}
+    has_int128 = set()
+    uses = []
+    for tag, t in _unique_named_composites(btf_types):
         if tag in skip_tags:
             continue
-        lines.append("  s += (u64)(((%s *)b) + 1);" % tag)
-        for m in t.get("members", []):
-            mt = byid.get(m["type_id"])
-            while mt and mt["kind"] in ("TYPEDEF", "CONST", "VOLATILE", "ARRAY"):
-                mt = byid.get(mt.get("type_id") or mt.get("elem_type_id"))
-            if mt and mt["kind"] == "INT" and mt.get("size") == 16:
-                has_i128.add("%s.%s" % (t["kind"].lower(), t["name"]))
-    prog = ("int bcc_btf_irscan(void *ctx) {\n  u64 b = bpf_get_current_task(), s = 0;\n%s\n"
-            "  return s;\n}\n" % "\n".join(lines))
-    env = dict(os.environ, BCC_KERNEL_SOURCE=tree)
-    code = "import sys\nfrom bcc import BPF\nBPF(text=sys.stdin.read(), debug=0x1)\n"
-    r = subprocess.run([sys.executable, "-c", code], input=prog, env=env,
-                       capture_output=True, text=True, timeout=900)
-    ir = r.stdout + r.stderr
+        uses.append("  s += (u64)(((%s *)b) + 1);" % tag)
+        for member in t.get("members", []):
+            member_type = by_id.get(member["type_id"])
+            while member_type and member_type["kind"] in ("TYPEDEF", "CONST", "VOLATILE", "ARRAY"):
+                member_type = by_id.get(member_type.get("type_id") or member_type.get("elem_type_id"))
+            if member_type and member_type["kind"] == "INT" and member_type.get("size") == 16:
+                has_int128.add(tag.replace(" ", "."))
+    program = "int sentinel_ir_scan(void *ctx) {\n  u64 b = bpf_get_current_task(), s = 0;\n%s\n  return s;\n}\n" % (
+        "\n".join(uses)
+    )
+    started = time.monotonic()
+    result = _compile_in_child(tree, program, ", debug=0x1")
+    ir = result.stdout + result.stderr
     if "target datalayout" not in ir:
-        raise RuntimeError("bcc_btf: IR check did not compile:\n" + ir[-3000:])
-    bad = []
-    for m in re.finditer(r"^%((?:struct|union)\.[\w.]+) = type (<?\{.*\}>?)$", ir, re.M):
-        widths = set(int(x) for x in re.findall(r"\bi(\d+)\b", m.group(2)) if int(x) > 64)
+        raise KernelError("BTF tree: the IR check did not compile:\n" + ir[-3000:], SourceLocation(tree))
+    wide = []
+    for match in re.finditer(r"^%((?:struct|union)\.[\w.]+) = type (<?\{.*\}>?)$", ir, re.M):
+        widths = {int(w) for w in re.findall(r"\bi(\d+)\b", match.group(2)) if int(w) > 64}
         if not widths:
             continue
-        name = re.sub(r"\.\d+$", "", m.group(1))
-        if widths == {128} and (name in has_i128 or ".anon" in name):
-            continue       # a genuine __int128 member
-        bad.append(m.group(1))
-    return sorted(bad)
-
-
-def _layout_check_program(types):
-    """_Static_assert(sizeof) and _Static_assert(offsetof) for every uniquely
-    named struct/union in BTF (non-bitfield, named members only)."""
-    count = {}
-    for t in types:
-        if t["kind"] in ("STRUCT", "UNION", "ENUM", "ENUM64"):
-            count[t["name"]] = count.get(t["name"], 0) + 1
-    out = []
-    for t in types:
-        if t["kind"] not in ("STRUCT", "UNION") or t["name"] == "(anon)":
+        name = re.sub(r"\.\d+$", "", match.group(1))
+        if widths == {128} and (name in has_int128 or ".anon" in name):
             continue
-        if count[t["name"]] != 1:
-            continue       # bpftool renames duplicates (foo___2); skip them
-        tag = "%s %s" % (t["kind"].lower(), t["name"])
-        out.append('_Static_assert(sizeof(%s) == %d, "bcc_btf_layout:%s");'
-                   % (tag, t["size"], tag))
-        for m in t.get("members", []):
-            if m["name"] == "(anon)" or m.get("bitfield_size") or m["bits_offset"] % 8:
-                continue
-            out.append('_Static_assert(__builtin_offsetof(%s, %s) == %d, "bcc_btf_layout:%s");'
-                       % (tag, m["name"], m["bits_offset"] // 8, tag))
-    return "\n".join(out) + "\nint bcc_btf_layout_check(void *ctx) { return 0; }\n"
+        wide.append(match.group(1))
+    log.debug("kernel.btf_tree.ir_check", seconds=round(time.monotonic() - started, 2), wide=wide)
+    return sorted(wide)
 
 
-def ensure_tree(cache_dir=DEFAULT_CACHE, btf_path=BTF_PATH, verbose=False,
-                set_env=True):
-    """Return the path of a fake kernel tree for the running kernel, building
-    it if needed.  Idempotent; cached under cache_dir/<hash of BTF+libbcc>.
-    Sets BCC_KERNEL_SOURCE (BCC reads it at every BPF() call)."""
-    key = cache_key(btf_path)
-    final = os.path.join(cache_dir, key)
-    if not os.path.exists(os.path.join(final, "bcc_btf.json")):
-        os.makedirs(cache_dir, exist_ok=True)
-        tmp = tempfile.mkdtemp(prefix=key + ".tmp-", dir=cache_dir)
-        try:
-            shutil.rmtree(tmp)
-            info = build_tree(tmp, btf_path, verbose=verbose)
-            try:
-                os.rename(tmp, final)          # atomic; loser of a race cleans up
-            except OSError:
-                if not os.path.exists(os.path.join(final, "bcc_btf.json")):
-                    raise
-                shutil.rmtree(tmp, ignore_errors=True)
-            _log(verbose, "built %s in %.1fs" % (final, info["build_seconds"]))
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-    else:
-        _log(verbose, "cache hit", final)
-    if set_env:
-        os.environ["BCC_KERNEL_SOURCE"] = final
-    return final
+def _btf_types(btf_path: str) -> list[dict[str, Any]]:
+    dump = subprocess.run(
+        ["bpftool", "-j", "btf", "dump", "file", btf_path], check=True, capture_output=True, text=True
+    ).stdout
+    return json.loads(dump)["types"]
 
 
-TINY_TYPES = r"""
-#ifndef __BCC_TINY_TYPES_H
-#define __BCC_TINY_TYPES_H
-typedef signed char __s8;          typedef unsigned char __u8;
-typedef short __s16;               typedef unsigned short __u16;
-typedef int __s32;                 typedef unsigned int __u32;
-typedef long long __s64;           typedef unsigned long long __u64;
-typedef __s8 s8;   typedef __u8 u8;   typedef __s16 s16; typedef __u16 u16;
-typedef __s32 s32; typedef __u32 u32; typedef __s64 s64; typedef __u64 u64;
-typedef __u16 __be16; typedef __u32 __be32; typedef __u64 __be64;
-typedef __u16 __le16; typedef __u32 __le32; typedef __u64 __le64;
-typedef __u16 __sum16; typedef __u32 __wsum; typedef unsigned int __poll_t;
-#define __aligned_u64 __u64 __attribute__((aligned(8)))
-#define __aligned_be64 __be64 __attribute__((aligned(8)))
-#define __aligned_le64 __le64 __attribute__((aligned(8)))
-#define __bitwise
-typedef _Bool bool;
-enum { false = 0, true = 1 };
-/* scalar types that appear in tracepoint format files */
-typedef int pid_t; typedef unsigned int uid_t; typedef unsigned int gid_t;
-typedef unsigned short umode_t; typedef unsigned long size_t; typedef long ssize_t;
-typedef long long loff_t; typedef unsigned int dev_t; typedef unsigned long ino_t;
-typedef int clockid_t; typedef long time64_t; typedef unsigned int gfp_t;
-typedef int key_t; typedef int mqd_t; typedef int timer_t; typedef unsigned long sector_t;
-typedef unsigned int fmode_t; typedef unsigned long uintptr_t; typedef long intptr_t;
-typedef unsigned int qid_t; typedef int rwf_t; typedef unsigned short sa_family_t;
-struct pt_regs;
-#endif
-"""
+_ENUM_MODE = {1: "byte", 2: "HI", 4: "SI", 8: "DI"}
 
 
-def build_tiny_tree(dest):
-    """Question 4: a tree with NO vmlinux.h at all - only what BCC's own
-    headers need.  Enough for tracepoint args, maps, ring buffers and
-    helpers; no kernel struct can be dereferenced."""
-    arch = _kernel_arch()
-    inc = os.path.join(dest, "include")
-    cfg_src, cfg = _kconfig_lines()
-    _write(os.path.join(inc, "generated", "autoconf.h"), "\n".join(cfg) + "\n")
-    _write(os.path.join(inc, "linux", "kconfig.h"),
-           "#include <generated/autoconf.h>\n" + KCONFIG_MACROS)
-    _write(os.path.join(inc, "linux", "types.h"), TINY_TYPES)
-    _write(os.path.join(inc, "linux", "bpf_common.h"), BPF_COMMON_H)
-    for f in ("uapi/linux/bpf.h", "uapi/linux/if_packet.h", "linux/log2.h"):
-        _write(os.path.join(inc, f), "\n")
-    _write(os.path.join(inc, "linux", "version.h"),
-           "#define LINUX_VERSION_CODE %d\n"
-           "#define KERNEL_VERSION(a,b,c) (((a) << 16) + ((b) << 8) + ((c) > 255 ? 255 : (c)))\n"
-           % _linux_version_code())
-    page = os.sysconf("SC_PAGE_SIZE")
-    _write(os.path.join(dest, "arch", arch, "include", "asm", "page.h"),
-           "#define PAGE_SIZE %dUL\n" % page)
-    return dest
+def _fix_enum_sizes(dump: str, btf_types: list[dict[str, Any]]) -> tuple[str, list[str]]:
+    """Fix a: give every named enum whose BTF size differs from clang's choice a mode().
+
+    bpftool < 7.2 dumps `enum foo {..} __packed` (BTF size 1) as a plain enum, which clang
+    makes 4 bytes, so every later member of the enclosing struct has a wrong offset.
+    """
+    want = {}
+    for t in btf_types:
+        if t["kind"] not in ("ENUM", "ENUM64") or t["name"] == "(anon)":
+            continue
+        if t["kind"] == "ENUM":  # 32-bit values (bpftool -j sign-extends them)
+            natural = 4
+        else:
+            values = [int(v["val"]) for v in t.get("values", [])]
+            natural = 4 if all(-(2**31) <= v < 2**32 for v in values) else 8
+        if t["size"] != natural and t["size"] in _ENUM_MODE:
+            want[t["name"]] = t["size"]
+    resized = []
+
+    def add_mode(match: re.Match[str]) -> str:
+        name = match.group(1)
+        if name in want and "__attribute__" not in match.group(3):
+            resized.append(name)
+            return "enum %s {%s} __attribute__((mode(%s)));" % (name, match.group(2), _ENUM_MODE[want[name]])
+        return match.group(0)
+
+    dump = re.sub(r"^enum (\w+) \{(\n.*?\n)\}([^;\n]*);$", add_mode, dump, flags=re.M | re.S)
+    return dump, sorted(resized)
 
 
-_VIRTUAL = {"bcc/proto.h", "bcc/helpers.h", "bcc/bpf.h", "bcc/bpf_workaround.h",
-            "bcc/footer.h", "stdarg.h"}
+def _split_padding_runs(dump: str) -> tuple[str, int]:
+    """Fix b: a zero-width `long: 0;` after each `long: 64;` padding.
 
+    A layout no-op (we are on an 8-byte boundary there, and on x86-64 unnamed bit-fields
+    do not affect alignment) that ends clang's bitfield run, so each pad is its own i64.
+    """
+    count = 0
 
-def fix_includes(text, tree):
-    """Comment out #include <...> lines that neither the fake tree nor BCC's
-    virtual headers can satisfy (the types come from BTF anyway)."""
-    arch = _kernel_arch()
-    dirs = [os.path.join(tree, d) for d in
-            ("include", "arch/%s/include" % arch, "include/uapi",
-             "arch/%s/include/uapi" % arch)]
+    def add_barrier(match: re.Match[str]) -> str:
+        nonlocal count
+        count += 1
+        return "%slong: 64;\n%slong: 0;" % (match.group(1), match.group(1))
 
-    def repl(m):
-        name = m.group(2)
-        if name in _VIRTUAL or any(os.path.exists(os.path.join(d, name)) for d in dirs):
-            return m.group(0)
-        return "/* bcc_btf: dropped %s */" % m.group(0).strip()
-    return re.sub(r"^([ \t]*#[ \t]*include[ \t]*<([^>]+)>.*)$", repl, text, flags=re.M)
-
-
-def load(text, **kw):
-    """bcc.BPF(text=...) on a header-less kernel."""
-    tree = ensure_tree()
-    from bcc import BPF
-    return BPF(text=fix_includes(text, tree), **kw)
-
-
-if __name__ == "__main__":
-    t = time.time()
-    p = ensure_tree(verbose=True)
-    print(p, "%.2fs" % (time.time() - t))
+    dump = re.sub(r"^(\t+)long: 64;$", add_barrier, dump, flags=re.M)
+    return dump, count
