@@ -1,0 +1,675 @@
+"""The SQLite event store: what the agent keeps, how it is written, and how long it is kept.
+
+Writers: `Store` writes synchronously (tests, tools, the store process); `StoreWriter` is
+what the agent uses: the caller's thread only copies each record into a row, a writer thread
+writes batches (by size or age), applies retention between batches and keeps counters for
+`sentinel status`. With `separate_process=True` the batches are pickled to a child process
+that owns the database, so SQLite's work runs on another core.
+
+The hot path uses the sqlite3 module's `executemany` inside one transaction per batch:
+measured with benchmarks/bench_store.py it inserts the same rows about twice as fast as
+sqlite-utils' `insert_all`, which builds a dict per row and re-derives its SQL per chunk.
+sqlite-utils serves the rest (schema, migrations, queries).
+
+Readers (`open_readonly`) use a `mode=ro` URI: WAL mode lets them read while the agent
+writes. With `store.group` set the directory, database, -wal and -shm files are readable by
+that group, so analysts need no root.
+"""
+
+from __future__ import annotations
+
+import grp
+import multiprocessing
+import multiprocessing.connection
+import os
+import queue
+import sqlite3
+import stat
+import threading
+import time
+import urllib.parse
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import sqlite_utils
+
+from sentinel.actions import record
+from sentinel.actions.store_schema import MIGRATIONS, SCHEMA_VERSION, migrate, schema_version
+from sentinel.config import Config, StoreConfig
+from sentinel.errors import SourceLocation, StoreError
+from sentinel.events.model import Event, Process
+from sentinel.log import get_logger
+
+log = get_logger("sentinel.store")
+
+_NS_PER_DAY = 86_400 * 1_000_000_000
+# Rows removed per retention statement: short transactions, so the writer is never held up long.
+RETENTION_CHUNK = 5_000
+# Size retention stops at this fraction of max_bytes, so it does not run again at once.
+_SIZE_LOW_WATER = 0.9
+
+
+def _placeholders(columns: Sequence[str]) -> str:
+    return ", ".join("?" * len(columns))
+
+
+_INSERT_EVENTS = "INSERT INTO events (%s) VALUES (%s)" % (", ".join(record.EVENT_COLUMNS), _placeholders(record.EVENT_COLUMNS))
+_INSERT_ALERTS = "INSERT OR IGNORE INTO alerts (%s) VALUES (%s)" % (
+    ", ".join(record.ALERT_COLUMNS),
+    _placeholders(record.ALERT_COLUMNS),
+)
+_INSERT_ACTIONS = "INSERT OR IGNORE INTO actions (%s) VALUES (%s)" % (
+    ", ".join(record.ACTION_COLUMNS),
+    _placeholders(record.ACTION_COLUMNS),
+)
+_UPSERT_PROCESSES = "INSERT INTO processes (%s) VALUES (%s) ON CONFLICT (pid, start_ns) DO UPDATE SET %s" % (
+    ", ".join(record.PROCESS_COLUMNS),
+    _placeholders(record.PROCESS_COLUMNS),
+    ", ".join("%s = excluded.%s" % (c, c) for c in record.PROCESS_COLUMNS if c not in ("pid", "start_ns")),
+)
+
+
+class StoragePolicy:
+    """Which events are kept: every one a rule matched, plus the types in `always_store`."""
+
+    __slots__ = ("always",)
+
+    def __init__(self, always_store: Iterable[str] = StoreConfig.always_store) -> None:
+        self.always = frozenset(always_store)
+
+    @classmethod
+    def from_config(cls, config: StoreConfig) -> StoragePolicy:
+        return cls(config.always_store)
+
+    def wants(self, event_type: str, matched: bool) -> bool:
+        return matched or event_type in self.always
+
+
+@dataclass
+class Batch:
+    """Rows waiting to be written together; picklable, so it can go to the store process."""
+
+    events: list = field(default_factory=list)
+    alerts: list = field(default_factory=list)
+    actions: list = field(default_factory=list)
+    processes: dict = field(default_factory=dict)  # exec id -> row: repeated upserts collapse
+
+    def __len__(self) -> int:
+        return len(self.events) + len(self.alerts) + len(self.actions) + len(self.processes)
+
+
+class RowBuffer:
+    """Turns records into rows and holds them until the next flush; shared by both writers."""
+
+    def __init__(self, policy: StoragePolicy) -> None:
+        self.policy = policy
+        self.pending = Batch()
+        self.oldest = 0.0  # time.monotonic() of the first row in `pending`
+
+    def add_event(self, event: Event, matched: bool) -> str | None:
+        if not matched and event.type not in self.policy.always:
+            return None
+        event_id = record.new_id()
+        if not self.pending.events:
+            self.oldest = time.monotonic()
+        self.pending.events.append(record.event_row(event, event_id, matched))
+        return event_id
+
+    def add_alert(self, alert: dict[str, Any], event_id: str | None, ancestry: Sequence[Any] | None) -> str:
+        row = record.alert_row(alert, event_id, ancestry)
+        self._note_first()
+        self.pending.alerts.append(row)
+        return row[0]
+
+    def add_action(self, kind: str, target: str, **details: Any) -> str:
+        row = record.action_row(kind, target, **details)
+        self._note_first()
+        self.pending.actions.append(row)
+        return row[0]
+
+    def upsert_process(self, proc: Process) -> None:
+        self._note_first()
+        self.pending.processes[(proc.pid, proc.start_ns)] = record.process_row(proc)
+
+    def _note_first(self) -> None:
+        if not self.pending:
+            self.oldest = time.monotonic()
+
+    def take(self) -> Batch:
+        batch, self.pending = self.pending, Batch()
+        return batch
+
+
+def _utf8_safe(value: Any) -> Any:
+    """Strings that cannot be UTF-8 (undecodable bytes smuggled in as surrogates) as \\xNN text."""
+    if not isinstance(value, str):
+        return value
+    try:
+        value.encode("utf-8")
+        return value
+    except UnicodeEncodeError:
+        pass
+    try:
+        raw = value.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        raw = value.encode("utf-8", "surrogatepass")
+    return raw.decode("utf-8", "backslashreplace")
+
+
+def _utf8_safe_rows(rows: Iterable[Sequence[Any]]) -> list[tuple]:
+    return [tuple(_utf8_safe(value) for value in row) for row in rows]
+
+
+def _group_id(group: str, path: str) -> int:
+    try:
+        return grp.getgrnam(group).gr_gid
+    except KeyError:
+        raise StoreError("store.group %r: no such group" % group, SourceLocation(path)) from None
+
+
+def _share_with_group(path: str, gid: int, mode: int) -> None:
+    os.chown(path, -1, gid)
+    os.chmod(path, mode)
+
+
+def _prepare_location(path: str, group: str) -> int | None:
+    """Create the directory and an empty database file with the right owner and modes.
+
+    Without a group the database is private (0600): it holds command lines and paths. With
+    one, the group may read it (0640) and traverse a directory sentinel created (0750); a
+    directory someone else owns, or a sticky one like /tmp, is left as it is.
+    """
+    gid = _group_id(group, path) if group else None
+    directory = os.path.dirname(os.path.abspath(path))
+    if os.path.lexists(directory) and not os.path.isdir(directory):
+        raise StoreError("cannot create the event store: %s is not a directory" % directory, SourceLocation(path))
+    created = not os.path.isdir(directory)
+    try:
+        os.makedirs(directory, mode=0o750 if gid is not None else 0o700, exist_ok=True)
+        if gid is not None:
+            info = os.stat(directory)
+            if created or (info.st_uid == os.geteuid() and not info.st_mode & stat.S_ISVTX):
+                os.chown(directory, -1, gid)
+                os.chmod(directory, stat.S_IMODE(info.st_mode) | 0o050)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640 if gid is not None else 0o600)
+        try:
+            if gid is not None:
+                os.fchown(fd, -1, gid)
+                os.fchmod(fd, 0o640)
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        where = exc.filename or path
+        raise StoreError("cannot create the event store: %s: %s" % (where, exc.strerror or exc), SourceLocation(path)) from None
+    return gid
+
+
+class Store:
+    """One read-write connection to the store; single writer. Not thread-safe: the agent
+    uses it through StoreWriter (one thread) or the store process."""
+
+    def __init__(
+        self,
+        path: str,
+        config: StoreConfig = StoreConfig(),
+        *,
+        policy: StoragePolicy | None = None,
+        migrations=MIGRATIONS,
+    ) -> None:
+        self.path = path
+        self.config = config
+        self._gid = _prepare_location(path, config.group)
+        try:
+            self.conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=10.0)
+            # Takes effect only on a new, empty file (before WAL writes its header); retention
+            # relies on it to give space back without a full VACUUM.
+            self.conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
+            self.conn.execute("PRAGMA journal_mode = WAL").fetchone()
+            self.conn.execute("PRAGMA synchronous = NORMAL")
+            self.db = sqlite_utils.Database(self.conn)
+            migrate(self.db, path, migrations)
+        except sqlite3.Error as exc:
+            raise StoreError("cannot open the event store: %s" % exc, SourceLocation(path)) from None
+        self._share_side_files()
+        self.buffer = RowBuffer(policy or StoragePolicy.from_config(config))
+        self.closed = False
+
+    @classmethod
+    def from_config(cls, config: Config) -> Store:
+        return cls(config.db_path, config.store)
+
+    def _share_side_files(self) -> None:
+        """SQLite copies the database's mode to -wal/-shm; make sure of it (a stale one may differ)."""
+        if self._gid is None:
+            return
+        for suffix in ("-wal", "-shm"):
+            side = self.path + suffix
+            if os.path.exists(side):
+                _share_with_group(side, self._gid, 0o640)
+
+    # Writer API (synchronous): rows collect in memory and go out by batch_size or flush().
+
+    def add_event(self, event: Event, matched: bool) -> str | None:
+        event_id = self.buffer.add_event(event, matched)
+        if event_id is not None and len(self.buffer.pending.events) >= self.config.batch_size:
+            self.flush()
+        return event_id
+
+    def add_alert(self, alert: dict[str, Any], event_id: str | None = None, ancestry: Sequence[Any] | None = None) -> str:
+        return self.buffer.add_alert(alert, event_id, ancestry)
+
+    def add_action(self, kind: str, target: str, **details: Any) -> str:
+        """Record an enforcement or operator action; details: rule, mode, outcome, detail, alert_id."""
+        return self.buffer.add_action(kind, target, **details)
+
+    def upsert_process(self, proc: Process) -> None:
+        self.buffer.upsert_process(proc)
+
+    def flush(self) -> int:
+        return self.write(self.buffer.take())
+
+    def write(self, batch: Batch) -> int:
+        """Write one batch in one transaction; returns the number of rows written."""
+        if not batch:
+            return 0
+        events = record.finish_event_rows(batch.events)
+        try:
+            self._write_rows(events, batch)
+        except UnicodeEncodeError:
+            # Rare: a string that is not valid UTF-8. Only then pay for checking every value.
+            self._write_rows(
+                _utf8_safe_rows(events),
+                Batch(
+                    alerts=_utf8_safe_rows(batch.alerts),
+                    actions=_utf8_safe_rows(batch.actions),
+                    processes={key: tuple(map(_utf8_safe, row)) for key, row in batch.processes.items()},
+                ),
+            )
+        return len(batch)
+
+    def _write_rows(self, events: list, batch: Batch) -> None:
+        conn = self.conn
+        conn.execute("BEGIN")
+        try:
+            if events:
+                conn.executemany(_INSERT_EVENTS, events)
+            if batch.processes:
+                conn.executemany(_UPSERT_PROCESSES, batch.processes.values())
+            if batch.alerts:
+                conn.executemany(_INSERT_ALERTS, batch.alerts)
+            if batch.actions:
+                conn.executemany(_INSERT_ACTIONS, batch.actions)
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    def acknowledge(self, alert_ids: Sequence[str], by: str = "") -> int:
+        """Mark alerts as seen by an analyst; recorded as an `ack` action."""
+        with_ids = list(alert_ids)
+        self.conn.execute("BEGIN")
+        changed = 0
+        for alert_id in with_ids:
+            changed += self.conn.execute(
+                "UPDATE alerts SET acknowledged = 1 WHERE id = ? AND acknowledged = 0", (alert_id,)
+            ).rowcount
+            self.conn.execute(
+                "INSERT INTO actions (%s) VALUES (%s)" % (", ".join(record.ACTION_COLUMNS), _placeholders(record.ACTION_COLUMNS)),
+                record.action_row("ack", alert_id, mode="audit", outcome="acknowledged", detail=by or None, alert_id=alert_id),
+            )
+        self.conn.execute("COMMIT")
+        return changed
+
+    # Retention: run off the hot path (StoreWriter calls it between batches).
+
+    def used_bytes(self) -> int:
+        page_size, page_count, free = (
+            self.conn.execute("PRAGMA %s" % name).fetchone()[0] for name in ("page_size", "page_count", "freelist_count")
+        )
+        return (page_count - free) * page_size
+
+    def _delete_in_chunks(self, select_sql: str, params: tuple, table: str) -> int:
+        total = 0
+        while True:
+            self.conn.execute("BEGIN IMMEDIATE")
+            try:
+                deleted = self.conn.execute(
+                    "DELETE FROM %s WHERE seq IN (%s LIMIT %d)" % (table, select_sql, RETENTION_CHUNK), params
+                ).rowcount
+            except BaseException:
+                self.conn.execute("ROLLBACK")
+                raise
+            self.conn.execute("COMMIT")
+            total += deleted
+            if deleted < RETENTION_CHUNK:
+                return total
+
+    def apply_retention(self, now_ns: int | None = None) -> dict[str, int]:
+        """Delete by age (everything older than retention_days), then by size (oldest events
+        no alert links to, until the data is under 90% of max_bytes); give the space back."""
+        now_ns = time.time_ns() if now_ns is None else now_ns
+        cutoff = now_ns - int(self.config.retention_days * _NS_PER_DAY)
+        deleted = {
+            table: self._delete_in_chunks("SELECT seq FROM %s WHERE time < ? ORDER BY time" % table, (cutoff,), table)
+            for table in ("events", "alerts", "actions")
+        }
+        with self.conn:
+            deleted["processes"] = self.conn.execute("DELETE FROM processes WHERE seen < ?", (cutoff,)).rowcount
+        deleted["events_for_size"] = 0
+        if self.config.max_bytes and self.used_bytes() > self.config.max_bytes:
+            low_water = self.config.max_bytes * _SIZE_LOW_WATER
+            unalerted = (
+                "SELECT seq FROM events WHERE NOT EXISTS (SELECT 1 FROM alerts WHERE alerts.event_id = events.id) ORDER BY seq"
+            )
+            stored = self.conn.execute("SELECT count(*) FROM events").fetchone()[0]
+            bytes_per_event = max(self.used_bytes() // max(stored, 1), 1)
+            while (used := self.used_bytes()) > low_water:
+                # Estimate how many rows free enough space, so a small store is not emptied.
+                chunk = min(RETENTION_CHUNK, (used - int(low_water)) // bytes_per_event + 1)
+                self.conn.execute("BEGIN IMMEDIATE")
+                count = self.conn.execute("DELETE FROM events WHERE seq IN (%s LIMIT %d)" % (unalerted, chunk)).rowcount
+                self.conn.execute("COMMIT")
+                deleted["events_for_size"] += count
+                if count == 0:
+                    log.warning("store.retention.alerts_exceed_max_bytes", **{"store.path": self.path})
+                    break
+        if any(deleted.values()):
+            self.conn.execute("PRAGMA incremental_vacuum").fetchall()
+            self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+            log.info("store.retention", **{"store.path": self.path, **{"deleted." + k: v for k, v in deleted.items()}})
+        return deleted
+
+    def close(self) -> None:
+        """Write what is pending, then leave a file readers can open without write access."""
+        if self.closed:
+            return
+        self.flush()
+        self.closed = True
+        try:
+            self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+            # Out of WAL mode, read-only users can open the file while the agent is stopped
+            # (a WAL database needs its -shm, which they cannot create). Fails harmlessly if a
+            # reader is inside the database right now.
+            self.conn.execute("PRAGMA journal_mode = DELETE").fetchall()
+        except sqlite3.OperationalError:
+            pass
+        self.conn.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+def open_readonly(path: str) -> sqlite_utils.Database:
+    """A read-only connection for queries, the TUI and the forwarder; never blocks the writer."""
+    if not os.path.exists(path):
+        raise StoreError("no event store here (is the agent running with this store.path?)", SourceLocation(path))
+    uri = "file:%s?mode=ro" % urllib.parse.quote(os.path.abspath(path))
+    try:
+        conn = sqlite3.connect(uri, uri=True, check_same_thread=False, timeout=10.0)
+        conn.execute("PRAGMA query_only = 1")
+        found = conn.execute("PRAGMA user_version").fetchone()[0]
+    except sqlite3.Error as exc:
+        raise StoreError("cannot open the event store: %s" % exc, SourceLocation(path)) from None
+    if found > SCHEMA_VERSION:
+        conn.close()
+        raise StoreError(
+            "database schema version %d is newer than this sentinel understands (%d)" % (found, SCHEMA_VERSION),
+            SourceLocation(path),
+        )
+    return sqlite_utils.Database(conn)
+
+
+# --- the agent's writer ----------------------------------------------------------------------
+
+
+@dataclass
+class WriterStats:
+    """Counters for `sentinel status` (rows: events, alerts, actions and processes)."""
+
+    queued: int = 0  # accepted into memory
+    written: int = 0  # committed to the database
+    dropped: int = 0  # lost: the queue was full or a write failed
+    batches: int = 0
+    errors: int = 0
+    last_flush_seconds: float = 0.0  # time to write the last batch
+    retention_runs: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def _store_process_main(path: str, config: StoreConfig, conn: multiprocessing.connection.Connection) -> None:
+    """The store process: opens the database, writes each batch it receives, acks with a result."""
+    try:
+        store = Store(path, config)
+    except StoreError as exc:
+        conn.send(("error", str(exc)))
+        return
+    conn.send(("ready", None))
+    while True:
+        message, payload = conn.recv()
+        if message == "close":
+            store.close()
+            conn.send(("closed", None))
+            return
+        try:
+            if message == "write":
+                conn.send(("ok", store.write(payload)))
+            elif message == "retention":
+                conn.send(("ok", store.apply_retention()))
+        except Exception as exc:  # reported to the agent, which counts and logs it
+            conn.send(("error", "%s: %s" % (type(exc).__name__, exc)))
+
+
+class _ProcessSink:
+    """Sends batches to the store process and waits for each result (one batch in flight)."""
+
+    def __init__(self, path: str, config: StoreConfig) -> None:
+        context = multiprocessing.get_context("spawn")
+        self._conn, child_end = context.Pipe()
+        self._process = context.Process(
+            target=_store_process_main, args=(path, config, child_end), name="sentinel-store", daemon=True
+        )
+        self._process.start()
+        child_end.close()
+        message, payload = self._conn.recv()
+        if message == "error":
+            self._process.join()
+            raise StoreError(payload)
+
+    def _call(self, message: str, payload: Any = None) -> Any:
+        self._conn.send((message, payload))
+        reply, result = self._conn.recv()
+        if reply == "error":
+            raise StoreError(result)
+        return result
+
+    def write(self, batch: Batch) -> int:
+        # The extras become JSON in the child: it has the spare core.
+        return self._call("write", batch)
+
+    def apply_retention(self) -> dict[str, int]:
+        return self._call("retention")
+
+    def close(self) -> None:
+        self._call("close")
+        self._process.join(10)
+
+
+class StoreWriter:
+    """The agent's store: cheap calls on the hot path, writes in a background thread.
+
+    add_event() copies the event into a row under a lock and returns its id (alerts link to
+    it); when batch_size events wait, or the oldest has waited flush_seconds, the thread
+    writes them in one transaction. At most `max_batches` batches wait for the database;
+    past that new batches are dropped and counted, so a stuck disk never grows memory
+    without bound or stalls detection. close() writes everything accepted before it.
+    """
+
+    def __init__(
+        self,
+        path: str,
+        config: StoreConfig = StoreConfig(),
+        *,
+        separate_process: bool | None = None,
+        max_batches: int = 32,
+        retention_seconds: float = 300.0,
+    ) -> None:
+        self.path = path
+        self.config = config
+        self.stats = WriterStats()
+        if separate_process is None:
+            separate_process = config.separate_process
+        self._sink: Store | _ProcessSink = _ProcessSink(path, config) if separate_process else Store(path, config)
+        self._buffer = RowBuffer(StoragePolicy.from_config(config))
+        self._lock = threading.Lock()
+        self._batches: queue.Queue[Batch | None] = queue.Queue(max_batches)
+        self._retention_seconds = retention_seconds
+        self._last_retention = time.monotonic()
+        self._idle = threading.Condition()
+        self._in_flight = 0
+        self._closing = False
+        self._thread = threading.Thread(target=self._run, name="sentinel-store-writer", daemon=True)
+        self._thread.start()
+
+    @classmethod
+    def from_config(cls, config: Config, **options: Any) -> StoreWriter:
+        return cls(config.db_path, config.store, **options)
+
+    # Hot path.
+
+    def add_event(self, event: Event, matched: bool) -> str | None:
+        if not matched and event.type not in self._buffer.policy.always:
+            return None
+        with self._lock:
+            event_id = self._buffer.add_event(event, matched)
+            full = len(self._buffer.pending.events) >= self.config.batch_size
+        self.stats.queued += 1
+        if full:
+            self._hand_off()
+        return event_id
+
+    def add_alert(self, alert: dict[str, Any], event_id: str | None = None, ancestry: Sequence[Any] | None = None) -> str:
+        with self._lock:
+            alert_id = self._buffer.add_alert(alert, event_id, ancestry)
+        self.stats.queued += 1
+        return alert_id
+
+    def add_action(self, kind: str, target: str, **details: Any) -> str:
+        with self._lock:
+            action_id = self._buffer.add_action(kind, target, **details)
+        self.stats.queued += 1
+        return action_id
+
+    def upsert_process(self, proc: Process) -> None:
+        with self._lock:
+            self._buffer.upsert_process(proc)
+        self.stats.queued += 1
+
+    # Hand-off and the writer thread.
+
+    def _hand_off(self) -> None:
+        with self._lock:
+            batch = self._buffer.take()
+        if not batch:
+            return
+        with self._idle:
+            self._in_flight += 1
+        try:
+            self._batches.put_nowait(batch)
+        except queue.Full:
+            self.stats.dropped += len(batch)
+            self._batch_done()
+            log.warning("store.batch_dropped", **{"store.rows": len(batch), "store.path": self.path})
+
+    def _batch_done(self) -> None:
+        with self._idle:
+            self._in_flight -= 1
+            self._idle.notify_all()
+
+    def _run(self) -> None:
+        timeout = max(self.config.flush_seconds / 2, 0.01)
+        while True:
+            try:
+                batch = self._batches.get(timeout=timeout)
+            except queue.Empty:
+                batch = None
+                if self._buffer.pending and time.monotonic() - self._buffer.oldest >= self.config.flush_seconds:
+                    self._hand_off()
+                    continue
+                self._maybe_apply_retention()
+                continue
+            if batch is None:
+                return
+            started = time.perf_counter()
+            try:
+                written = self._sink.write(batch)
+            except Exception as exc:
+                self.stats.errors += 1
+                self.stats.dropped += len(batch)
+                log.error("store.write_failed", **{"store.path": self.path, "error": str(exc), "store.rows": len(batch)})
+            else:
+                self.stats.written += written
+                self.stats.batches += 1
+                self.stats.last_flush_seconds = time.perf_counter() - started
+            finally:
+                self._batch_done()
+
+    def _maybe_apply_retention(self) -> None:
+        if time.monotonic() - self._last_retention < self._retention_seconds:
+            return
+        self._last_retention = time.monotonic()
+        try:
+            self._sink.apply_retention()
+            self.stats.retention_runs += 1
+        except Exception as exc:
+            self.stats.errors += 1
+            log.error("store.retention_failed", **{"store.path": self.path, "error": str(exc)})
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Write everything accepted so far; True when it is all committed (or dropped)."""
+        self._hand_off_blocking()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._idle:
+            while self._in_flight:
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return False
+                self._idle.wait(remaining)
+        return True
+
+    def _hand_off_blocking(self) -> None:
+        """Like _hand_off, but waits for room in the queue: used by flush and close, not the hot path."""
+        with self._lock:
+            batch = self._buffer.take()
+        if batch:
+            with self._idle:
+                self._in_flight += 1
+            self._batches.put(batch)
+
+    def apply_retention(self) -> None:
+        """Ask for retention at the writer's next idle moment."""
+        self._last_retention = 0.0
+
+    def close(self) -> None:
+        """Flush everything accepted, stop the thread and close the database."""
+        if self._closing:
+            return
+        self._closing = True
+        self.flush()
+        self._batches.put(None)
+        self._thread.join()
+        self._sink.close()
+
+    def status(self) -> dict[str, Any]:
+        return {"path": self.path, "pending_batches": self._batches.qsize(), **self.stats.as_dict()}
+
+    def __enter__(self) -> StoreWriter:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()

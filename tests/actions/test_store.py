@@ -1,0 +1,446 @@
+"""The event store: schema, what is stored, batching, ids, migrations, retention, errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sqlite3
+import threading
+import time
+
+import pytest
+
+from sentinel.actions import record
+from sentinel.actions.store import Store, StoragePolicy, StoreWriter, open_readonly
+from sentinel.actions.store_schema import MIGRATIONS, SCHEMA_VERSION, migrate
+from sentinel.config import StoreConfig
+from sentinel.errors import StoreError
+from sentinel.events.model import Event, Fd, Process
+
+DAY_NS = 86_400 * 1_000_000_000
+
+
+def make_process(pid: int = 4242, comm: str = "curl", **fields) -> Process:
+    parent = Process(100, 7, comm="bash", exepath="/usr/bin/bash", args=("-i",))
+    return Process(
+        pid,
+        pid * 1000,
+        comm=comm,
+        exe=comm,
+        exepath="/usr/bin/" + comm,
+        args=("-s", "https://example.test/x"),
+        parent=parent,
+        ppid=100,
+        uid=1000,
+        user_name="alice",
+        cwd="/home/alice",
+        env=("PATH=/usr/bin",),
+        cap_effective=0x20,
+        **fields,
+    )
+
+
+def exec_event(pid: int = 4242, time_ns: int | None = None, comm: str = "curl") -> Event:
+    proc = make_process(pid, comm)
+    return Event("execve", proc, 0, {"filename": proc.exepath}, time_ns=time_ns or time.time_ns())
+
+
+def open_event(path: str = "/etc/shadow", time_ns: int | None = None, res: int = 3) -> Event:
+    fd = Fd(3, "file", path, open_flags=0, ino=77)
+    return Event("openat", make_process(), res, {"flags": 0, "mode": 0}, fd, time_ns=time_ns or time.time_ns())
+
+
+def connect_event(server: bool = False) -> Event:
+    fd = Fd(
+        5,
+        "ipv4",
+        "10.0.0.1:40000->10.0.0.2:443",
+        l4proto="tcp",
+        family=2,
+        lip="10.0.0.1",
+        lport=40000,
+        rip="10.0.0.2",
+        rport=443,
+        is_server=server,
+    )
+    return Event("connect", make_process(), 0, {"addrlen": 16}, fd, time_ns=time.time_ns())
+
+
+def alert(rule: str = "Read sensitive file", priority: str = "Warning", **extra) -> dict:
+    return {
+        "time": "2026-11-23T11:42:21.123456789Z",
+        "rule": rule,
+        "priority": priority,
+        "source": "syscall",
+        "hostname": "h1",
+        "output": "read /etc/shadow by curl",
+        "tags": ["T1003", "filesystem"],
+        "output_fields": {"fd.name": "/etc/shadow"},
+        **extra,
+    }
+
+
+@pytest.fixture
+def db_path(tmp_path):
+    return str(tmp_path / "state" / "events.db")
+
+
+def rows(path: str, sql: str, params=()) -> list[sqlite3.Row]:
+    conn = sqlite3.connect(path)
+    conn.row_factory = sqlite3.Row
+    try:
+        return conn.execute(sql, params).fetchall()
+    finally:
+        conn.close()
+
+
+def test_new_store_has_current_schema_wal_and_normal_sync(db_path):
+    with Store(db_path) as store:
+        assert store.conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert store.conn.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL
+        assert store.conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        assert store.conn.execute("PRAGMA auto_vacuum").fetchone()[0] == 2  # INCREMENTAL
+        assert set(store.db.table_names()) >= {"events", "alerts", "processes", "actions"}
+        indexes = {row[1] for row in store.conn.execute("SELECT * FROM sqlite_master WHERE type = 'index'")}
+        assert {"events_time", "events_type_time", "events_name_time", "events_exec", "alerts_rule_time"} <= indexes
+
+
+def test_every_field_column_exists_in_events(db_path):
+    with Store(db_path) as store:
+        columns = {row[1] for row in store.conn.execute("PRAGMA table_xinfo(events)")}
+    assert set(record.FIELD_COLUMNS.values()) <= columns
+    assert set(record.EVENT_COLUMNS) <= columns
+
+
+def test_event_row_round_trips_columns_and_extras(db_path):
+    event = open_event("/etc/shadow", res=-13)
+    with Store(db_path) as store:
+        event_id = store.add_event(event, matched=True)
+    (row,) = rows(db_path, "SELECT * FROM events")
+    assert row["id"] == event_id
+    assert row["evt_type"] == "openat"
+    assert row["evt_rawres"] == -13 and row["evt_res"] == "EACCES"
+    assert row["proc_name"] == "curl"
+    assert row["proc_cmdline"] == "curl -s https://example.test/x"
+    assert row["proc_pname"] == "bash" and row["proc_pcmdline"] == "bash -i"
+    assert row["fd_name"] == "/etc/shadow" and row["fd_typechar"] == "f"
+    assert row["fd_sip"] is None
+    extra = json.loads(row["extra"])
+    assert extra["args"] == {"flags": 0, "mode": 0}
+    assert extra["proc"]["env"] == ["PATH=/usr/bin"]
+    assert extra["proc"]["cap_effective"] == 0x20
+    assert extra["fd"]["ino"] == 77
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", row["ts"])
+
+
+@pytest.mark.parametrize("server", [False, True])
+def test_socket_server_and_client_columns_follow_the_connection_side(db_path, server):
+    with Store(db_path) as store:
+        store.add_event(connect_event(server=server), matched=False)
+    (row,) = rows(db_path, "SELECT * FROM events")
+    expected = ("10.0.0.1", 40000, "10.0.0.2", 443) if server else ("10.0.0.2", 443, "10.0.0.1", 40000)
+    assert (row["fd_sip"], row["fd_sport"], row["fd_cip"], row["fd_cport"]) == expected
+    assert row["fd_l4proto"] == "tcp"
+
+
+def test_policy_stores_matched_events_and_always_store_types_only(db_path):
+    policy = StoragePolicy(("execve", "connect"))
+    assert policy.wants("openat", True) and policy.wants("execve", False)
+    assert not policy.wants("openat", False)
+    with Store(db_path) as store:
+        assert store.add_event(open_event(), matched=False) is None
+        opened = store.add_event(open_event(), matched=True)
+        executed = store.add_event(exec_event(), matched=False)
+    stored = {(row["id"], row["evt_type"], row["matched"]) for row in rows(db_path, "SELECT * FROM events")}
+    assert stored == {(opened, "openat", 1), (executed, "execve", 0)}
+
+
+def test_ids_are_unique_time_ordered_uuid7():
+    ids = [record.new_id() for _ in range(20_000)]
+    assert len(set(ids)) == len(ids)
+    assert ids == sorted(ids)
+    assert all(re.fullmatch(r"[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}", i) for i in ids[:100])
+
+
+def test_alert_links_event_keeps_its_id_and_records_ancestry(db_path):
+    event = open_event()
+    with Store(db_path) as store:
+        event_id = store.add_event(event, matched=True)
+        alert_id = store.add_alert(
+            alert(id="0194-fixed-id"), event_id, record.ancestry_of(event.proc) + [Process(1, 1, comm="systemd")]
+        )
+    assert alert_id == "0194-fixed-id"
+    (row,) = rows(db_path, "SELECT * FROM alerts")
+    assert row["event_id"] == event_id
+    assert row["priority"] == "warning"
+    assert row["time"] == 1795434141123456789
+    assert json.loads(row["tags"]) == ["T1003", "filesystem"]
+    assert json.loads(row["ancestry"]) == [
+        {"pid": 100, "comm": "bash", "exepath": "/usr/bin/bash", "cmdline": "bash -i"},
+        {"pid": 1, "comm": "systemd", "exepath": "", "cmdline": "systemd"},
+    ]
+    assert row["acknowledged"] == 0
+
+
+def test_actions_processes_and_acknowledge(db_path):
+    proc = make_process(77)
+    with Store(db_path) as store:
+        store.upsert_process(proc)
+        proc.user_name = "root"  # the process table updates in place; the upsert keeps the last
+        store.upsert_process(proc)
+        alert_id = store.add_alert(alert(), None, [])
+        store.add_action("kill", "pid 77", rule="Read sensitive file", mode="enforce", outcome="killed", alert_id=alert_id)
+        store.flush()
+        assert store.acknowledge([alert_id], by="alice") == 1
+    (process,) = rows(db_path, "SELECT * FROM processes")
+    assert (process["pid"], process["start_ns"], process["user_name"], process["parent_start_ns"]) == (77, 77_000, "root", 7)
+    kinds = [(r["kind"], r["outcome"], r["alert_id"]) for r in rows(db_path, "SELECT * FROM actions ORDER BY seq")]
+    assert kinds == [("kill", "killed", alert_id), ("ack", "acknowledged", alert_id)]
+    assert rows(db_path, "SELECT acknowledged FROM alerts")[0][0] == 1
+
+
+def test_strings_that_are_not_utf8_are_stored_escaped_not_lost(db_path):
+    evil = b"/tmp/\xff\xfe-x".decode("utf-8", "surrogateescape")
+    with Store(db_path) as store:
+        store.add_event(open_event(evil), matched=True)
+        store.add_event(open_event("/etc/passwd"), matched=True)
+    names = [row[0] for row in rows(db_path, "SELECT fd_name FROM events ORDER BY seq")]
+    assert names == ["/tmp/\\xff\\xfe-x", "/etc/passwd"]
+
+
+def test_store_flushes_by_batch_size(db_path):
+    with Store(db_path, StoreConfig(batch_size=10)) as store:
+        for _ in range(25):
+            store.add_event(exec_event(), matched=False)
+        assert rows(db_path, "SELECT count(*) FROM events")[0][0] == 20
+    assert rows(db_path, "SELECT count(*) FROM events")[0][0] == 25
+
+
+@pytest.mark.parametrize("separate_process", [False, True])
+def test_writer_loses_no_accepted_event_on_close(db_path, separate_process):
+    writer = StoreWriter(db_path, StoreConfig(batch_size=100, flush_seconds=5), separate_process=separate_process)
+    ids = [writer.add_event(exec_event(pid), matched=False) for pid in range(1, 1051)]
+    alert_id = writer.add_alert(alert(), ids[0], [])
+    writer.add_action("deny", "/usr/bin/nc", mode="enforce", outcome="denied")
+    writer.close()
+    stored = [row[0] for row in rows(db_path, "SELECT id FROM events ORDER BY seq")]
+    assert stored == ids
+    assert rows(db_path, "SELECT event_id FROM alerts WHERE id = ?", (alert_id,))[0][0] == ids[0]
+    assert rows(db_path, "SELECT count(*) FROM actions")[0][0] == 1
+    status = writer.status()
+    assert status["queued"] == status["written"] == 1052 and status["dropped"] == 0
+
+
+def test_writer_flushes_by_time(db_path):
+    writer = StoreWriter(db_path, StoreConfig(batch_size=10_000, flush_seconds=0.2), separate_process=False)
+    try:
+        writer.add_event(exec_event(), matched=False)
+        deadline = time.monotonic() + 5
+        while writer.status()["written"] == 0 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert rows(db_path, "SELECT count(*) FROM events")[0][0] == 1
+        assert writer.status()["last_flush_seconds"] > 0
+    finally:
+        writer.close()
+
+
+def test_writer_drops_and_counts_when_the_database_cannot_keep_up(db_path):
+    writer = StoreWriter(db_path, StoreConfig(batch_size=5, flush_seconds=5), separate_process=False, max_batches=1)
+    blocker = sqlite3.connect(db_path, timeout=0)
+    blocker.execute("BEGIN IMMEDIATE")  # another writer holds the lock: the store's writes wait
+    try:
+        for pid in range(1, 101):
+            writer.add_event(exec_event(pid), matched=False)
+    finally:
+        blocker.rollback()
+        blocker.close()
+    writer.close()
+    status = writer.status()
+    stored = rows(db_path, "SELECT count(*) FROM events")[0][0]
+    assert status["dropped"] > 0
+    assert stored == status["written"] == 100 - status["dropped"]
+
+
+def test_hot_path_is_safe_from_several_threads(db_path):
+    writer = StoreWriter(
+        db_path, StoreConfig(batch_size=50, flush_seconds=0.05), separate_process=False, max_batches=1000
+    )
+
+    def produce(base):
+        for pid in range(base, base + 500):
+            writer.add_event(exec_event(pid), matched=False)
+
+    threads = [threading.Thread(target=produce, args=(n * 1000,)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    writer.close()
+    assert rows(db_path, "SELECT count(DISTINCT id) FROM events")[0][0] == 2000
+    assert writer.status()["queued"] == writer.status()["written"] == 2000
+
+
+def test_old_v1_database_is_migrated_and_keeps_its_rows(db_path):
+    os.makedirs(os.path.dirname(db_path))
+    conn = sqlite3.connect(db_path, isolation_level=None)
+    import sqlite_utils
+
+    migrate(sqlite_utils.Database(conn), db_path, MIGRATIONS[:1])
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == 1
+    conn.execute(
+        "INSERT INTO alerts (id, time, rule, priority, source) VALUES ('a1', 1, 'Old rule', 'error', 'syscall')"
+    )
+    conn.close()
+    with Store(db_path) as store:
+        assert store.conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        store.add_action("reload", "rules")
+    (row,) = rows(db_path, "SELECT rule, acknowledged, enforcement FROM alerts")
+    assert tuple(row) == ("Old rule", 0, None)
+    assert rows(db_path, "SELECT kind FROM actions")[0][0] == "reload"
+
+
+def test_database_from_a_newer_sentinel_is_refused(db_path):
+    Store(db_path).close()
+    conn = sqlite3.connect(db_path)
+    conn.execute("PRAGMA user_version = %d" % (SCHEMA_VERSION + 1))
+    conn.close()
+    with pytest.raises(StoreError, match="newer than this sentinel") as error:
+        Store(db_path)
+    assert error.value.location.path == db_path
+    with pytest.raises(StoreError, match="newer"):
+        open_readonly(db_path)
+
+
+def test_failed_migration_leaves_the_previous_version(db_path):
+    def broken(db):
+        db.execute("CREATE TABLE half_done (x)")
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError):
+        Store(db_path, migrations=MIGRATIONS + (broken,))
+    conn = sqlite3.connect(db_path)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    assert not conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'half_done'").fetchall()
+    conn.close()
+
+
+def test_unwritable_path_gives_a_store_error_naming_path_and_reason(tmp_path):
+    blocked = tmp_path / "file-not-dir"
+    blocked.write_text("")
+    path = str(blocked / "events.db")
+    with pytest.raises(StoreError) as error:
+        Store(path)
+    assert error.value.location.path == path
+    assert "is not a directory" in str(error.value) and path in str(error.value)
+
+
+def test_unwritable_path_as_unprivileged_user(tmp_path):
+    if os.geteuid() != 0:
+        pytest.skip("needs root to switch to an unprivileged user")
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o755)
+    path = str(locked / "events.db")
+    pid = os.fork()
+    if pid == 0:  # child: become nobody, expect a clean StoreError
+        try:
+            os.setgid(65534)
+            os.setuid(65534)
+            try:
+                Store(path)
+            except StoreError as exc:
+                os._exit(0 if "Permission denied" in str(exc) and path in str(exc) else 2)
+            os._exit(3)
+        finally:
+            os._exit(4)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_unknown_group_is_a_store_error(db_path):
+    with pytest.raises(StoreError, match="no such group"):
+        Store(db_path, StoreConfig(group="no-such-group-sentinel"))
+
+
+def test_default_file_modes_are_private(db_path):
+    Store(db_path).close()
+    assert os.stat(db_path).st_mode & 0o777 == 0o600
+
+
+def test_retention_by_age_removes_everything_older(db_path):
+    now = time.time_ns()
+    with Store(db_path, StoreConfig(retention_days=1)) as store:
+        old = store.add_event(open_event(time_ns=now - 2 * DAY_NS), matched=True)
+        store.add_alert(alert(time_ns=now - 2 * DAY_NS), old, [])
+        store.add_action("kill", "pid 1", time_ns=now - 2 * DAY_NS)
+        fresh = store.add_event(open_event(time_ns=now - DAY_NS // 2), matched=True)
+        store.add_alert(alert(time_ns=now - DAY_NS // 2), fresh, [])
+        store.flush()
+        deleted = store.apply_retention(now)
+    assert deleted["events"] == 1 and deleted["alerts"] == 1 and deleted["actions"] == 1
+    assert [row[0] for row in rows(db_path, "SELECT id FROM events")] == [fresh]
+    assert [row[0] for row in rows(db_path, "SELECT event_id FROM alerts")] == [fresh]
+
+
+def test_retention_by_size_deletes_oldest_unalerted_events_and_keeps_alerted(db_path):
+    config = StoreConfig(max_bytes=400_000, retention_days=30, batch_size=500)
+    with Store(db_path, config) as store:
+        first = store.add_event(exec_event(1), matched=True)
+        store.add_alert(alert(), first, [])
+        ids = [store.add_event(exec_event(pid), matched=False) for pid in range(2, 4002)]
+        store.flush()
+        store.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        before_file = os.path.getsize(db_path)
+        assert store.used_bytes() > config.max_bytes
+        deleted = store.apply_retention()
+        assert 3000 < deleted["events_for_size"] < 4000  # only as many as needed
+        assert config.max_bytes * 0.7 < store.used_bytes() <= config.max_bytes * 0.9
+        assert os.path.getsize(db_path) < before_file  # incremental vacuum gave the pages back
+        assert os.path.getsize(db_path + "-wal") == 0  # checkpointed
+    kept = [row[0] for row in rows(db_path, "SELECT id FROM events ORDER BY seq")]
+    assert kept[0] == first  # the oldest event survives: an alert links to it
+    assert kept[1:] == ids[-(len(kept) - 1) :]  # the rest are the newest ones
+
+
+def test_writer_runs_retention_off_the_hot_path(db_path):
+    now = time.time_ns()
+    writer = StoreWriter(db_path, StoreConfig(retention_days=1, flush_seconds=0.05), separate_process=False)
+    try:
+        writer.add_event(exec_event(time_ns=now - 3 * DAY_NS), matched=False)
+        writer.flush()
+        writer.apply_retention()
+        deadline = time.monotonic() + 5
+        while writer.status()["retention_runs"] == 0 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert writer.status()["retention_runs"] >= 1
+        assert rows(db_path, "SELECT count(*) FROM events")[0][0] == 0
+    finally:
+        writer.close()
+
+
+def test_readonly_connection_reads_while_writing_and_refuses_writes(db_path):
+    writer = StoreWriter(db_path, StoreConfig(batch_size=10, flush_seconds=0.05), separate_process=False)
+    try:
+        reader = open_readonly(db_path)
+        seen = []
+        for pid in range(1, 201):
+            writer.add_event(exec_event(pid), matched=False)
+            if pid % 50 == 0:
+                writer.flush()
+                seen.append(reader.execute("SELECT count(*) FROM events").fetchone()[0])
+        assert seen == [50, 100, 150, 200]
+        with pytest.raises(sqlite3.OperationalError, match="readonly|read-only"):
+            reader.execute("DELETE FROM events")
+    finally:
+        writer.close()
+
+
+def test_closed_store_is_readable_without_write_access(db_path):
+    Store(db_path).close()
+    assert not os.path.exists(db_path + "-shm")
+    assert rows(db_path, "PRAGMA journal_mode")[0][0] == "delete"
+
+
+def test_open_readonly_of_a_missing_file_is_a_store_error(tmp_path):
+    with pytest.raises(StoreError, match="no event store"):
+        open_readonly(str(tmp_path / "none.db"))
