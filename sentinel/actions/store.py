@@ -405,8 +405,14 @@ class Store:
 
 def open_readonly(path: str) -> sqlite_utils.Database:
     """A read-only connection for queries, the TUI and the forwarder; never blocks the writer."""
-    if not os.path.exists(path):
-        raise StoreError("no event store here (is the agent running with this store.path?)", SourceLocation(path))
+    try:
+        os.stat(path)
+    except FileNotFoundError:
+        raise StoreError("no event store here (is the agent running with this store.path?)", SourceLocation(path)) from None
+    except PermissionError:
+        raise StoreError(
+            "permission denied (readers need to be in the group named by store.group)", SourceLocation(path)
+        ) from None
     uri = "file:%s?mode=ro" % urllib.parse.quote(os.path.abspath(path))
     try:
         conn = sqlite3.connect(uri, uri=True, check_same_thread=False, timeout=10.0)
