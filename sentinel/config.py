@@ -104,6 +104,15 @@ class EnforceConfig:
 
 
 @dataclass(frozen=True)
+class ForwardConfig:
+    """The outbox every forwarded record goes through (its own SQLite file, bounded)."""
+
+    outbox: str = ""  # empty: <state dir>/outbox.db
+    max_rows: int = 1_000_000
+    max_age_hours: float = 168.0
+
+
+@dataclass(frozen=True)
 class OutputConfig:
     """One forwarding destination; `type` picks the transport, the rest are its options."""
 
@@ -121,6 +130,7 @@ class Config:
     control: ControlConfig = ControlConfig()
     metrics: MetricsConfig = MetricsConfig()
     enforce: EnforceConfig = EnforceConfig()
+    forward: ForwardConfig = ForwardConfig()
     outputs: tuple[OutputConfig, ...] = ()
     log_level: str = "info"
 
@@ -131,6 +141,10 @@ class Config:
     @property
     def db_path(self) -> str:
         return self.store.path or str(default_state_dir() / "events.db")
+
+    @property
+    def outbox_path(self) -> str:
+        return self.forward.outbox or str(default_state_dir() / "outbox.db")
 
     @property
     def control_socket(self) -> str:
@@ -217,6 +231,11 @@ def _build_output(value: Any, path: str, where: tuple[int, int]) -> OutputConfig
     if not isinstance(value, dict) or "name" not in value or "type" not in value:
         raise ConfigError("each output needs at least `name` and `type`", SourceLocation(path, *here))
     options = {k: v for k, v in value.items() if k not in ("name", "type")}
+    # Each type's options are checked here, so a typo fails at load with its location.
+    from sentinel.actions.forward.settings import validate_output
+
+    marked = _MarkedDict(options, getattr(value, "marks", {}), *here)
+    validate_output(str(value["name"]), str(value["type"]), marked, SourceLocation(path, *here))
     return OutputConfig(name=str(value["name"]), type=str(value["type"]), options=options)
 
 

@@ -1,0 +1,51 @@
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from receivers import HTTPReceiver, Rsyslog, make_test_pki  # noqa: E402
+
+from sentinel.actions.forward import HostIdentity, alert_record  # noqa: E402
+
+IDENTITY = HostIdentity(hostname="test-host", machine_id="m" * 32, boot_id="b-o-o-t", ruleset_version="r1")
+
+
+def make_alert(number: int = 0, **changes) -> dict:
+    fields = {"proc.name": "bash", "proc.pid": 1000 + number, "fd.name": "/etc/shadow", "user.name": "root"}
+    fields.update(changes.pop("output_fields", {}))
+    values = dict(rule="Read sensitive file", priority="warning", output="alert number %d" % number,
+                  output_fields=fields, tags=("filesystem", "mitre_credential_access"))
+    values.update(changes)
+    return alert_record(IDENTITY, **values)
+
+
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory):
+    return make_test_pki(tmp_path_factory.mktemp("pki"))
+
+
+@pytest.fixture
+def rsyslog(tmp_path, pki):
+    server = Rsyslog(tmp_path / "rsyslog", pki) if (tmp_path / "rsyslog").mkdir() is None else None
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def http_receiver():
+    receivers = []
+
+    def start(mode: str = "webhook") -> HTTPReceiver:
+        receiver = HTTPReceiver(mode)
+        receiver.start()
+        receivers.append(receiver)
+        return receiver
+
+    yield start
+    for receiver in receivers:
+        receiver.stop()
