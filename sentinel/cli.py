@@ -27,5 +27,104 @@ def main() -> None:
     """sentinel: eBPF sensors, Falco rules and in-kernel enforcement."""
 
 
+# --- reading the event store ------------------------------------------------------------------
+
+_db_option = click.option(
+    "--db", "db_path", metavar="PATH", help="Event store to read (default: store.path of the configuration)."
+)
+_json_option = click.option("--json", "as_json", is_flag=True, help="One JSON object per line instead of a table.")
+
+
+def _open_store(db_path: str | None):
+    from sentinel import config
+    from sentinel.actions.store import open_readonly
+
+    return open_readonly(db_path or config.load().db_path)
+
+
+def _print_result(result, as_json: bool) -> None:
+    from sentinel.actions.store_query import format_json_lines, format_table
+
+    text = format_json_lines(result) if as_json else format_table(result)
+    if text:
+        click.echo(text)
+
+
+@main.command()
+@click.argument("sql")
+@_db_option
+@_json_option
+def query(sql: str, db_path: str | None, as_json: bool) -> None:
+    """Run SQL on the event store, read-only (tables: events, alerts, processes, actions).
+
+    Example: sentinel query "SELECT proc_name, count(*) FROM events GROUP BY 1 ORDER BY 2 DESC"
+    """
+    from sentinel.actions.store_query import run_query
+
+    _print_result(run_query(_open_store(db_path), sql), as_json)
+
+
+@main.command()
+@click.option("--since", help="Only newer: a duration (30m, 1h, 2d) or a UTC time (2026-11-23T10:00).")
+@click.option("--rule", help="Only alerts of this rule.")
+@click.option("--priority", help="Only this priority or more severe (e.g. warning).")
+@click.option("--limit", default=100, show_default=True, help="At most this many, newest first.")
+@_db_option
+@_json_option
+def alerts(since: str | None, rule: str | None, priority: str | None, limit: int, db_path: str | None, as_json: bool) -> None:
+    """List stored alerts, newest first.
+
+    Example: sentinel alerts --since 1h --priority warning --json
+    """
+    from sentinel.actions import store_query
+
+    since_ns = store_query.parse_since(since) if since else None
+    columns = store_query.ALERT_DETAIL_COLUMNS if as_json else store_query.ALERT_LIST_COLUMNS
+    result = store_query.query_alerts(
+        _open_store(db_path), since_ns=since_ns, rule=rule, priority=priority, limit=limit, columns=columns
+    )
+    _print_result(result, as_json)
+
+
+@main.command()
+@click.argument("condition", required=False)
+@click.option("--type", "event_types", multiple=True, help="Only this event type (repeatable): execve, connect, ...")
+@click.option("--pid", type=int, help="Only events of this process id.")
+@click.option("--comm", help="Only events of processes with this name.")
+@click.option("--since", help="Only newer: a duration (30m, 1h, 2d) or a UTC time (2026-11-23T10:00).")
+@click.option("--limit", default=100, show_default=True, help="At most this many, newest first.")
+@_db_option
+@_json_option
+def events(
+    condition: str | None,
+    event_types: tuple[str, ...],
+    pid: int | None,
+    comm: str | None,
+    since: str | None,
+    limit: int,
+    db_path: str | None,
+    as_json: bool,
+) -> None:
+    """List stored events, newest first; CONDITION is in the rule language.
+
+    Example: sentinel events "proc.name = curl and fd.sport = 443" --since 2h
+    """
+    from sentinel.actions import store_query
+
+    since_ns = store_query.parse_since(since) if since else None
+    columns = store_query.EVENT_DETAIL_COLUMNS if as_json else store_query.EVENT_LIST_COLUMNS
+    result = store_query.query_events(
+        _open_store(db_path),
+        condition=condition,
+        since_ns=since_ns,
+        event_types=event_types,
+        pid=pid,
+        comm=comm,
+        limit=limit,
+        columns=columns,
+    )
+    _print_result(result, as_json)
+
+
 if __name__ == "__main__":
     main()
