@@ -27,6 +27,23 @@ def main() -> None:
     """sentinel: eBPF sensors, Falco rules and in-kernel enforcement."""
 
 
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
+def doctor(as_json: bool) -> None:
+    """Try each kernel feature sentinel uses and show what enforcement gets here.
+
+    Exit status 1 when the agent cannot run (no way to compile, no ring buffer or no
+    tracepoints). Example: sudo sentinel doctor --json
+    """
+    import json
+
+    from sentinel.kernel import probe
+
+    report = probe.doctor_report()
+    click.echo(json.dumps(report) if as_json else probe.format_report(report))
+    sys.exit(0 if report["can_run"] else 1)
+
+
 # --- reading the event store ------------------------------------------------------------------
 
 _db_option = click.option(

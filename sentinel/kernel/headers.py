@@ -131,7 +131,7 @@ BTF_FEATURES: tuple[BtfFeature, ...] = (
     BtfFeature("SENTINEL_HAVE_INODE_CTIME_SEC", "member", "inode", "i_ctime_sec"),
     BtfFeature("SENTINEL_HAVE_RINGBUF", "enumerator", "bpf_map_type", "BPF_MAP_TYPE_RINGBUF"),
     BtfFeature("SENTINEL_HAVE_SEND_SIGNAL", "enumerator", "bpf_func_id", "BPF_FUNC_send_signal"),
-    BtfFeature("SENTINEL_HAVE_BPF_LSM", "func", "bpf_lsm_bprm_check_security"),
+    BtfFeature("SENTINEL_HAVE_MNT_IDMAP", "type", "mnt_idmap"),
 )
 _FEATURE_KINDS = frozenset({"member", "type", "enumerator", "func"})
 
@@ -234,7 +234,7 @@ def load_bpf(
     from bcc import BPF
 
     all_cflags = [*btf_feature_cflags(configured_cache_dir), *cflags]
-    return BPF(text=text, cflags=all_cflags, **bpf_kwargs)
+    return BPF(text=text.encode(), cflags=all_cflags, **bpf_kwargs)
 
 
 def btf_feature_cflags(configured_cache_dir: str | None = None, btf_path: str = BTF_PATH) -> list[str]:
