@@ -58,6 +58,9 @@ class SensorConfig:
     btf_cache_dir: str = "/var/cache/sentinel/bcc-btf"
     proc_reconcile_seconds: float = 30.0
     process_table_max: int = 65536
+    # An exited process stays resolvable this long for late events (longer while it has
+    # live children).
+    process_exit_grace_seconds: float = 5.0
 
 
 @dataclass(frozen=True)

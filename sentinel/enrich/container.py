@@ -1,0 +1,155 @@
+"""Container ids and the cgroup path of a process, from /proc/<pid>/cgroup.
+
+Runtimes name the cgroup of a container after its id; the layouts differ by runtime and by
+cgroup driver (cgroupfs vs systemd) and hosts may be hybrid (v1 controllers plus the v2
+`0::` line), so every line is tried against one table of patterns. The first pattern that
+matches any line wins; within a line the LAST match is taken, so nested layouts
+(docker-in-docker) resolve to the innermost container, the one the process runs in. Ids are shortened to 12 characters as Falco does; LXC containers are
+named, not hashed, and keep their name.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from dataclasses import dataclass
+
+HOST = "host"
+SHORT_ID_LEN = 12
+
+_HEX64 = r"([0-9a-f]{64})"
+_END = r"(?=/|$)"
+
+# (runtime, pattern): group 1 is the container id. Checked in order.
+CONTAINER_PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
+    (runtime, re.compile(pattern))
+    for runtime, pattern in (
+        # docker, cgroupfs driver (v1, and v2 without systemd): /docker/<id>
+        ("docker", r"/docker/" + _HEX64 + _END),
+        # docker, systemd driver: /system.slice/docker-<id>.scope
+        ("docker", r"/docker-" + _HEX64 + r"\.scope" + _END),
+        # containerd CRI, systemd driver: .../kubepods-<qos>-pod<uid>.slice/cri-containerd-<id>.scope
+        ("containerd", r"/cri-containerd-" + _HEX64 + r"\.scope" + _END),
+        # CRI-O: crio-<id>.scope (systemd) or crio-<id> (cgroupfs); crio-conmon-<id> is the monitor
+        ("cri-o", r"/crio-" + _HEX64 + r"(?:\.scope)?" + _END),
+        # podman: libpod-<id>.scope (systemd) or /libpod_parent/libpod-<id> (cgroupfs)
+        ("podman", r"/libpod-" + _HEX64 + r"(?:\.scope)?" + _END),
+        # nerdctl / containerd, systemd driver
+        ("containerd", r"/nerdctl-" + _HEX64 + r"\.scope" + _END),
+        # kubernetes, cgroupfs driver: /kubepods[/<qos>]/pod<uid>/<id>
+        ("kubernetes", r"/kubepods(?:/[a-z]+)?/pod[0-9a-f_-]+/" + _HEX64 + _END),
+        # containerd, cgroupfs driver, namespace "default" (nerdctl, ctr)
+        ("containerd", r"^/default/" + _HEX64 + _END),
+        # LXC / LXD: /lxc/<name> (lxc < 4), /lxc.payload.<name> or /lxc.payload/<name>
+        ("lxc", r"^/lxc(?:\.payload)?[./]([^/]+)"),
+    )
+)
+
+
+@dataclass(frozen=True)
+class CgroupInfo:
+    """What the process table keeps from /proc/<pid>/cgroup."""
+
+    path: str  # the v2 path, else the v1 pids/cpu controller path
+    container_id: str  # short id, or HOST
+    runtime: str = ""  # key of CONTAINER_PATTERNS, "" on the host
+    full_id: str = ""
+    # Only a v2 hierarchy: the v2 cgroup id then decides the answer, so it may be cached by
+    # that id. On hybrid hosts a container's v1 cgroups can differ while the v2 one is shared.
+    v2_only: bool = False
+
+
+def short_id(full_id: str) -> str:
+    """Falco's container.id: 12 characters of a hex id; names (LXC) are kept whole."""
+    if len(full_id) == 64:
+        return full_id[:SHORT_ID_LEN]
+    return full_id
+
+
+def container_from_paths(paths: list[str]) -> tuple[str, str] | None:
+    """(runtime, full id) of the first pattern matching any of `paths`, else None."""
+    for runtime, pattern in CONTAINER_PATTERNS:
+        for path in paths:
+            last = None
+            for last in pattern.finditer(path):
+                pass
+            if last is not None:
+                return runtime, last.group(1)
+    return None
+
+
+# v1 controllers whose path is kept when the v2 path says nothing (hybrid hosts), by preference.
+_V1_PATH_CONTROLLERS = ("pids", "cpu", "name=systemd")
+
+
+def parse_cgroup(text: str) -> CgroupInfo:
+    """Parse the text of /proc/<pid>/cgroup (`hierarchy:controllers:path` per line)."""
+    v2_path = ""
+    has_v2 = False
+    v1_paths: dict[str, str] = {}
+    paths: list[str] = []
+    for line in text.splitlines():
+        parts = line.split(":", 2)
+        if len(parts) != 3:
+            continue
+        hierarchy, controllers, path = parts
+        paths.append(path)
+        if hierarchy == "0" and controllers == "":
+            has_v2 = True
+            v2_path = path
+        else:
+            for controller in controllers.split(","):
+                v1_paths.setdefault(controller, path)
+    stored = v2_path
+    if stored in ("", "/"):
+        for controller in _V1_PATH_CONTROLLERS:
+            candidate = v1_paths.get(controller, "")
+            if candidate not in ("", "/"):
+                stored = candidate
+                break
+        else:
+            stored = stored or next(iter(v1_paths.values()), "")
+    v2_only = has_v2 and not v1_paths
+    found = container_from_paths(paths)
+    if found is None:
+        return CgroupInfo(path=sys.intern(stored), container_id=HOST, v2_only=v2_only)
+    runtime, full_id = found
+    return CgroupInfo(
+        path=sys.intern(stored),
+        container_id=sys.intern(short_id(full_id)),
+        runtime=runtime,
+        full_id=full_id,
+        v2_only=v2_only,
+    )
+
+
+class CgroupResolver:
+    """Reads /proc/<pid>/cgroup, remembering the answer per v2 cgroup id on v2-only hosts
+    (there the id decides the answer; on hybrid hosts each exec is read afresh)."""
+
+    __slots__ = ("proc_root", "max_cached", "_by_cgroup_id")
+
+    def __init__(self, proc_root: str = "/proc", max_cached: int = 8192) -> None:
+        self.proc_root = proc_root
+        self.max_cached = max_cached
+        self._by_cgroup_id: dict[int, CgroupInfo] = {}
+
+    def resolve(self, pid: int, cgroup_id: int = 0) -> CgroupInfo | None:
+        """The cgroup of `pid`, or None when the process is gone."""
+        if cgroup_id:
+            cached = self._by_cgroup_id.get(cgroup_id)
+            if cached is not None:
+                return cached
+        try:
+            with open("%s/%d/cgroup" % (self.proc_root, pid), "rb") as handle:
+                text = handle.read().decode("utf-8", "surrogateescape")
+        except OSError:
+            return None
+        if not text:
+            return None
+        info = parse_cgroup(text)
+        if cgroup_id and info.v2_only:
+            if len(self._by_cgroup_id) >= self.max_cached:
+                self._by_cgroup_id.clear()
+            self._by_cgroup_id[cgroup_id] = info
+        return info

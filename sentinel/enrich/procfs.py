@@ -1,0 +1,286 @@
+"""Reading one process from /proc/<pid>, for the bootstrap and for table misses.
+
+Every file is read through a directory fd on /proc/<pid>: once that directory is open, a
+reused pid cannot swap another process in underneath (lookups through it fail once the
+process is gone), so all fields describe one process. Processes vanish at any moment:
+each read tolerates ENOENT, ESRCH and EACCES, and only a missing `stat` means "gone".
+
+Start times: /proc/<pid>/stat gives the start in clock ticks since boot, i.e. the kernel's
+`start_boottime` truncated to 1/SC_CLK_TCK s. The kernel records keep full precision, so
+identities from the two sources are compared with `same_start` at tick precision.
+"""
+
+from __future__ import annotations
+
+import os
+import stat as stat_mod
+import sys
+import time
+from collections.abc import Iterable
+
+from sentinel.enrich.container import CgroupInfo, parse_cgroup
+from sentinel.events.model import Process
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+TICK_NS = 1_000_000_000 // CLK_TCK
+# Two starts closer than this are the same process: one tick of /proc truncation, plus
+# slack for the BOOTTIME-MONOTONIC offset measured in user space when the kernel ids use
+# CLOCK_MONOTONIC. A pid cannot be reused within it (that takes pid_max forks).
+SAME_START_TOLERANCE_NS = TICK_NS + 1_000_000
+
+_MEMFD_PREFIX = "/memfd:"
+_DELETED_SUFFIX = " (deleted)"
+CAP_DAC_OVERRIDE = 1
+
+
+def same_start(a_ns: int, b_ns: int) -> bool:
+    """True when two start times (one maybe from /proc, tick-truncated) name one process."""
+    return -SAME_START_TOLERANCE_NS < a_ns - b_ns < SAME_START_TOLERANCE_NS
+
+
+def kernel_dev(st_dev: int) -> int:
+    """The kernel's internal dev_t (MKDEV: major << 20 | minor) of a user-space st_dev."""
+    return (os.major(st_dev) << 20) | os.minor(st_dev)
+
+
+def tty_nr_to_kernel_dev(tty_nr: int) -> int:
+    """/proc/<pid>/stat's tty_nr (new_encode_dev layout) -> kernel dev_t (major << 20 | minor)."""
+    major = (tty_nr >> 8) & 0xFFF
+    minor = (tty_nr & 0xFF) | ((tty_nr >> 12) & 0xFFF00)
+    return (major << 20) | minor
+
+
+def parse_stat(text: str) -> tuple[str, list[str]]:
+    """(comm, fields from field 3 `state` on) of /proc/<pid>/stat; comm may hold ') '."""
+    open_paren = text.index("(")
+    close_paren = text.rindex(")")
+    return text[open_paren + 1 : close_paren], text[close_paren + 2 :].split()
+
+
+def parse_status(text: str) -> dict[str, str]:
+    fields = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition(":")
+        if sep:
+            fields[key] = value.strip()
+    return fields
+
+
+def split_nul(data: bytes) -> list[str]:
+    """NUL-separated strings (cmdline, environ); the trailing empty string dropped."""
+    if not data:
+        return []
+    if data.endswith(b"\0"):
+        data = data[:-1]
+    return [part.decode("utf-8", "surrogateescape") for part in data.split(b"\0")]
+
+
+def strip_deleted(path: str) -> tuple[str, bool]:
+    """(path without the kernel's " (deleted)" suffix, whether it had it)."""
+    if path.endswith(_DELETED_SUFFIX):
+        return path[: -len(_DELETED_SUFFIX)], True
+    return path, False
+
+
+class ProcFS:
+    """Reads processes from a proc file system mounted at `root` (a fake tree in tests).
+
+    `exec_id_clock` is the clock of the kernel's exec ids ("boottime" or "monotonic"):
+    /proc start times are boot-relative and are shifted when the kernel uses MONOTONIC.
+    """
+
+    __slots__ = ("root", "env_keep", "clk_tck", "exec_id_clock")
+
+    def __init__(
+        self,
+        root: str = "/proc",
+        env_keep: Iterable[str] = (),
+        clk_tck: int = CLK_TCK,
+        exec_id_clock: str = "boottime",
+    ) -> None:
+        if exec_id_clock not in ("boottime", "monotonic"):
+            raise ValueError("exec_id_clock must be 'boottime' or 'monotonic', not %r" % (exec_id_clock,))
+        self.root = root
+        self.env_keep = frozenset(env_keep)
+        self.clk_tck = clk_tck
+        self.exec_id_clock = exec_id_clock
+
+    def pids(self) -> list[int]:
+        """Process ids (thread group leaders) present now."""
+        try:
+            names = os.listdir(self.root)
+        except OSError:
+            return []
+        return [int(name) for name in names if name.isdigit()]
+
+    def ticks_to_start_ns(self, ticks: int) -> int:
+        start_ns = ticks * 1_000_000_000 // self.clk_tck
+        if self.exec_id_clock == "monotonic":
+            boot_minus_mono = time.clock_gettime_ns(time.CLOCK_BOOTTIME) - time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+            start_ns -= boot_minus_mono
+        return start_ns
+
+    def start_ns(self, pid: int) -> int | None:
+        """The exec-id start of `pid` from its stat alone (cheap); None if gone."""
+        data = _read_at(None, "%s/%d/stat" % (self.root, pid))
+        if not data:
+            return None
+        try:
+            _comm, fields = parse_stat(data.decode("utf-8", "surrogateescape"))
+            return self.ticks_to_start_ns(int(fields[19]))
+        except (ValueError, IndexError):
+            return None
+
+    def read(self, pid: int) -> Process | None:
+        """The process `pid` as /proc shows it now (from_proc=True), or None if it is gone."""
+        try:
+            dir_fd = os.open("%s/%d" % (self.root, pid), os.O_RDONLY | os.O_DIRECTORY)
+        except OSError:
+            return None
+        try:
+            return self._read_dir(pid, dir_fd)
+        finally:
+            os.close(dir_fd)
+
+    def _read_dir(self, pid: int, dir_fd: int) -> Process | None:
+        data = _read_at(dir_fd, "stat")
+        if not data:
+            return None
+        try:
+            comm, fields = parse_stat(data.decode("utf-8", "surrogateescape"))
+            ppid, pgid, sid, tty_nr = (int(value) for value in fields[1:5])
+            start_ticks = int(fields[19])
+        except (ValueError, IndexError):
+            return None
+        proc = Process(pid, self.ticks_to_start_ns(start_ticks))
+        proc.from_proc = True
+        proc.comm = sys.intern(comm)
+        proc.ppid = ppid
+        proc.pgid = pgid
+        proc.sid = sid
+        proc.tty = tty_nr_to_kernel_dev(tty_nr) if tty_nr else 0
+        proc.vpgid = pgid
+        self._fill_status(proc, dir_fd)
+        self._fill_cmdline(proc, dir_fd)
+        self._fill_paths(proc, dir_fd)
+        if self.env_keep:
+            proc.env = self._kept_env(dir_fd)
+        loginuid = _read_at(dir_fd, "loginuid")
+        if loginuid:
+            try:
+                proc.loginuid = int(loginuid)
+            except ValueError:
+                pass
+        cgroup = read_cgroup_at(dir_fd)
+        if cgroup is not None:
+            proc.cgroup = cgroup.path
+            proc.container_id = cgroup.container_id
+        return proc
+
+    def _fill_status(self, proc: Process, dir_fd: int) -> None:
+        data = _read_at(dir_fd, "status")
+        if not data:
+            return
+        status = parse_status(data.decode("utf-8", "surrogateescape"))
+        try:
+            uids = status["Uid"].split()
+            gids = status["Gid"].split()
+            proc.uid, proc.euid = int(uids[0]), int(uids[1])
+            proc.gid, proc.egid = int(gids[0]), int(gids[1])
+            proc.cap_inheritable = int(status.get("CapInh", "0"), 16)
+            proc.cap_permitted = int(status.get("CapPrm", "0"), 16)
+            proc.cap_effective = int(status.get("CapEff", "0"), 16)
+            # NSpid/NSpgid list the ids from the outermost namespace in; the last is the
+            # process's own view. Absent on kernels without pid namespaces.
+            nspid = status.get("NSpid", "").split()
+            nspgid = status.get("NSpgid", "").split()
+            if nspid:
+                proc.vpid = int(nspid[-1])
+            if nspgid:
+                proc.vpgid = int(nspgid[-1])
+        except (KeyError, IndexError, ValueError):
+            pass
+        proc.is_vpgid_leader = proc.vpid == proc.vpgid
+
+    def _fill_cmdline(self, proc: Process, dir_fd: int) -> None:
+        argv = split_nul(_read_at(dir_fd, "cmdline") or b"")
+        if argv:
+            proc.exe = argv[0]
+            proc.args = tuple(argv[1:])
+
+    def _fill_paths(self, proc: Process, dir_fd: int) -> None:
+        exepath = _readlink_at(dir_fd, "exe")
+        if exepath:
+            exepath, _deleted = strip_deleted(exepath)
+            proc.exe_from_memfd = exepath.startswith(_MEMFD_PREFIX)
+            proc.exepath = sys.intern(exepath)
+            try:
+                st = os.stat("exe", dir_fd=dir_fd)
+            except OSError:
+                st = None
+            if st is not None:
+                proc.exe_ino = st.st_ino
+                proc.exe_dev = kernel_dev(st.st_dev)
+                proc.exe_mtime_ns = st.st_mtime_ns
+                proc.exe_ctime_ns = st.st_ctime_ns
+                proc.exe_writable = exe_writable(st, proc.euid, proc.egid, proc.cap_effective)
+        cwd = _readlink_at(dir_fd, "cwd")
+        if cwd:
+            proc.cwd = sys.intern(strip_deleted(cwd)[0])
+
+    def _kept_env(self, dir_fd: int) -> tuple[str, ...]:
+        """Only the configured variables: other values never leave this function."""
+        kept = []
+        for entry in split_nul(_read_at(dir_fd, "environ") or b""):
+            name, sep, _value = entry.partition("=")
+            if sep and name in self.env_keep:
+                kept.append(entry)
+        return tuple(kept)
+
+
+def exe_writable(st: os.stat_result, euid: int, egid: int, cap_effective: int) -> bool:
+    """Whether the process's credentials may write its executable (Falco's
+    proc.is_exe_writable): DAC bits for owner/group/other, or CAP_DAC_OVERRIDE."""
+    if cap_effective >> CAP_DAC_OVERRIDE & 1:
+        return True
+    mode = st.st_mode
+    if st.st_uid == euid:
+        return bool(mode & stat_mod.S_IWUSR)
+    if st.st_gid == egid:
+        return bool(mode & stat_mod.S_IWGRP)
+    return bool(mode & stat_mod.S_IWOTH)
+
+
+def read_cgroup_at(dir_fd: int) -> CgroupInfo | None:
+    data = _read_at(dir_fd, "cgroup")
+    if not data:
+        return None
+    return parse_cgroup(data.decode("utf-8", "surrogateescape"))
+
+
+def _read_at(dir_fd: int | None, name: str) -> bytes | None:
+    """Whole file, or None when the process is gone or the file is unreadable to us."""
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_CLOEXEC, dir_fd=dir_fd)
+    except OSError:
+        return None
+    try:
+        chunks = []
+        while True:
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                break
+            chunks.append(chunk)
+        return b"".join(chunks)
+    except OSError:
+        # ESRCH mid-read: the process exited between open and read.
+        return None
+    finally:
+        os.close(fd)
+
+
+def _readlink_at(dir_fd: int, name: str) -> str:
+    try:
+        return os.readlink(name, dir_fd=dir_fd)
+    except OSError:
+        return ""

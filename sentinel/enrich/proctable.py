@@ -1,0 +1,458 @@
+"""The process table: every known process by exec id (pid, start time), with ancestry.
+
+Sensors hand it kernel exec records (`on_exec`), forks, exits, chdirs and credential
+changes; every other record resolves its process with `lookup(pid, start_ns)`. At start,
+`bootstrap()` feeds each running process from /proc through the same `on_exec` path, and
+`reconcile()` periodically repairs what lost events got wrong.
+
+Identity. A process keeps its exec id across execs (the kernel's start time belongs to the
+task, not to the image), so the table holds one entry per process: its current image. An
+exec builds a new Process; the children of the old image are re-pointed to the new one, so
+`parent` is always the parent's current image, as Falco's `proc.pname` expects.
+Start times from /proc are tick-truncated: they are compared with `same_start` and replaced
+by the kernel's precise value the first time a kernel record names the process, so
+enforcement maps keyed by (pid, start) see the kernel's own numbers.
+
+Lifetime and memory. An exited process stays in the table for `process_exit_grace_seconds`
+(late events from other CPUs still resolve) and for as long as it has live children.
+Past `process_table_max` entries, the oldest exited entries are evicted first, then the
+oldest live ones (those come back from /proc on their next lookup). A dropped exited entry
+with no live children lets go of its own parent, so chains of exited ancestors (double
+forks) cannot grow without bound; ancestry of live processes is kept by reference.
+
+Absent processes. When a process is neither in the table nor in /proc (it exited before we
+looked), `lookup` returns a placeholder that is not stored: empty strings for names and
+paths, empty `container_id`, uids 0xFFFFFFFF and no parent. Empty strings are what the
+field extractors treat as absent (rendered "<NA>", as Falco renders a missing thread), so
+conditions such as `proc.name in (...)` or `container.id != host` stay false rather than
+matching a made-up value. `is_placeholder()` tells them apart.
+
+Not thread safe: one enrich thread owns the table (reconcile included).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable, Iterator
+from sentinel.config import SensorConfig
+from sentinel.enrich.container import HOST, CgroupResolver
+from sentinel.enrich.procfs import ProcFS, same_start
+from sentinel.enrich.users import UserResolver
+from sentinel.events.model import Event, Process
+
+UNKNOWN_ID = 0xFFFFFFFF
+_SWEEP_SECONDS = 1.0
+# Parents read from /proc while linking a child may themselves need their parent read;
+# a chain deeper than this (or a cycle from racing pid reuse) is not followed further.
+_MAX_LINK_DEPTH = 64
+
+
+def placeholder(pid: int, start_ns: int = 0) -> Process:
+    """A process we know nothing about: every descriptive field absent."""
+    proc = Process(pid, start_ns)
+    proc.container_id = ""
+    proc.uid = proc.gid = proc.euid = proc.egid = UNKNOWN_ID
+    proc.exited = True
+    return proc
+
+
+def is_placeholder(proc: Process) -> bool:
+    return proc.exited and not proc.comm and not proc.container_id
+
+
+class ProcessTable:
+    """Bounded table of processes keyed by exec id, with an index by pid for the live image."""
+
+    def __init__(
+        self,
+        config: SensorConfig | None = None,
+        procfs: ProcFS | None = None,
+        users: UserResolver | None = None,
+        cgroups: CgroupResolver | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        config = config if config is not None else SensorConfig()
+        if config.process_table_max < 1:
+            raise ValueError("process_table_max must be at least 1")
+        self.max_entries = config.process_table_max
+        self.exit_grace_seconds = config.process_exit_grace_seconds
+        self.reconcile_seconds = config.proc_reconcile_seconds
+        self.procfs = procfs if procfs is not None else ProcFS(env_keep=config.env_keep)
+        self.users = users if users is not None else UserResolver(proc_root=self.procfs.root)
+        self.cgroups = cgroups if cgroups is not None else CgroupResolver(self.procfs.root)
+        self._clock = clock
+        self._live: dict[int, Process] = {}  # pid -> current image; order: last exec/fork
+        self._exited: dict[tuple[int, int], tuple[Process, float]] = {}  # exec id -> (proc, exited at); exit order
+        self._last_exited: dict[int, Process] = {}  # pid -> its most recent exited process
+        self._children: dict[Process, set[Process]] = {}  # live children of a stored process
+        self._link_depth = 0
+        self._next_sweep = 0.0
+        self._next_reconcile = clock() + self.reconcile_seconds
+        self.hits = 0
+        self.misses = 0
+        self.refreshed = 0
+        self.evicted = 0
+        self.reconciled = 0
+        self.placeholders = 0
+
+    # ---- queries -------------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return len(self._live) + len(self._exited)
+
+    def processes(self) -> Iterator[Process]:
+        """Live processes, in order of their last exec or fork."""
+        return iter(list(self._live.values()))
+
+    def stats(self) -> dict[str, int]:
+        """Counters for `sentinel status` and the metrics endpoint."""
+        return {
+            "live": len(self._live),
+            "exited": len(self._exited),
+            "hits": self.hits,
+            "misses": self.misses,
+            "refreshed": self.refreshed,
+            "evicted": self.evicted,
+            "reconciled": self.reconciled,
+            "placeholders": self.placeholders,
+        }
+
+    def lookup(self, pid: int, start_ns: int = 0) -> Process:
+        """The process `pid` (the one started at `start_ns` when given); never raises.
+
+        A mismatching start time means pid reuse or a missed exec/fork: /proc is read
+        again. A process that is gone everywhere yields an unstored placeholder.
+        """
+        proc = self._live.get(pid)
+        if proc is not None:
+            if not start_ns or proc.start_ns == start_ns or self._adopt_start(proc, start_ns):
+                self.hits += 1
+                return proc
+            if start_ns < proc.start_ns:
+                # A late event of an older process that had this pid.
+                older = self._find_exited(pid, start_ns)
+                if older is not None:
+                    self.hits += 1
+                    return older
+                return self._placeholder(pid, start_ns)
+            self.refreshed += 1
+            return self._refresh(pid, start_ns)
+        if start_ns:
+            exited = self._find_exited(pid, start_ns)
+            if exited is not None:
+                self.hits += 1
+                return exited
+        self.misses += 1
+        found = self._refresh(pid, start_ns)
+        if not start_ns and is_placeholder(found):
+            return self._last_exited.get(pid, found)
+        return found
+
+    # ---- kernel records ------------------------------------------------------------------
+
+    def on_exec(self, event: Event, parent_start_ns: int = 0) -> Process:
+        """Install `event.proc` as the current image of its pid; returns the stored Process.
+
+        Fills what the kernel record lacks (cgroup path and container id, user names) and
+        links `parent` to the current image of `ppid` (read from /proc if unknown).
+        """
+        proc = event.proc
+        pid = proc.pid
+        now = self._clock()
+        previous = self._live.get(pid)
+        if previous is not None and not (previous.start_ns == proc.start_ns or same_start(previous.start_ns, proc.start_ns)):
+            self._retire(previous, now)  # the pid was reused: its exit was missed
+            previous = None
+        if previous is not None and previous.from_proc and not proc.from_proc:
+            previous.start_ns = proc.start_ns
+        proc.comm = sys.intern(proc.comm)
+        proc.exepath = sys.intern(proc.exepath)
+        proc.cwd = sys.intern(proc.cwd)
+        self._fill_cgroup(proc, previous)
+        if not proc.cwd and previous is not None:
+            proc.cwd = previous.cwd
+        self._fill_names(proc)
+        proc.exited = False
+        proc.parent = self._parent_of(proc, parent_start_ns)
+
+        if previous is not None:
+            self._unlink_from_parent(previous)
+            del self._live[pid]
+            children = self._children.pop(previous, None)
+            if children:
+                for child in children:
+                    if child.parent is previous:
+                        child.parent = proc
+                self._children[proc] = children
+        self._live[pid] = proc
+        self._link_to_parent(proc)
+        event.proc = proc
+        self._after_insert(now)
+        return proc
+
+    def on_fork(
+        self,
+        parent_pid: int,
+        parent_start_ns: int,
+        child_pid: int,
+        child_start_ns: int,
+        is_thread: bool,
+        boot_ns: int = 0,
+        vpid: int = 0,
+    ) -> Process | None:
+        """A new process as a copy of its parent's image; None for a new thread.
+
+        `boot_ns` (the event time) stands in for the child's start when the record lacks it.
+        """
+        if is_thread:
+            return None
+        start_ns = child_start_ns or boot_ns
+        now = self._clock()
+        existing = self._live.get(child_pid)
+        if existing is not None:
+            if existing.start_ns == start_ns or self._adopt_start(existing, start_ns):
+                return existing  # already read from /proc before this record arrived
+            self._retire(existing, now)
+        parent = self.lookup(parent_pid, parent_start_ns)
+        if is_placeholder(parent):
+            # The parent is gone: the child itself may still be readable.
+            fresh = self.procfs.read(child_pid)
+            if fresh is not None and same_start(fresh.start_ns, start_ns):
+                fresh.start_ns = start_ns
+                return self.on_exec(Event("execve", fresh, boot_ns=start_ns))
+        child = parent.copy_for_fork(child_pid, start_ns)
+        child.ppid = parent_pid
+        child.vpid = vpid or child_pid
+        child.is_vpgid_leader = False
+        if is_placeholder(parent):
+            child.parent = None
+        self._live[child_pid] = child
+        self._link_to_parent(child)
+        self._after_insert(now)
+        return child
+
+    def on_exit(self, pid: int, start_ns: int, exit_code: int, exit_signal: int) -> Process | None:
+        """Mark the process exited; it stays resolvable for late events and ancestry."""
+        proc = self._live.get(pid)
+        if proc is None or not (not start_ns or proc.start_ns == start_ns or self._adopt_start(proc, start_ns)):
+            proc = self._find_exited(pid, start_ns) if start_ns else self._last_exited.get(pid)
+            if proc is None:
+                return None
+        else:
+            self._retire(proc, self._clock())
+        proc.exit_code = exit_code
+        proc.exit_signal = exit_signal
+        return proc
+
+    def on_chdir(self, pid: int, start_ns: int, cwd: str) -> Process:
+        proc = self.lookup(pid, start_ns)
+        proc.cwd = sys.intern(cwd)
+        return proc
+
+    def update_creds(
+        self,
+        pid: int,
+        start_ns: int,
+        uid: int | None = None,
+        euid: int | None = None,
+        gid: int | None = None,
+        egid: int | None = None,
+    ) -> Process:
+        """Apply a setuid/setgid-family change in place (None: unchanged); names follow."""
+        proc = self.lookup(pid, start_ns)
+        if is_placeholder(proc):
+            return proc
+        if uid is not None:
+            proc.uid = uid
+        if euid is not None:
+            proc.euid = euid
+        if gid is not None:
+            proc.gid = gid
+        if egid is not None:
+            proc.egid = egid
+        self._fill_names(proc)
+        return proc
+
+    # ---- /proc ---------------------------------------------------------------------------
+
+    def bootstrap(self) -> list[Event]:
+        """Install every running process, oldest first so that parents precede children.
+
+        Returns the synthetic exec events (type "execve", `proc.from_proc` set) in the order
+        they were applied, for a pipeline that wants to record the starting state.
+        """
+        fresh = [proc for proc in map(self.procfs.read, self.procfs.pids()) if proc is not None]
+        fresh.sort(key=lambda proc: (proc.start_ns, proc.pid))
+        events = []
+        for proc in fresh:
+            event = Event("execve", proc, boot_ns=proc.start_ns)
+            self.on_exec(event)
+            events.append(event)
+        return events
+
+    def maybe_reconcile(self) -> bool:
+        """Run `reconcile()` when `proc_reconcile_seconds` have passed; True if it ran."""
+        if self._clock() < self._next_reconcile:
+            return False
+        self.reconcile()
+        return True
+
+    def reconcile(self) -> int:
+        """Make the live set agree with /proc: retire entries whose process is gone (or
+        whose pid now holds another process) and add processes we never heard of.
+        Returns how many entries changed."""
+        now = self._clock()
+        self._next_reconcile = now + self.reconcile_seconds
+        present = set(self.procfs.pids())
+        changed = 0
+        for pid, proc in list(self._live.items()):
+            start_ns = self.procfs.start_ns(pid) if pid in present else None
+            if start_ns is None or not same_start(start_ns, proc.start_ns):
+                self._retire(proc, now)
+                changed += 1
+        missing = [proc for proc in map(self.procfs.read, present - self._live.keys()) if proc is not None]
+        missing.sort(key=lambda proc: (proc.start_ns, proc.pid))
+        for proc in missing:
+            if proc.pid in self._live:
+                continue  # installed meanwhile as the parent of another
+            self.on_exec(Event("execve", proc, boot_ns=proc.start_ns))
+            changed += 1
+        self.reconciled += changed
+        self._sweep(now)
+        return changed
+
+    # ---- internals -----------------------------------------------------------------------
+
+    def _adopt_start(self, proc: Process, start_ns: int) -> bool:
+        """Same process at tick precision? Then keep the kernel's precise start."""
+        if not same_start(proc.start_ns, start_ns):
+            return False
+        if proc.from_proc:
+            proc.start_ns = start_ns
+        return True
+
+    def _find_exited(self, pid: int, start_ns: int) -> Process | None:
+        entry = self._exited.get((pid, start_ns))
+        if entry is not None:
+            return entry[0]
+        last = self._last_exited.get(pid)
+        if last is not None and same_start(last.start_ns, start_ns):
+            return last
+        return None
+
+    def _placeholder(self, pid: int, start_ns: int) -> Process:
+        self.placeholders += 1
+        return placeholder(pid, start_ns)
+
+    def _refresh(self, pid: int, start_ns: int) -> Process:
+        """Read `pid` from /proc and install it; the requested process or a placeholder."""
+        fresh = self.procfs.read(pid)
+        if fresh is None:
+            return self._placeholder(pid, start_ns)
+        matches = not start_ns or same_start(fresh.start_ns, start_ns)
+        if start_ns and not matches and fresh.start_ns < start_ns:
+            # /proc shows an older process than the kernel named: the one asked for
+            # already exited and this read raced with it. Leave the table alone.
+            return self._placeholder(pid, start_ns)
+        installed = self.on_exec(Event("execve", fresh, boot_ns=fresh.start_ns))
+        if not matches:
+            return self._placeholder(pid, start_ns)
+        if start_ns:
+            installed.start_ns = start_ns
+        return installed
+
+    def _parent_of(self, proc: Process, parent_start_ns: int) -> Process | None:
+        ppid = proc.ppid
+        if ppid <= 0 or ppid == proc.pid or self._link_depth >= _MAX_LINK_DEPTH:
+            return None
+        self._link_depth += 1
+        try:
+            parent = self.lookup(ppid, parent_start_ns)
+        finally:
+            self._link_depth -= 1
+        return None if is_placeholder(parent) else parent
+
+    def _fill_cgroup(self, proc: Process, previous: Process | None) -> None:
+        if proc.cgroup:
+            return
+        info = self.cgroups.resolve(proc.pid, proc.cgroup_id)
+        if info is not None:
+            proc.cgroup = info.path
+            proc.container_id = info.container_id
+        elif previous is not None:
+            # Already gone: its fork-time copy is the best we have.
+            proc.cgroup = previous.cgroup
+            proc.container_id = previous.container_id
+
+    def _fill_names(self, proc: Process) -> None:
+        # Falco's user.name/group.name describe the effective credentials.
+        proc.user_name, proc.group_name, proc.login_name = self.users.names(
+            proc.pid, proc.euid, proc.egid, proc.loginuid, on_host=proc.container_id == HOST
+        )
+
+    def _link_to_parent(self, proc: Process) -> None:
+        parent = proc.parent
+        if parent is not None and not parent.exited:
+            children = self._children.get(parent)
+            if children is None:
+                self._children[parent] = {proc}
+            else:
+                children.add(proc)
+
+    def _unlink_from_parent(self, proc: Process) -> None:
+        parent = proc.parent
+        if parent is None:
+            return
+        children = self._children.get(parent)
+        if children is not None:
+            children.discard(proc)
+            if not children:
+                del self._children[parent]
+
+    def _retire(self, proc: Process, now: float) -> None:
+        """Live -> exited."""
+        del self._live[proc.pid]
+        proc.exited = True
+        self._unlink_from_parent(proc)
+        self._exited[(proc.pid, proc.start_ns)] = (proc, now)
+        self._last_exited[proc.pid] = proc
+        if now >= self._next_sweep:
+            self._sweep(now)
+
+    def _drop_exited(self, key: tuple[int, int], proc: Process) -> None:
+        del self._exited[key]
+        if self._last_exited.get(proc.pid) is proc:
+            del self._last_exited[proc.pid]
+        if self._children.pop(proc, None) is None:
+            proc.parent = None  # nothing live needs its ancestry any more
+
+    def _sweep(self, now: float) -> None:
+        """Drop exited entries past their grace period that have no live children."""
+        self._next_sweep = now + _SWEEP_SECONDS
+        deadline = now - self.exit_grace_seconds
+        expired = []
+        for key, (proc, exited_at) in self._exited.items():
+            if exited_at > deadline:
+                break  # exit order: the rest are younger
+            if proc not in self._children:
+                expired.append((key, proc))
+        for key, proc in expired:
+            self._drop_exited(key, proc)
+
+    def _after_insert(self, now: float) -> None:
+        if now >= self._next_sweep and self._exited:
+            self._sweep(now)
+        excess = len(self._live) + len(self._exited) - self.max_entries
+        while excess > 0:
+            if self._exited:
+                key = next(iter(self._exited))
+                self._drop_exited(key, self._exited[key][0])
+            else:
+                pid = next(iter(self._live))
+                proc = self._live.pop(pid)
+                self._unlink_from_parent(proc)
+                self._children.pop(proc, None)
+            self.evicted += 1
+            excess -= 1
+
