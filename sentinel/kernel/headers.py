@@ -128,7 +128,9 @@ BTF_FEATURES: tuple[BtfFeature, ...] = (
     BtfFeature("SENTINEL_HAVE_TASK_STATE_RENAMED", "member", "task_struct", "__state"),
     BtfFeature("SENTINEL_HAVE_TASK_START_BOOTTIME", "member", "task_struct", "start_boottime"),
     BtfFeature("SENTINEL_HAVE_KERNFS_PARENT_RENAMED", "member", "kernfs_node", "__parent"),
-    BtfFeature("SENTINEL_HAVE_INODE_CTIME_SEC", "member", "inode", "i_ctime_sec"),
+    BtfFeature("SENTINEL_HAVE_INODE_TIME_SEC", "member", "inode", "i_mtime_sec"),
+    BtfFeature("SENTINEL_HAVE_INODE___I_CTIME", "member", "inode", "__i_ctime"),
+    BtfFeature("SENTINEL_HAVE_OVL_INODE", "type", "ovl_inode"),
     BtfFeature("SENTINEL_HAVE_RINGBUF", "enumerator", "bpf_map_type", "BPF_MAP_TYPE_RINGBUF"),
     BtfFeature("SENTINEL_HAVE_SEND_SIGNAL", "enumerator", "bpf_func_id", "BPF_FUNC_send_signal"),
     BtfFeature("SENTINEL_HAVE_MNT_IDMAP", "type", "mnt_idmap"),
@@ -196,8 +198,9 @@ def ensure_tree(configured_cache_dir: str | None = None, btf_path: str = BTF_PAT
     return source.path
 
 
-def fix_includes(text: str, tree: str) -> str:
-    """Comment out `#include <...>` lines that neither the tree nor bcc can satisfy.
+def fix_includes(text: str, tree: str, include_dirs: Iterable[str] = ()) -> str:
+    """Comment out `#include <...>` lines that neither the tree, `include_dirs` (the
+    program's own -I directories) nor bcc can satisfy.
 
     Programs written for real headers include files the fake tree lacks; their types come
     from BTF anyway, so the include is dropped visibly rather than failing the compile.
@@ -206,7 +209,7 @@ def fix_includes(text: str, tree: str) -> str:
     search = [
         os.path.join(tree, d)
         for d in ("include", "arch/%s/include" % arch, "include/uapi", "arch/%s/include/uapi" % arch)
-    ]
+    ] + list(include_dirs)
 
     def keep_or_drop(match: re.Match[str]) -> str:
         name = match.group(2)
@@ -230,7 +233,8 @@ def load_bpf(
     """
     source = kernel_source(configured_cache_dir)
     if source.kind == "btf":
-        text = fix_includes(text, source.path)
+        own_dirs = [flag[2:] for flag in cflags if flag.startswith("-I") and len(flag) > 2]
+        text = fix_includes(text, source.path, own_dirs)
     from bcc import BPF
 
     all_cflags = [*btf_feature_cflags(configured_cache_dir), *cflags]

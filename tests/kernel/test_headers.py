@@ -116,6 +116,10 @@ def test_fix_includes_drops_only_what_nothing_provides(tmp_path):
     assert fixed[0] == "#include <linux/sched.h>"
     assert fixed[1] == "/* sentinel: dropped #include <net/missing.h> // why */"
     assert fixed[2:] == ["#include <bcc/proto.h>", '#include "local.h"']
+    own = tmp_path / "own" / "net"
+    own.mkdir(parents=True)
+    (own / "missing.h").write_text("")
+    assert "dropped" not in headers.fix_includes(text, str(tmp_path), [str(tmp_path / "own")])
 
 
 FAKE_BTF = [
