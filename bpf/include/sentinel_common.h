@@ -1,0 +1,213 @@
+/* sentinel_common.h - maps and helpers every sentinel BPF program shares.
+ *
+ * Compiled by bcc against the running kernel's types (real headers or a BTF tree).
+ * Kernel memory is read with explicit bpf_probe_read_kernel() (SENTINEL_FIELD) instead of
+ * relying on bcc's rewriting of `a->b`, which does not follow pointers taken from raw
+ * tracepoint arguments. Kernel differences are handled with SENTINEL_HAVE_* macros that
+ * userspace probes from BTF and passes as cflags.
+ */
+#ifndef SENTINEL_COMMON_H
+#define SENTINEL_COMMON_H
+
+#include "sentinel_events.h"
+
+#ifndef SENTINEL_RINGBUF_PAGES
+#define SENTINEL_RINGBUF_PAGES 1024
+#endif
+
+/* Largest fixed body of any record; the scratch record holds one body plus a tail. */
+#define SENTINEL_BODY_MAX 256
+#define SENTINEL_RECORD_MAX (SENTINEL_BODY_MAX + SENTINEL_TAIL_MAX + SENTINEL_TAIL_SLACK)
+/* The scratch record is a power of two (the per-CPU maximum) so that a size can be bounded
+ * with one mask the compiler cannot drop. */
+#define SENTINEL_RECORD_BUF 32768
+
+/* Values that are #defines in the kernel (so not in BTF), stable for decades. */
+#define SENTINEL_MNT_INTERNAL 0x4000
+#define SENTINEL_TMPFS_MAGIC 0x01021994
+#define SENTINEL_HUGETLBFS_MAGIC 0x958458f6
+#define SENTINEL_OVERLAYFS_MAGIC 0x794c7630
+#define SENTINEL_PIDTYPE_PGID 2
+#define SENTINEL_PIDTYPE_SID 3
+
+/* Read one field of a kernel object; 0 when the read faults. */
+#define SENTINEL_FIELD(ptr, field)                                                  \
+	({                                                                          \
+		typeof((ptr)->field) __sentinel_v;                                  \
+		__builtin_memset((void *)&__sentinel_v, 0, sizeof(__sentinel_v));        \
+		bpf_probe_read_kernel((void *)&__sentinel_v, sizeof(__sentinel_v), &(ptr)->field); \
+		__sentinel_v;                                                       \
+	})
+
+struct sentinel_record_buf {
+	char data[SENTINEL_RECORD_BUF];
+};
+_Static_assert(SENTINEL_RECORD_MAX <= SENTINEL_RECORD_BUF, "scratch record too small");
+
+BPF_RINGBUF_OUTPUT(sentinel_events, SENTINEL_RINGBUF_PAGES);
+/* Records the ring buffer refused (full), per opcode; summed over CPUs by userspace. */
+BPF_PERCPU_ARRAY(sentinel_lost, u64, SENTINEL_OP_SLOTS);
+/* Where a record is built before it is copied into the ring buffer with its real size. */
+BPF_PERCPU_ARRAY(sentinel_scratch, struct sentinel_record_buf, 1);
+
+/* Syscall tracepoint contexts: the layout every kernel since 4.x uses for syscalls:*. */
+struct sentinel_sys_enter_args {
+	u64 common;
+	s32 syscall_nr;
+	u32 _pad;
+	u64 args[6];
+};
+
+struct sentinel_sys_exit_args {
+	u64 common;
+	s32 syscall_nr;
+	u32 _pad;
+	s64 ret;
+};
+
+static __always_inline char *sentinel_record(void)
+{
+	u32 zero = 0;
+	struct sentinel_record_buf *buf = sentinel_scratch.lookup(&zero);
+	return buf ? buf->data : 0;
+}
+
+static __always_inline u64 sentinel_start_ns(struct task_struct *task)
+{
+	struct task_struct *leader = SENTINEL_FIELD(task, group_leader);
+	return SENTINEL_FIELD(leader, start_boottime);
+}
+
+/* Fill the common header for `task` (pid/tid/start/comm from the task, the rest from now). */
+static __always_inline void sentinel_fill_header(struct sentinel_header *hdr, u16 op,
+						 struct task_struct *task)
+{
+	hdr->op = op;
+	hdr->abi = SENTINEL_ABI_VERSION;
+	hdr->size = 0;
+	hdr->boot_ns = bpf_ktime_get_boot_ns();
+	hdr->start_ns = sentinel_start_ns(task);
+	hdr->cgroup_id = bpf_get_current_cgroup_id();
+	hdr->pid = SENTINEL_FIELD(task, tgid);
+	hdr->tid = SENTINEL_FIELD(task, pid);
+	hdr->cpu = bpf_get_smp_processor_id();
+	hdr->_pad = 0;
+	bpf_probe_read_kernel_str(hdr->comm, sizeof(hdr->comm), &task->comm);
+}
+
+/* Copy the record (body + tail) into the ring buffer; count it as lost if it is full. */
+static __always_inline void sentinel_submit(char *rec, u32 body_size, u32 tail_len)
+{
+	struct sentinel_header *hdr = (struct sentinel_header *)rec;
+	u64 size = (u64)body_size + tail_len;
+	if (size > SENTINEL_RECORD_MAX)
+		size = SENTINEL_RECORD_MAX;
+	hdr->size = (u32)size;
+	/* the mask in asm so the verifier sees it on the register passed to the helper */
+	asm volatile("%[size] &= 0x7fff" : [size] "+r"(size));
+	u32 op = hdr->op;
+	if (sentinel_events.ringbuf_output(rec, size, 0) != 0) {
+		u64 *lost = sentinel_lost.lookup(&op);
+		if (lost)
+			__sync_fetch_and_add(lost, 1);
+	}
+}
+
+/* Where the next tail byte goes, and the record's flags. Kept in map memory on purpose:
+ * the verifier does not track values loaded from a map, so loops that append to the tail
+ * do not multiply its states (a register offset made the exec program exceed 1M insns). */
+struct sentinel_cursor {
+	u32 off;
+	u32 flags;
+};
+BPF_PERCPU_ARRAY(sentinel_cursors, struct sentinel_cursor, 1);
+
+static __always_inline struct sentinel_cursor *sentinel_cursor_reset(void)
+{
+	u32 zero = 0;
+	struct sentinel_cursor *cur = sentinel_cursors.lookup(&zero);
+	if (cur) {
+		cur->off = 0;
+		cur->flags = 0;
+	}
+	return cur;
+}
+
+/* Tail writers: each writes at (off & MASK) at most SENTINEL_TAIL_SLACK bytes, so nothing
+ * lands past SENTINEL_TAIL_MAX + SENTINEL_TAIL_SLACK; what does not fit sets TAIL_FULL. */
+static __always_inline void sentinel_put_kstr(char *tail, struct sentinel_cursor *cur, const void *src)
+{
+	u32 off = cur->off;
+	if (!src)
+		return;
+	if (off >= SENTINEL_TAIL_MAX) {
+		cur->flags |= SENTINEL_F_TAIL_FULL;
+		return;
+	}
+	long n = bpf_probe_read_kernel_str(tail + (off & SENTINEL_TAIL_MASK), SENTINEL_STR_MAX, src);
+	if (n > 0)
+		cur->off = off + (u32)n;
+}
+
+static __always_inline void sentinel_put_ustr(char *tail, struct sentinel_cursor *cur, const void *src, u32 max)
+{
+	u32 off = cur->off;
+	if (!src)
+		return;
+	if (off >= SENTINEL_TAIL_MAX) {
+		cur->flags |= SENTINEL_F_TAIL_FULL;
+		return;
+	}
+	if (max > SENTINEL_TAIL_SLACK)
+		max = SENTINEL_TAIL_SLACK;
+	long n = bpf_probe_read_user_str(tail + (off & SENTINEL_TAIL_MASK), max, src);
+	if (n > 0)
+		cur->off = off + (u32)n;
+}
+
+/* Append the path of (dentry, vfsmount) as NUL-terminated components, leaf first, up to
+ * the task's root (`root_dentry`, `root_mnt`) or the global root. A bounded dentry and
+ * mount walk: bpf_d_path() is not available to tracepoint programs. */
+static __always_inline void sentinel_put_path(char *tail, struct sentinel_cursor *cur,
+					      struct dentry *dentry, struct vfsmount *vfsmnt,
+					      struct dentry *root_dentry, struct vfsmount *root_mnt,
+					      u32 trunc_flag, u32 detached_flag)
+{
+	struct mount *mnt = container_of(vfsmnt, struct mount, mnt);
+	int i;
+	for (i = 0; i < SENTINEL_PATH_DEPTH; i++) {
+		if (!dentry)
+			return;
+		if (dentry == root_dentry && vfsmnt == root_mnt)
+			return;
+		struct dentry *mnt_root = SENTINEL_FIELD(vfsmnt, mnt_root);
+		if (dentry == mnt_root) {
+			struct mount *parent_mnt = SENTINEL_FIELD(mnt, mnt_parent);
+			if (parent_mnt == mnt || !parent_mnt)
+				return;  /* the global root (or a detached mount) */
+			dentry = SENTINEL_FIELD(mnt, mnt_mountpoint);
+			mnt = parent_mnt;
+			vfsmnt = &parent_mnt->mnt;
+			continue;
+		}
+		u32 off = cur->off;
+		if (off >= SENTINEL_TAIL_MAX) {
+			cur->flags |= SENTINEL_F_TAIL_FULL;
+			return;
+		}
+		const unsigned char *name = SENTINEL_FIELD(dentry, d_name.name);
+		long n = bpf_probe_read_kernel_str(tail + (off & SENTINEL_TAIL_MASK), SENTINEL_NAME_MAX, name);
+		if (n > 0)
+			cur->off = off + (u32)n;
+		struct dentry *parent = SENTINEL_FIELD(dentry, d_parent);
+		if (parent == dentry) {
+			/* not under its mount's root: unlinked, or a pseudo file (memfd) */
+			cur->flags |= detached_flag;
+			return;
+		}
+		dentry = parent;
+	}
+	cur->flags |= trunc_flag;
+}
+
+#endif /* SENTINEL_COMMON_H */

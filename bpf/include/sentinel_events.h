@@ -1,0 +1,166 @@
+/* sentinel_events.h - the one kernel->user record layout of sentinel.
+ *
+ * Every record starts with struct sentinel_header; `op` says which body follows and
+ * `size` how many bytes the record has in total (body + variable-length tail). Tails are
+ * byte strings whose lengths are in the body, in the order the body lists them.
+ * Paths walked from dentries are sent leaf first, one NUL-terminated component each
+ * (userspace reverses them): that keeps the kernel side a simple bounded loop.
+ *
+ * The Python mirror is sentinel/events/abi.py; tests/events/test_abi_layout.py compiles
+ * static asserts generated from it together with this header, so the two cannot drift.
+ * Add a record type: a new opcode, a body struct, its mirror, nothing else changes.
+ */
+#ifndef SENTINEL_EVENTS_H
+#define SENTINEL_EVENTS_H
+
+#define SENTINEL_ABI_VERSION 1
+
+enum sentinel_op {
+	SENTINEL_OP_EXEC = 1,
+	SENTINEL_OP_EXEC_FAILED = 2,
+	SENTINEL_OP_CLONE = 3,
+	SENTINEL_OP_EXIT = 4,
+	SENTINEL_OP_CHDIR = 5,
+};
+/* Size of the per-opcode lost-record counter array: opcodes must stay below it. */
+#define SENTINEL_OP_SLOTS 64
+
+/* The syscall that caused a record (exec, clone, chdir families). */
+enum sentinel_syscall {
+	SENTINEL_SYSCALL_NONE = 0,
+	SENTINEL_SYSCALL_EXECVE = 1,
+	SENTINEL_SYSCALL_EXECVEAT = 2,
+	SENTINEL_SYSCALL_CLONE = 3,
+	SENTINEL_SYSCALL_CLONE3 = 4,
+	SENTINEL_SYSCALL_FORK = 5,
+	SENTINEL_SYSCALL_VFORK = 6,
+	SENTINEL_SYSCALL_CHDIR = 7,
+	SENTINEL_SYSCALL_FCHDIR = 8,
+};
+
+/* Bounds of what the kernel copies. */
+#define SENTINEL_COMM_LEN 16
+#define SENTINEL_NAME_MAX 256      /* one path component, NUL included */
+#define SENTINEL_PATH_DEPTH 48     /* dentry + mount steps of one path walk */
+#define SENTINEL_STR_MAX 1024      /* filename / interpreter strings, NUL included */
+#define SENTINEL_ARGS_MAX 4096     /* argv bytes of one exec */
+#define SENTINEL_FAILED_ARGS 16    /* argv entries read for a failed exec */
+#define SENTINEL_ARG_MAX 256       /* one argv entry of a failed exec */
+#define SENTINEL_ENV_VARS 256      /* environment entries scanned */
+#define SENTINEL_ENV_VAR_MAX 4096  /* one environment entry, NUL included */
+#define SENTINEL_ENV_NAME_MAX 64   /* "NAME=" key of the env filter (LPM trie) */
+/* Every variable-length tail is written at (offset & SENTINEL_TAIL_MASK) with at most
+ * SENTINEL_TAIL_SLACK bytes per write, so the buffer is TAIL_MAX + TAIL_SLACK long. */
+#define SENTINEL_TAIL_MAX 16384
+#define SENTINEL_TAIL_MASK (SENTINEL_TAIL_MAX - 1)
+#define SENTINEL_TAIL_SLACK 4096
+
+/* sentinel_exec.flags / sentinel_exec_failed.flags / sentinel_chdir.flags */
+#define SENTINEL_F_EXECVEAT        (1U << 0)  /* the exec came from execveat(2) */
+#define SENTINEL_F_EXE_MEMFD       (1U << 1)  /* exe is a memfd_create() file */
+#define SENTINEL_F_EXE_UPPER       (1U << 2)  /* exe is on an overlayfs upper layer */
+#define SENTINEL_F_ARGS_TRUNC      (1U << 3)
+#define SENTINEL_F_ENV_TRUNC       (1U << 4)
+#define SENTINEL_F_EXEPATH_TRUNC   (1U << 5)  /* walk hit SENTINEL_PATH_DEPTH */
+#define SENTINEL_F_CWD_TRUNC       (1U << 6)
+#define SENTINEL_F_EXECFD          (1U << 7)  /* bprm->executable set (binfmt_misc 'O') */
+#define SENTINEL_F_NO_ENTER        (1U << 8)  /* no syscall entry seen (kernel-started exec) */
+#define SENTINEL_F_EXEPATH_DETACHED (1U << 9) /* walk ended on an unlinked/pseudo dentry */
+#define SENTINEL_F_FCHDIR          (1U << 10)
+#define SENTINEL_F_TAIL_FULL       (1U << 11) /* a tail was cut at SENTINEL_TAIL_MAX */
+/* sentinel_clone.flags */
+#define SENTINEL_F_CLONE_THREAD    (1U << 0)  /* the child is a thread of its parent's group */
+#define SENTINEL_F_CLONE_FLAGS     (1U << 1)  /* clone_flags is known (syscall entry seen) */
+
+struct sentinel_header {
+	__u16 op;        /* enum sentinel_op */
+	__u16 abi;       /* SENTINEL_ABI_VERSION */
+	__u32 size;      /* bytes of the whole record */
+	__u64 boot_ns;   /* bpf_ktime_get_boot_ns() */
+	__u64 start_ns;  /* exec id: start_boottime of the group leader */
+	__u64 cgroup_id; /* cgroup v2 id of the task */
+	__u32 pid;       /* tgid */
+	__u32 tid;
+	__u32 cpu;
+	__u32 _pad;
+	char comm[SENTINEL_COMM_LEN];
+};
+
+/* A successful exec, read at sched_process_exec (the new image is in place).
+ * Tail: filename, interp, exepath (components), cwd (components), args, env. */
+struct sentinel_exec {
+	struct sentinel_header hdr;
+	__u32 ppid;
+	__u32 old_pid;          /* thread that called exec (!= pid for a non-leader thread) */
+	__u64 parent_start_ns;
+	__u32 uid;
+	__u32 gid;
+	__u32 euid;
+	__u32 egid;
+	__u32 loginuid;
+	__u32 vpid;
+	__u32 pgid;
+	__u32 vpgid;
+	__u32 sid;
+	__u32 tty;              /* controlling tty, kernel dev_t (major << 20 | minor); 0: none */
+	__u64 cap_permitted;
+	__u64 cap_effective;
+	__u64 cap_inheritable;
+	__u64 exe_ino;
+	__u32 exe_dev;          /* kernel dev_t of the exe's superblock */
+	__u32 exe_mode;
+	__u32 exe_uid;
+	__u32 exe_gid;
+	__s64 exe_mtime_ns;
+	__s64 exe_ctime_ns;
+	__u32 flags;            /* SENTINEL_F_* */
+	__u16 filename_len;
+	__u16 interp_len;
+	__u16 exepath_len;
+	__u16 cwd_len;
+	__u16 args_len;
+	__u16 env_len;
+};
+
+/* An exec that failed: syscall exit with ret < 0. Tail: filename, args. */
+struct sentinel_exec_failed {
+	struct sentinel_header hdr;
+	__s32 res;
+	__u32 flags;
+	__s32 dirfd;
+	__u32 at_flags;
+	__u16 filename_len;
+	__u16 args_len;
+	__u32 _pad;
+};
+
+/* A new task (sched_process_fork). The header describes the CHILD. */
+struct sentinel_clone {
+	struct sentinel_header hdr;
+	__u32 parent_pid;
+	__u32 parent_tid;
+	__u64 parent_start_ns;
+	__u64 clone_flags;
+	__u32 flags;            /* SENTINEL_F_CLONE_* */
+	__u32 syscall;          /* enum sentinel_syscall */
+	__u32 vpid;
+	__u32 _pad;
+};
+
+/* The last thread of a process exited (signal->live reached 0). */
+struct sentinel_exit {
+	struct sentinel_header hdr;
+	__s32 exit_code;        /* wait(2) status: code << 8 | core 0x80 | signal */
+	__u32 _pad;
+};
+
+/* chdir/fchdir at syscall exit. Tail: cwd (components), only when res == 0. */
+struct sentinel_chdir {
+	struct sentinel_header hdr;
+	__s32 res;
+	__u32 flags;
+	__u16 cwd_len;
+	__u16 _pad[3];
+};
+
+#endif /* SENTINEL_EVENTS_H */

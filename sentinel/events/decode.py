@@ -1,0 +1,305 @@
+"""Kernel records (bytes from the ring buffer) -> Events, once, with precompiled structs.
+
+Dispatch is on the header opcode. Every record updates the process table (the lifecycle is
+tracked whatever the rules want) and yields one Event in Falco's shape:
+- exec: a fresh Process with every field the kernel sent, `Event("execve"|"execveat")`,
+  then `table.on_exec(event)` links the parent and fills names / container id;
+- failed exec: `Event("execve", res<0)` on the calling process (no new image);
+- clone/fork/vfork/clone3: the parent's event with `res` = child tid; the table creates
+  the child (threads are not processes and do not reach the table);
+- procexit: when the last thread of a process exits;
+- chdir/fchdir: the new cwd, resolved by the kernel.
+Malformed records are dropped and counted (`dropped`), never raised into the poll loop.
+"""
+
+from __future__ import annotations
+
+import stat
+import struct
+from typing import Any, Callable, Protocol
+
+from sentinel.events import abi
+from sentinel.events.model import Event, Process
+from sentinel.log import get_logger
+
+log = get_logger("sentinel.events.decode")
+
+CAP_DAC_OVERRIDE = 1
+
+
+class ProcessTableLike(Protocol):
+    """What the decoder needs from sentinel.enrich's process table."""
+
+    def on_exec(self, event: Event) -> Any: ...
+
+    def on_fork(self, parent: Process | None, child: Process, is_thread: bool) -> Any: ...
+
+    def on_exit(self, proc: Process, exit_code: int, exit_signal: int) -> Any: ...
+
+    def on_chdir(self, proc: Process, cwd: str) -> Any: ...
+
+    def lookup(self, pid: int, start_ns: int) -> Process | None: ...
+
+
+def _text(raw: bytes) -> str:
+    """Untrusted bytes from the monitored system: never fail, keep undecodable bytes."""
+    return raw.decode("utf-8", "surrogateescape")
+
+
+def _string(data: bytes, start: int, length: int) -> str:
+    """A NUL-terminated string region of the tail."""
+    return _text(data[start : start + length].split(b"\0", 1)[0])
+
+
+def _path(data: bytes, start: int, length: int) -> str:
+    """A path sent as NUL-terminated components, leaf first."""
+    if length == 0:
+        return "/"
+    parts = data[start : start + length].split(b"\0")
+    if parts and parts[-1] == b"":
+        parts.pop()
+    parts.reverse()
+    return "/" + _text(b"/".join(parts))
+
+
+def _strings(data: bytes, start: int, length: int) -> list[str]:
+    """A NUL-separated list region (argv, environment); a cut last entry is kept."""
+    raw = data[start : start + length]
+    if not raw:
+        return []
+    items = raw.split(b"\0")
+    if items[-1] == b"":
+        items.pop()
+    return [_text(item) for item in items]
+
+
+def exe_writable(mode: int, uid: int, gid: int, euid: int, egid: int, cap_effective: int) -> bool:
+    """Falco's proc.is_exe_writable: the process's credentials may write its executable."""
+    if cap_effective >> CAP_DAC_OVERRIDE & 1:
+        return True
+    if uid == euid:
+        return bool(mode & stat.S_IWUSR)
+    if gid == egid:
+        return bool(mode & stat.S_IWGRP)
+    return bool(mode & stat.S_IWOTH)
+
+
+def decode_exit_status(status: int) -> tuple[int, int, bool]:
+    """wait(2) status -> (exit code, terminating signal, core dumped)."""
+    return (status >> 8) & 0xFF, status & 0x7F, bool(status & 0x80)
+
+
+class Decoder:
+    """Turns raw records into Events and keeps the process table in step.
+
+    `boot_to_utc_ns` converts the records' CLOCK_BOOTTIME stamps (a measured offset).
+    """
+
+    def __init__(self, table: ProcessTableLike, boot_to_utc_ns: Callable[[int], int]) -> None:
+        self.table = table
+        self.boot_to_utc_ns = boot_to_utc_ns
+        self.decoded = 0
+        self.dropped = 0
+        self._next_num = 1
+        self._handlers = {
+            abi.OP_EXEC: self._exec,
+            abi.OP_EXEC_FAILED: self._exec_failed,
+            abi.OP_CLONE: self._clone,
+            abi.OP_EXIT: self._exit,
+            abi.OP_CHDIR: self._chdir,
+        }
+
+    def register(self, op: int, handler: Callable[[bytes], Event | None]) -> None:
+        """Other sensors add their record types here."""
+        self._handlers[op] = handler
+
+    def decode(self, data: bytes) -> Event | None:
+        try:
+            op, version, size = abi.PREFIX.unpack_from(data)
+            handler = self._handlers.get(op)
+            if handler is None or version != abi.ABI_VERSION or size > len(data):
+                raise ValueError("op %d, abi %d, size %d of %d bytes" % (op, version, size, len(data)))
+            event = handler(data)
+        except (struct.error, ValueError, IndexError) as exc:
+            self.dropped += 1
+            log.debug("record.dropped", reason=str(exc), size=len(data))
+            return None
+        if event is not None:
+            event.num = self._next_num
+            self._next_num += 1
+            self.decoded += 1
+        return event
+
+    def _process(self, pid: int, start_ns: int, tid: int, comm: bytes) -> Process:
+        """The process a record is about; a bare one when the table has never seen it."""
+        proc = self.table.lookup(pid, start_ns)
+        if proc is None:
+            proc = Process(pid, start_ns, comm=_text(comm.split(b"\0", 1)[0]))
+        proc.tid = tid
+        return proc
+
+    def _exec(self, data: bytes) -> Event:
+        (
+            _op, _abi, _size, boot_ns, start_ns, cgroup_id, pid, _tid, _cpu, _pad, comm,
+            ppid, old_pid, _parent_start_ns, uid, gid, euid, egid, loginuid, vpid, pgid, vpgid, sid, tty,
+            cap_permitted, cap_effective, cap_inheritable, exe_ino, exe_dev, exe_mode, exe_uid, exe_gid,
+            exe_mtime_ns, exe_ctime_ns, flags,
+            filename_len, interp_len, exepath_len, cwd_len, args_len, env_len,
+        ) = abi.EXEC.struct.unpack_from(data)  # fmt: skip
+        position = abi.EXEC.size
+        filename = _string(data, position, filename_len)
+        position += filename_len
+        interp = _string(data, position, interp_len)
+        position += interp_len
+        exepath = _path(data, position, exepath_len)
+        position += exepath_len
+        cwd = _path(data, position, cwd_len)
+        position += cwd_len
+        argv = _strings(data, position, args_len)
+        position += args_len
+        env = _strings(data, position, env_len)
+        syscall = "execveat" if flags & abi.F_EXECVEAT else "execve"
+        proc = Process(
+            pid,
+            start_ns,
+            tid=old_pid,
+            ppid=ppid,
+            vpid=vpid,
+            pgid=pgid,
+            vpgid=vpgid,
+            sid=sid,
+            comm=_text(comm.split(b"\0", 1)[0]),
+            exe=argv[0] if argv else filename,
+            exepath=exepath,
+            filename=filename,
+            interpreter=interp if interp != filename else "",
+            args=tuple(argv[1:]),
+            args_truncated=bool(flags & abi.F_ARGS_TRUNC),
+            env=tuple(env),
+            cwd=cwd,
+            tty=tty,
+            uid=uid,
+            gid=gid,
+            euid=euid,
+            egid=egid,
+            loginuid=loginuid,
+            cap_permitted=cap_permitted,
+            cap_effective=cap_effective,
+            cap_inheritable=cap_inheritable,
+            cgroup_id=cgroup_id,
+            exe_ino=exe_ino,
+            exe_dev=exe_dev,
+            exe_mtime_ns=exe_mtime_ns,
+            exe_ctime_ns=exe_ctime_ns,
+            exe_from_memfd=bool(flags & abi.F_EXE_MEMFD),
+            exe_upper_layer=bool(flags & abi.F_EXE_UPPER),
+            exe_writable=exe_writable(exe_mode, exe_uid, exe_gid, euid, egid, cap_effective),
+            is_vpgid_leader=vpid == vpgid,
+            exec_syscall=syscall,
+        )
+        event = Event(
+            syscall,
+            proc,
+            res=0,
+            args={"filename": filename},
+            boot_ns=boot_ns,
+            time_ns=self.boot_to_utc_ns(boot_ns),
+            tid=old_pid,
+        )
+        self.table.on_exec(event)
+        return event
+
+    def _exec_failed(self, data: bytes) -> Event:
+        (
+            _op, _abi, _size, boot_ns, start_ns, _cgroup_id, pid, tid, _cpu, _pad, comm,
+            res, flags, dirfd, at_flags, filename_len, args_len, _pad2,
+        ) = abi.EXEC_FAILED.struct.unpack_from(data)  # fmt: skip
+        position = abi.EXEC_FAILED.size
+        filename = _string(data, position, filename_len)
+        argv = _strings(data, position + filename_len, args_len)
+        args: dict[str, Any] = {"filename": filename, "argv": tuple(argv)}
+        syscall = "execve"
+        if flags & abi.F_EXECVEAT:
+            syscall = "execveat"
+            args["dirfd"] = dirfd
+            args["flags"] = at_flags
+        proc = self._process(pid, start_ns, tid, comm)
+        return Event(
+            syscall, proc, res=res, args=args, boot_ns=boot_ns, time_ns=self.boot_to_utc_ns(boot_ns), tid=tid
+        )
+
+    def _clone(self, data: bytes) -> Event:
+        (
+            _op, _abi, _size, boot_ns, start_ns, cgroup_id, pid, tid, _cpu, _pad, comm,
+            parent_pid, parent_tid, parent_start_ns, clone_flags, flags, syscall, vpid, _pad2,
+        ) = abi.CLONE.struct.unpack_from(data)  # fmt: skip
+        is_thread = bool(flags & abi.F_CLONE_THREAD)
+        parent = self.table.lookup(parent_pid, parent_start_ns)
+        if is_thread:
+            child = parent if parent is not None else Process(pid, start_ns)
+        elif parent is not None:
+            child = parent.copy_for_fork(pid, start_ns)
+        else:
+            child = Process(pid, start_ns, ppid=parent_pid)
+        if not is_thread:
+            child.vpid = vpid
+            child.cgroup_id = cgroup_id
+            child.comm = _text(comm.split(b"\0", 1)[0])
+        self.table.on_fork(parent, child, is_thread)
+        if parent is None:
+            parent = Process(parent_pid, parent_start_ns, comm=child.comm)
+        parent.tid = parent_tid
+        args: dict[str, Any] = {"child_pid": pid, "child_tid": tid, "is_thread": is_thread}
+        if flags & abi.F_CLONE_FLAGS:
+            args["flags"] = clone_flags
+        return Event(
+            abi.SYSCALL_EVENT_TYPES.get(syscall, "clone"),
+            parent,
+            res=tid,
+            args=args,
+            boot_ns=boot_ns,
+            time_ns=self.boot_to_utc_ns(boot_ns),
+            tid=parent_tid,
+        )
+
+    def _exit(self, data: bytes) -> Event:
+        (
+            _op, _abi, _size, boot_ns, start_ns, _cgroup_id, pid, tid, _cpu, _pad, comm,
+            status, _pad2,
+        ) = abi.EXIT.struct.unpack_from(data)  # fmt: skip
+        code, signal, core = decode_exit_status(status)
+        proc = self._process(pid, start_ns, tid, comm)
+        self.table.on_exit(proc, code, signal)
+        proc.exited = True
+        proc.exit_code = code
+        proc.exit_signal = signal
+        return Event(
+            "procexit",
+            proc,
+            res=0,
+            args={"status": code, "sig": signal, "core": core},
+            boot_ns=boot_ns,
+            time_ns=self.boot_to_utc_ns(boot_ns),
+            tid=tid,
+        )
+
+    def _chdir(self, data: bytes) -> Event:
+        (
+            _op, _abi, _size, boot_ns, start_ns, _cgroup_id, pid, tid, _cpu, _pad, comm,
+            res, flags, cwd_len, _pad2,
+        ) = abi.CHDIR.struct.unpack_from(data)  # fmt: skip
+        proc = self._process(pid, start_ns, tid, comm)
+        args: dict[str, Any] = {}
+        if res == 0:
+            cwd = _path(data, abi.CHDIR.size, cwd_len)
+            args["path"] = cwd
+            self.table.on_chdir(proc, cwd)
+        return Event(
+            "fchdir" if flags & abi.F_FCHDIR else "chdir",
+            proc,
+            res=res,
+            args=args,
+            boot_ns=boot_ns,
+            time_ns=self.boot_to_utc_ns(boot_ns),
+            tid=tid,
+        )

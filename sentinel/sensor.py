@@ -1,0 +1,226 @@
+"""The sensor: loads sentinel's BPF object, attaches what the interest needs, yields Events.
+
+Programs are declared as data (PROGRAMS): which function, which hook, for which event
+types. The process lifecycle (PROCESS_LIFECYCLE) is always attached because the process
+table needs it; everything else only when the rules ask for it. Filters live in BPF maps
+that userspace fills; the C text is never generated.
+
+    sensor = Sensor(config, interest, table)
+    sensor.start()                  # compile, fill maps, attach, start polling
+    for event in sensor.events():   # decoded Events; the table is kept up to date
+        ...
+    sensor.close()                  # detach everything
+"""
+
+from __future__ import annotations
+
+import ctypes
+import time
+from dataclasses import dataclass
+from typing import Iterator
+
+from sentinel.config import Config
+from sentinel.errors import ConfigError, KernelError
+from sentinel.events import abi
+from sentinel.events.decode import Decoder, ProcessTableLike
+from sentinel.events.interest import PROCESS_LIFECYCLE, Interest
+from sentinel.events.model import Event
+from sentinel.kernel import loader
+from sentinel.kernel.ringbuf import RingBufferReader
+from sentinel.log import get_logger
+
+log = get_logger("sentinel.sensor")
+
+RAW_TRACEPOINT = "raw_tracepoint"
+TRACEPOINT = "tracepoint"
+
+
+@dataclass(frozen=True)
+class Program:
+    """One BPF program of bpf/*.bpf.c and the hook it attaches to."""
+
+    name: str
+    kind: str  # RAW_TRACEPOINT or TRACEPOINT
+    target: str  # "sched_process_exec" or "syscalls:sys_enter_execve"
+    event_types: frozenset[str]
+
+
+_EXEC = frozenset({"execve", "execveat"})
+_CLONE = frozenset({"clone", "clone3", "fork", "vfork"})
+PROGRAMS: tuple[Program, ...] = (
+    Program("sentinel_exec", RAW_TRACEPOINT, "sched_process_exec", _EXEC),
+    Program("sentinel_execve_enter", TRACEPOINT, "syscalls:sys_enter_execve", _EXEC),
+    Program("sentinel_execveat_enter", TRACEPOINT, "syscalls:sys_enter_execveat", _EXEC),
+    Program("sentinel_execve_exit", TRACEPOINT, "syscalls:sys_exit_execve", _EXEC),
+    Program("sentinel_execveat_exit", TRACEPOINT, "syscalls:sys_exit_execveat", _EXEC),
+    Program("sentinel_fork", RAW_TRACEPOINT, "sched_process_fork", _CLONE),
+    Program("sentinel_clone_enter", TRACEPOINT, "syscalls:sys_enter_clone", _CLONE),
+    Program("sentinel_clone3_enter", TRACEPOINT, "syscalls:sys_enter_clone3", _CLONE),
+    Program("sentinel_fork_enter", TRACEPOINT, "syscalls:sys_enter_fork", _CLONE),
+    Program("sentinel_vfork_enter", TRACEPOINT, "syscalls:sys_enter_vfork", _CLONE),
+    Program("sentinel_exit", RAW_TRACEPOINT, "sched_process_exit", frozenset({"procexit"})),
+    Program("sentinel_chdir_exit", TRACEPOINT, "syscalls:sys_exit_chdir", frozenset({"chdir"})),
+    Program("sentinel_fchdir_exit", TRACEPOINT, "syscalls:sys_exit_fchdir", frozenset({"fchdir"})),
+)
+
+
+def programs_for(event_types: frozenset[str]) -> tuple[Program, ...]:
+    """The programs needed for `event_types` plus the always-on process lifecycle."""
+    wanted = event_types | PROCESS_LIFECYCLE
+    return tuple(p for p in PROGRAMS if p.event_types & wanted)
+
+
+def env_keep_keys(names: tuple[str, ...]) -> list[bytes]:
+    """The "NAME=" prefixes of the environment filter; a name that cannot match is an error."""
+    keys = []
+    for name in names:
+        key = name.encode() + b"="
+        if not name or "=" in name or "\0" in name or len(key) > abi.ENV_NAME_MAX:
+            raise ConfigError(
+                "sensor.env_keep: %r is not a variable name of at most %d bytes" % (name, abi.ENV_NAME_MAX - 1)
+            )
+        keys.append(key)
+    return keys
+
+
+class Sensor:
+    """Owns the loaded BPF object, its attachments, the ring buffer reader and the decoder."""
+
+    def __init__(self, config: Config, interest: Interest, table: ProcessTableLike, clock=None) -> None:
+        if clock is None:
+            from sentinel.enrich.clock import wall_clock
+
+            clock = wall_clock()
+        self.config = config
+        self.interest = interest
+        self.table = table
+        self.decoder = Decoder(table, clock.boot_to_utc_ns)
+        self.ready_seconds: float | None = None  # start() to everything attached
+        self.compile_seconds: float | None = None
+        self._bpf = None
+        self._reader: RingBufferReader | None = None
+        self._attached: dict[str, Program] = {}
+
+    # ---- lifecycle
+    def start(self) -> None:
+        started = time.monotonic()
+        env_keys = env_keep_keys(self.config.sensor.env_keep)
+        pages = self.config.sensor.ringbuf_pages
+        if pages <= 0 or pages & (pages - 1):
+            raise ConfigError("sensor.ringbuf_pages must be a power of two, not %d" % pages)
+        loaded = loader.load_object(defines={"SENTINEL_RINGBUF_PAGES": pages})
+        self._bpf = loaded.bpf
+        self.compile_seconds = loaded.compile_seconds
+        try:
+            self._fill_env_keep(env_keys)
+            self._reader = RingBufferReader(self._bpf)
+            self._reader.start()
+            self._attach(programs_for(self.interest.event_types))
+        except BaseException:
+            self.close()
+            raise
+        self.ready_seconds = time.monotonic() - started
+        log.info(
+            "sensor.ready",
+            programs=len(self._attached),
+            seconds=round(self.ready_seconds, 3),
+            compile_seconds=round(self.compile_seconds, 3),
+        )
+
+    def update_interest(self, interest: Interest) -> None:
+        """Attach what the new interest needs and detach what it no longer does."""
+        wanted = {p.name: p for p in programs_for(interest.event_types)}
+        for name in [n for n in self._attached if n not in wanted]:
+            self._detach(self._attached.pop(name))
+        self._attach(tuple(p for n, p in wanted.items() if n not in self._attached))
+        self.interest = interest
+
+    def close(self) -> None:
+        """Detach every program and free the BPF object; safe to call twice."""
+        if self._reader is not None:
+            self._reader.stop()
+            self._reader = None
+        for program in list(self._attached.values()):
+            try:
+                self._detach(program)
+            except KernelError as exc:
+                log.warning("sensor.detach_failed", program=program.name, error=str(exc))
+        self._attached.clear()
+        if self._bpf is not None:
+            self._bpf.cleanup()
+            self._bpf = None
+
+    def __enter__(self) -> Sensor:
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    # ---- events
+    def poll(self, timeout: float = 0.1) -> list[Event]:
+        """Decoded events received so far (waiting up to `timeout` for the first)."""
+        if self._reader is None:
+            raise KernelError("sensor is not started")
+        decode = self.decoder.decode
+        events = []
+        for record in self._reader.take(timeout):
+            event = decode(record)
+            if event is not None:
+                events.append(event)
+        return events
+
+    def events(self, timeout: float = 0.5) -> Iterator[Event]:
+        """Events until close(); yields nothing while idle but keeps polling."""
+        while self._reader is not None:
+            yield from self.poll(timeout)
+
+    @property
+    def attached(self) -> tuple[str, ...]:
+        return tuple(sorted(self._attached))
+
+    def lost(self) -> dict[int, int]:
+        """Records the kernel could not queue (ring buffer full), per opcode."""
+        if self._bpf is None:
+            return {}
+        table = self._bpf["sentinel_lost"]
+        counts = {}
+        for op in range(abi.OP_SLOTS):
+            total = sum(int(v) for v in table[ctypes.c_uint(op)])
+            if total:
+                counts[op] = total
+        return counts
+
+    @property
+    def records_received(self) -> int:
+        return self._reader.records if self._reader is not None else 0
+
+    # ---- internals
+    def _fill_env_keep(self, keys: list[bytes]) -> None:
+        trie = self._bpf["sentinel_env_keep"]
+        for key_bytes in keys:
+            key = trie.Key()
+            key.prefixlen = len(key_bytes) * 8
+            ctypes.memmove(ctypes.addressof(key) + 4, key_bytes, len(key_bytes))
+            trie[key] = ctypes.c_uint8(1)
+
+    def _attach(self, programs: tuple[Program, ...]) -> None:
+        for program in programs:
+            try:
+                if program.kind == RAW_TRACEPOINT:
+                    self._bpf.attach_raw_tracepoint(tp=program.target.encode(), fn_name=program.name.encode())
+                else:
+                    self._bpf.attach_tracepoint(tp=program.target.encode(), fn_name=program.name.encode())
+            except Exception as exc:  # bcc raises bare Exception
+                raise KernelError("cannot attach %s to %s: %s" % (program.name, program.target, exc)) from None
+            self._attached[program.name] = program
+
+    def _detach(self, program: Program) -> None:
+        try:
+            if program.kind == RAW_TRACEPOINT:
+                self._bpf.detach_raw_tracepoint(tp=program.target.encode())
+            else:
+                self._bpf.detach_tracepoint(tp=program.target.encode())
+        except Exception as exc:
+            raise KernelError("cannot detach %s from %s: %s" % (program.name, program.target, exc)) from None
+        self._attached.pop(program.name, None)
