@@ -10,6 +10,7 @@ import os
 import re
 import signal
 import socket
+import ssl
 import subprocess
 import threading
 import time
@@ -145,8 +146,9 @@ class HTTPReceiver:
     `stop()`/`start()` take it off the port and bring it back on the same port.
     """
 
-    def __init__(self, mode: str = "webhook") -> None:
+    def __init__(self, mode: str = "webhook", tls: tuple[Path, Path] | None = None) -> None:
         self.mode = mode
+        self.tls = tls  # (certificate, key): serve HTTPS
         self.port = free_port()
         self.requests: list[dict] = []
         self.bulk_ids: set[str] = set()
@@ -159,7 +161,7 @@ class HTTPReceiver:
 
     @property
     def url(self) -> str:
-        return "http://127.0.0.1:%d" % self.port
+        return "%s://127.0.0.1:%d" % ("https" if self.tls else "http", self.port)
 
     def start(self) -> None:
         receiver = self
@@ -182,6 +184,10 @@ class HTTPReceiver:
                 receiver._answer(self, receiver._post(request))
 
         self.server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        if self.tls:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(*self.tls)
+            self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
         self.server.daemon_threads = True
         self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
         self.thread.start()

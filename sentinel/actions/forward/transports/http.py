@@ -22,6 +22,8 @@ from sentinel.actions.forward.settings import (
     ElasticsearchSettings,
     HTTPSettings,
     LokiSettings,
+    Secret,
+    SecretRef,
     SplunkHECSettings,
 )
 from sentinel.actions.forward.transports.base import Batch, DeliveryError, Transport
@@ -100,6 +102,13 @@ class HTTPClient:
         if self.connection is not None:
             self.connection.close()
             self.connection = None
+
+
+def basic_auth(username: str, password: SecretRef, settings: HTTPSettings) -> Secret:
+    """The Authorization header value for HTTP basic auth, kept redacted."""
+    secret = password.resolve(settings.location) if password else Secret("", "none")
+    token = base64.b64encode(("%s:%s" % (username, secret.reveal())).encode()).decode()
+    return Secret("Basic " + token, secret.origin)
 
 
 def chunks(items: Sequence[bytes], limit: int) -> list[list[int]]:
@@ -247,17 +256,17 @@ class ElasticsearchTransport(HTTPBatchTransport):
 
     def __init__(self, settings: ElasticsearchSettings) -> None:
         super().__init__(settings)
-        self._auth = ""
+        self._auth: Secret | None = None
         if settings.api_key:
-            self._auth = "ApiKey " + settings.api_key.resolve(settings.location).reveal()
+            key = settings.api_key.resolve(settings.location)
+            self._auth = Secret("ApiKey " + key.reveal(), key.origin)
         elif settings.username:
-            password = settings.password.resolve(settings.location).reveal() if settings.password else ""
-            self._auth = "Basic " + base64.b64encode(("%s:%s" % (settings.username, password)).encode()).decode()
+            self._auth = basic_auth(settings.username, settings.password, settings)
 
     def headers(self) -> dict[str, str]:
         headers = {"Content-Type": self.content_type}
         if self._auth:
-            headers["Authorization"] = self._auth
+            headers["Authorization"] = self._auth.reveal()
         return headers
 
     def encode(self, record: dict) -> bytes:
@@ -295,15 +304,12 @@ class LokiTransport(HTTPBatchTransport):
 
     def __init__(self, settings: LokiSettings) -> None:
         super().__init__(settings)
-        self._auth = ""
-        if settings.username:
-            password = settings.password.resolve(settings.location).reveal() if settings.password else ""
-            self._auth = "Basic " + base64.b64encode(("%s:%s" % (settings.username, password)).encode()).decode()
+        self._auth = basic_auth(settings.username, settings.password, settings) if settings.username else None
 
     def headers(self) -> dict[str, str]:
         headers = {"Content-Type": "application/json"}
         if self._auth:
-            headers["Authorization"] = self._auth
+            headers["Authorization"] = self._auth.reveal()
         if self.settings.tenant:
             headers["X-Scope-OrgID"] = self.settings.tenant
         return headers
