@@ -41,7 +41,7 @@ CONTAINER_PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
         # containerd, cgroupfs driver, namespace "default" (nerdctl, ctr)
         ("containerd", r"^/default/" + _HEX64 + _END),
         # LXC / LXD: /lxc/<name> (lxc < 4), /lxc.payload.<name> or /lxc.payload/<name>
-        ("lxc", r"^/lxc(?:\.payload)?[./]([^/]+)"),
+        ("lxc", r"^/lxc(?:/|\.payload[./])([^/]+)"),
     )
 )
 
