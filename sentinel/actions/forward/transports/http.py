@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import http.client
 import json
+import socket
 import time
 from typing import Callable, Sequence
 from urllib.parse import urlsplit
@@ -41,6 +42,14 @@ class HTTPError(Exception):
         self.body = body
 
 
+class _HTTPConnection(http.client.HTTPConnection):
+    """Plain HTTP with TCP_NODELAY: small requests are not held back by Nagle's algorithm."""
+
+    def connect(self) -> None:
+        super().connect()
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
 class _HTTPSConnection(http.client.HTTPSConnection):
     """HTTPS whose certificate is checked against tls_server_name rather than the URL host."""
 
@@ -51,6 +60,7 @@ class _HTTPSConnection(http.client.HTTPSConnection):
 
     def connect(self) -> None:
         http.client.HTTPConnection.connect(self)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.sock = self._tls_context.wrap_socket(self.sock, server_hostname=self._server_name)
 
 
@@ -75,7 +85,7 @@ class HTTPClient:
                 context=client_context(self.settings),
                 timeout=self.settings.timeout,
             )
-        return http.client.HTTPConnection(self.host, self.port, timeout=self.settings.timeout)
+        return _HTTPConnection(self.host, self.port, timeout=self.settings.timeout)
 
     def post(self, path: str, body: bytes, headers: dict[str, str]) -> tuple[int, bytes]:
         all_headers = {"Content-Length": str(len(body)), "User-Agent": "sentinel-forward", **self.settings.headers, **headers}
