@@ -143,5 +143,31 @@ def events(
     _print_result(result, as_json)
 
 
+@main.group()
+def forward() -> None:
+    """Forwarding to SIEMs (syslog, RELP, webhook, Splunk HEC, Elasticsearch, Loki, files)."""
+
+
+@forward.command("test")
+@click.argument("name")
+@click.option("--config", "config_path", metavar="FILE", type=click.Path(dir_okay=False), help="Configuration file.")
+@click.option("--timeout", default=10.0, show_default=True, help="Seconds to wait for the acknowledgement.")
+def forward_test(name: str, config_path: str | None, timeout: float) -> None:
+    """Send one test alert to output NAME and report whether the receiver acknowledged it.
+
+    Example: sentinel forward test soc-relp --config /etc/sentinel/sentinel.yaml
+    """
+    from sentinel import config
+    from sentinel.actions.forward.probe import send_test_alert
+
+    result = send_test_alert(config.load(config_path), name, timeout)
+    if result.delivered:
+        click.echo("ok: output %s (%s) acknowledged test alert %s in %.0f ms"
+                   % (result.output, result.type, result.record_id, result.seconds * 1000))
+        return
+    click.echo("failed: output %s (%s): %s" % (result.output, result.type, result.error), err=True)
+    sys.exit(1)
+
+
 if __name__ == "__main__":
     main()

@@ -1,0 +1,44 @@
+"""`sentinel forward test NAME --config FILE` against a live receiver and a dead one."""
+
+from __future__ import annotations
+
+import json
+
+from click.testing import CliRunner
+from receivers import free_port
+
+from sentinel.actions.forward.probe import TEST_RULE
+from sentinel.cli import main
+
+
+def write_config(tmp_path, url: str) -> str:
+    path = tmp_path / "sentinel.yaml"
+    path.write_text(
+        "outputs:\n"
+        "  - name: hook\n    type: webhook\n    url: %s\n    min_priority: critical\n    rules: [Something else]\n"
+        "  - name: file\n    type: jsonfile\n    path: %s\n" % (url, tmp_path / "alerts.jsonl")
+    )
+    return str(path)
+
+
+def test_forward_test_reports_an_acknowledged_alert(tmp_path, http_receiver):
+    receiver = http_receiver("webhook")
+    result = CliRunner().invoke(main, ["forward", "test", "hook", "--config", write_config(tmp_path, receiver.url)])
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith("ok: output hook (webhook) acknowledged test alert ")
+    (request,) = receiver.requests
+    body = json.loads(request["body"])
+    assert body["rule"] == TEST_RULE and body["id"] in result.output  # the output's filter did not hide it
+
+
+def test_forward_test_reports_a_dead_receiver_and_exits_1(tmp_path):
+    url = "http://127.0.0.1:%d" % free_port()
+    result = CliRunner().invoke(main, ["forward", "test", "hook", "--config", write_config(tmp_path, url), "--timeout", "1"])
+    assert result.exit_code == 1
+    assert "failed: output hook (webhook):" in result.output and "refused" in result.output.lower()
+
+
+def test_forward_test_unknown_output_lists_the_known_ones(tmp_path):
+    result = CliRunner().invoke(main, ["forward", "test", "nope", "--config", write_config(tmp_path, "http://127.0.0.1:1")])
+    assert result.exit_code == 1
+    assert "no output named 'nope' (outputs: hook, file)" in result.output
