@@ -10,7 +10,9 @@ PY := $(VENV)/bin/python
 SYSTEM_PYTHON := /usr/bin/python3
 
 RUN_DEBS := python3-bpfcc bpfcc-tools bpftool python3-venv python3-pip
-TEST_DEBS := tmux rsyslog rsyslog-gnutls rsyslog-relp loki openssl iproute2 gcc libc6-dev \
+# (Debian's `loki` is a genetics tool, not Grafana Loki: the Loki output is tested against
+# the push/query API served by the test harness.)
+TEST_DEBS := tmux rsyslog rsyslog-gnutls rsyslog-relp openssl iproute2 gcc libc6-dev \
              dpkg-dev fakeroot systemd
 PYTEST_ARGS ?=
 
