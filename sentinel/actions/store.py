@@ -22,6 +22,7 @@ import grp
 import multiprocessing
 import multiprocessing.connection
 import os
+import pickle
 import queue
 import sqlite3
 import stat
@@ -472,38 +473,78 @@ def _store_process_main(path: str, config: StoreConfig, conn: multiprocessing.co
 
 
 class _ProcessSink:
-    """Sends batches to the store process and waits for each result (one batch in flight)."""
+    """Sends batches to the store process and waits for each result (one batch in flight).
+
+    If the process dies (the OOM killer, a crash), the request in flight fails and a new
+    process is started, so the agent loses one batch, not its store.
+    """
 
     def __init__(self, path: str, config: StoreConfig) -> None:
+        self.path = path
+        self.config = config
+        self.restarts = 0
+        self._start()
+
+    def _start(self) -> None:
         context = multiprocessing.get_context("spawn")
         self._conn, child_end = context.Pipe()
-        self._process = context.Process(
-            target=_store_process_main, args=(path, config, child_end), name="sentinel-store", daemon=True
+        self.process = context.Process(
+            target=_store_process_main, args=(self.path, self.config, child_end), name="sentinel-store", daemon=True
         )
-        self._process.start()
+        self.process.start()
         child_end.close()
-        message, payload = self._conn.recv()
+        try:
+            message, payload = self._conn.recv()
+        except EOFError:
+            message, payload = "error", "the store process exited while opening the store"
         if message == "error":
-            self._process.join()
+            self.process.join()
             raise StoreError(payload)
 
+    def _restart(self) -> None:
+        self._conn.close()
+        self.process.join(1)
+        if self.process.is_alive():
+            self.process.kill()
+            self.process.join()
+        self.restarts += 1
+        self._start()
+
     def _call(self, message: str, payload: Any = None) -> Any:
-        self._conn.send((message, payload))
-        reply, result = self._conn.recv()
+        try:
+            self._conn.send((message, payload))
+            reply, result = self._conn.recv()
+        except (EOFError, OSError) as exc:
+            exit_code = self.process.exitcode
+            self._restart()
+            raise StoreError(
+                "the store process died (%s, exit code %s); started a new one" % (type(exc).__name__, exit_code),
+                SourceLocation(self.path),
+            ) from None
         if reply == "error":
             raise StoreError(result)
         return result
 
     def write(self, batch: Batch) -> int:
         # The extras become JSON in the child: it has the spare core.
-        return self._call("write", batch)
+        try:
+            return self._call("write", batch)
+        except (pickle.PicklingError, TypeError, AttributeError):
+            # A value the pipe cannot carry (a memoryview in args, say): JSON-encode here.
+            # Pickling fails before anything is sent, so the pipe is still in step.
+            batch.events = record.finish_event_rows(batch.events)
+            return self._call("write", batch)
 
     def apply_retention(self) -> dict[str, int]:
         return self._call("retention")
 
     def close(self) -> None:
-        self._call("close")
-        self._process.join(10)
+        try:
+            self._call("close")
+        except StoreError:
+            pass  # it died: there is nothing left to flush there
+        self._conn.close()
+        self.process.join(10)
 
 
 class StoreWriter:
@@ -672,7 +713,11 @@ class StoreWriter:
         self._sink.close()
 
     def status(self) -> dict[str, Any]:
-        return {"path": self.path, "pending_batches": self._batches.qsize(), **self.stats.as_dict()}
+        status = {"path": self.path, "pending_batches": self._batches.qsize(), **self.stats.as_dict()}
+        if isinstance(self._sink, _ProcessSink):
+            status["store_process_pid"] = self._sink.process.pid
+            status["store_process_restarts"] = self._sink.restarts
+        return status
 
     def __enter__(self) -> StoreWriter:
         return self

@@ -444,3 +444,32 @@ def test_closed_store_is_readable_without_write_access(db_path):
 def test_open_readonly_of_a_missing_file_is_a_store_error(tmp_path):
     with pytest.raises(StoreError, match="no event store"):
         open_readonly(str(tmp_path / "none.db"))
+
+
+def test_store_process_that_dies_is_replaced_and_only_its_batch_is_lost(db_path):
+    writer = StoreWriter(db_path, StoreConfig(batch_size=100, flush_seconds=5), separate_process=True)
+    try:
+        first = [writer.add_event(exec_event(pid), matched=False) for pid in range(1, 101)]
+        writer.flush()
+        victim = writer.status()["store_process_pid"]
+        os.kill(victim, 9)
+        lost = [writer.add_event(exec_event(pid), matched=False) for pid in range(101, 201)]
+        writer.flush()
+        kept = [writer.add_event(exec_event(pid), matched=False) for pid in range(201, 301)]
+        writer.flush()
+        status = writer.status()
+        assert status["store_process_restarts"] == 1 and status["store_process_pid"] != victim
+        assert status["dropped"] == len(lost) and status["errors"] == 1
+    finally:
+        writer.close()
+    stored = [row[0] for row in rows(db_path, "SELECT id FROM events ORDER BY seq")]
+    assert stored == first + kept
+
+
+def test_values_the_pipe_cannot_carry_are_encoded_before_sending(db_path):
+    event = open_event()
+    event.args = {"buf": memoryview(b"\xffdata")}  # not picklable
+    with StoreWriter(db_path, StoreConfig(), separate_process=True) as writer:
+        writer.add_event(event, matched=True)
+    (row,) = rows(db_path, "SELECT extra FROM events")
+    assert json.loads(row[0])["args"] == {"buf": "\\xffdata"}
