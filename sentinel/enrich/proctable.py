@@ -16,7 +16,7 @@ enforcement maps keyed by (pid, start) see the kernel's own numbers.
 Lifetime and memory. An exited process stays in the table for `process_exit_grace_seconds`
 (late events from other CPUs still resolve) and for as long as it has live children.
 Past `process_table_max` entries, the oldest exited entries are evicted first, then the
-oldest live ones (those come back from /proc on their next lookup). A dropped exited entry
+oldest live ones, childless first (they come back from /proc on their next lookup). A dropped exited entry
 with no live children lets go of its own parent, so chains of exited ancestors (double
 forks) cannot grow without bound; ancestry of live processes is kept by reference.
 
@@ -46,6 +46,8 @@ _SWEEP_SECONDS = 1.0
 # Parents read from /proc while linking a child may themselves need their parent read;
 # a chain deeper than this (or a cycle from racing pid reuse) is not followed further.
 _MAX_LINK_DEPTH = 64
+# How far into the live entries eviction looks for one without children.
+_LEAF_SCAN = 64
 
 
 def placeholder(pid: int, start_ns: int = 0) -> Process:
@@ -449,10 +451,23 @@ class ProcessTable:
                 key = next(iter(self._exited))
                 self._drop_exited(key, self._exited[key][0])
             else:
-                pid = next(iter(self._live))
-                proc = self._live.pop(pid)
+                proc = self._oldest_live_leaf()
+                del self._live[proc.pid]
                 self._unlink_from_parent(proc)
                 self._children.pop(proc, None)
             self.evicted += 1
             excess -= 1
 
+    def _oldest_live_leaf(self) -> Process:
+        """The live process to evict: the oldest without live children among the first few
+        (parents are what new children link to; losing one costs a /proc read per child)."""
+        oldest = None
+        for scanned, proc in enumerate(self._live.values()):
+            if oldest is None:
+                oldest = proc
+            if proc not in self._children:
+                return proc
+            if scanned >= _LEAF_SCAN:
+                break
+        assert oldest is not None
+        return oldest
