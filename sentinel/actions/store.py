@@ -458,7 +458,11 @@ def _store_process_main(path: str, config: StoreConfig, conn: multiprocessing.co
         return
     conn.send(("ready", None))
     while True:
-        message, payload = conn.recv()
+        try:
+            message, payload = conn.recv()
+        except EOFError:  # the agent is gone without saying goodbye: every batch is committed
+            store.close()
+            return
         if message == "close":
             store.close()
             conn.send(("closed", None))
@@ -595,7 +599,7 @@ class StoreWriter:
         with self._lock:
             event_id = self._buffer.add_event(event, matched)
             full = len(self._buffer.pending.events) >= self.config.batch_size
-        self.stats.queued += 1
+            self.stats.queued += 1
         if full:
             self._hand_off()
         return event_id
@@ -603,19 +607,19 @@ class StoreWriter:
     def add_alert(self, alert: dict[str, Any], event_id: str | None = None, ancestry: Sequence[Any] | None = None) -> str:
         with self._lock:
             alert_id = self._buffer.add_alert(alert, event_id, ancestry)
-        self.stats.queued += 1
+            self.stats.queued += 1
         return alert_id
 
     def add_action(self, kind: str, target: str, **details: Any) -> str:
         with self._lock:
             action_id = self._buffer.add_action(kind, target, **details)
-        self.stats.queued += 1
+            self.stats.queued += 1
         return action_id
 
     def upsert_process(self, proc: Process) -> None:
         with self._lock:
             self._buffer.upsert_process(proc)
-        self.stats.queued += 1
+            self.stats.queued += 1
 
     # Hand-off and the writer thread.
 
@@ -629,7 +633,8 @@ class StoreWriter:
         try:
             self._batches.put_nowait(batch)
         except queue.Full:
-            self.stats.dropped += len(batch)
+            with self._lock:
+                self.stats.dropped += len(batch)
             self._batch_done()
             log.warning("store.batch_dropped", **{"store.rows": len(batch), "store.path": self.path})
 
@@ -656,8 +661,9 @@ class StoreWriter:
             try:
                 written = self._sink.write(batch)
             except Exception as exc:
-                self.stats.errors += 1
-                self.stats.dropped += len(batch)
+                with self._lock:
+                    self.stats.errors += 1
+                    self.stats.dropped += len(batch)
                 log.error("store.write_failed", **{"store.path": self.path, "error": str(exc), "store.rows": len(batch)})
             else:
                 self.stats.written += written
