@@ -173,8 +173,11 @@ def migrate(db: sqlite_utils.Database, path: str, migrations=MIGRATIONS) -> int:
         try:
             migrations[version](db)
             db.execute("PRAGMA user_version = %d" % (version + 1))
-        except BaseException:
+        except Exception as exc:
             db.execute("ROLLBACK")
-            raise
+            raise StoreError(
+                "migrating the schema to version %d failed (the file stays at version %d): %s" % (version + 1, version, exc),
+                SourceLocation(path),
+            ) from exc
         db.execute("COMMIT")
     return found

@@ -317,7 +317,7 @@ def test_failed_migration_leaves_the_previous_version(db_path):
         db.execute("CREATE TABLE half_done (x)")
         raise RuntimeError("boom")
 
-    with pytest.raises(RuntimeError):
+    with pytest.raises(StoreError, match="to version %d failed .*: boom" % (SCHEMA_VERSION + 1)):
         Store(db_path, migrations=MIGRATIONS + (broken,))
     conn = sqlite3.connect(db_path)
     assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
