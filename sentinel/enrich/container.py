@@ -13,6 +13,9 @@ from __future__ import annotations
 import re
 import sys
 from dataclasses import dataclass
+from functools import lru_cache
+
+from sentinel.enrich.procio import read_at
 
 HOST = "host"
 SHORT_ID_LEN = 12
@@ -123,6 +126,12 @@ def parse_cgroup(text: str) -> CgroupInfo:
     )
 
 
+@lru_cache(maxsize=4096)
+def parse_cgroup_cached(data: bytes) -> CgroupInfo:
+    """parse_cgroup of a file's bytes; most processes share a handful of cgroup files."""
+    return parse_cgroup(data.decode("utf-8", "surrogateescape"))
+
+
 class CgroupResolver:
     """Reads /proc/<pid>/cgroup, remembering the answer per v2 cgroup id on v2-only hosts
     (there the id decides the answer; on hybrid hosts each exec is read afresh)."""
@@ -140,14 +149,10 @@ class CgroupResolver:
             cached = self._by_cgroup_id.get(cgroup_id)
             if cached is not None:
                 return cached
-        try:
-            with open("%s/%d/cgroup" % (self.proc_root, pid), "rb") as handle:
-                text = handle.read().decode("utf-8", "surrogateescape")
-        except OSError:
+        data = read_at(None, "%s/%d/cgroup" % (self.proc_root, pid))
+        if not data:
             return None
-        if not text:
-            return None
-        info = parse_cgroup(text)
+        info = parse_cgroup_cached(data)
         if cgroup_id and info.v2_only:
             if len(self._by_cgroup_id) >= self.max_cached:
                 self._by_cgroup_id.clear()

@@ -18,7 +18,8 @@ import sys
 import time
 from collections.abc import Iterable
 
-from sentinel.enrich.container import CgroupInfo, parse_cgroup
+from sentinel.enrich.container import CgroupInfo, parse_cgroup_cached
+from sentinel.enrich.procio import read_at, readlink_at
 from sentinel.events.model import Process
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -122,7 +123,7 @@ class ProcFS:
 
     def start_ns(self, pid: int) -> int | None:
         """The exec-id start of `pid` from its stat alone (cheap); None if gone."""
-        data = _read_at(None, "%s/%d/stat" % (self.root, pid))
+        data = read_at(None, "%s/%d/stat" % (self.root, pid))
         if not data:
             return None
         try:
@@ -143,7 +144,7 @@ class ProcFS:
             os.close(dir_fd)
 
     def _read_dir(self, pid: int, dir_fd: int) -> Process | None:
-        data = _read_at(dir_fd, "stat")
+        data = read_at(dir_fd, "stat")
         if not data:
             return None
         try:
@@ -165,7 +166,7 @@ class ProcFS:
         self._fill_paths(proc, dir_fd)
         if self.env_keep:
             proc.env = self._kept_env(dir_fd)
-        loginuid = _read_at(dir_fd, "loginuid")
+        loginuid = read_at(dir_fd, "loginuid")
         if loginuid:
             try:
                 proc.loginuid = int(loginuid)
@@ -178,7 +179,7 @@ class ProcFS:
         return proc
 
     def _fill_status(self, proc: Process, dir_fd: int) -> None:
-        data = _read_at(dir_fd, "status")
+        data = read_at(dir_fd, "status")
         if not data:
             return
         status = parse_status(data.decode("utf-8", "surrogateescape"))
@@ -203,13 +204,13 @@ class ProcFS:
         proc.is_vpgid_leader = proc.vpid == proc.vpgid
 
     def _fill_cmdline(self, proc: Process, dir_fd: int) -> None:
-        argv = split_nul(_read_at(dir_fd, "cmdline") or b"")
+        argv = split_nul(read_at(dir_fd, "cmdline") or b"")
         if argv:
             proc.exe = argv[0]
             proc.args = tuple(argv[1:])
 
     def _fill_paths(self, proc: Process, dir_fd: int) -> None:
-        exepath = _readlink_at(dir_fd, "exe")
+        exepath = readlink_at(dir_fd, "exe")
         if exepath:
             exepath, _deleted = strip_deleted(exepath)
             proc.exe_from_memfd = exepath.startswith(_MEMFD_PREFIX)
@@ -224,14 +225,14 @@ class ProcFS:
                 proc.exe_mtime_ns = st.st_mtime_ns
                 proc.exe_ctime_ns = st.st_ctime_ns
                 proc.exe_writable = exe_writable(st, proc.euid, proc.egid, proc.cap_effective)
-        cwd = _readlink_at(dir_fd, "cwd")
+        cwd = readlink_at(dir_fd, "cwd")
         if cwd:
             proc.cwd = sys.intern(strip_deleted(cwd)[0])
 
     def _kept_env(self, dir_fd: int) -> tuple[str, ...]:
         """Only the configured variables: other values never leave this function."""
         kept = []
-        for entry in split_nul(_read_at(dir_fd, "environ") or b""):
+        for entry in split_nul(read_at(dir_fd, "environ") or b""):
             name, sep, _value = entry.partition("=")
             if sep and name in self.env_keep:
                 kept.append(entry)
@@ -252,35 +253,7 @@ def exe_writable(st: os.stat_result, euid: int, egid: int, cap_effective: int) -
 
 
 def read_cgroup_at(dir_fd: int) -> CgroupInfo | None:
-    data = _read_at(dir_fd, "cgroup")
+    data = read_at(dir_fd, "cgroup")
     if not data:
         return None
-    return parse_cgroup(data.decode("utf-8", "surrogateescape"))
-
-
-def _read_at(dir_fd: int | None, name: str) -> bytes | None:
-    """Whole file, or None when the process is gone or the file is unreadable to us."""
-    try:
-        fd = os.open(name, os.O_RDONLY | os.O_CLOEXEC, dir_fd=dir_fd)
-    except OSError:
-        return None
-    try:
-        chunks = []
-        while True:
-            chunk = os.read(fd, 65536)
-            if not chunk:
-                break
-            chunks.append(chunk)
-        return b"".join(chunks)
-    except OSError:
-        # ESRCH mid-read: the process exited between open and read.
-        return None
-    finally:
-        os.close(fd)
-
-
-def _readlink_at(dir_fd: int, name: str) -> str:
-    try:
-        return os.readlink(name, dir_fd=dir_fd)
-    except OSError:
-        return ""
+    return parse_cgroup_cached(data)

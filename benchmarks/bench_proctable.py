@@ -1,0 +1,132 @@
+"""Process table: memory per process and the cost of each operation, measured in one run.
+
+Prints:
+- bytes per stored process (tracemalloc) for N processes built the way the sensor builds
+  them (unique argv, exe paths and cwds from a realistic pool), with ancestry;
+- the cost of lookup (hit, exited hit, placeholder), on_fork, on_exec (cgroup given by the
+  kernel record, and read from /proc/<pid>/cgroup), on_exit;
+- bootstrap and reconcile over this machine's /proc.
+
+Run: .venv/bin/python -m benchmarks.bench_proctable [--processes N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+import tracemalloc
+
+from sentinel.config import SensorConfig
+from sentinel.enrich.proctable import ProcessTable
+from sentinel.events.model import Event, Process
+
+SECOND_NS = 1_000_000_000
+EXEPATHS = ["/usr/bin/%s" % name for name in ("bash", "python3", "sleep", "cat", "grep", "sed", "awk", "curl", "git", "make")]
+CWDS = ["/", "/root", "/home/alice", "/srv/app", "/tmp"]
+
+
+def kernel_exec(pid: int, start_ns: int, ppid: int, n: int) -> Event:
+    exepath = EXEPATHS[n % len(EXEPATHS)]
+    proc = Process(
+        pid,
+        start_ns,
+        ppid=ppid,
+        comm=exepath.rsplit("/", 1)[1],
+        exe=exepath.rsplit("/", 1)[1],
+        exepath=exepath,
+        filename=exepath,
+        args=("--job", "%d" % n, "/var/lib/app/input-%d.json" % n),
+        cwd=CWDS[n % len(CWDS)],
+        env=("PATH=/usr/local/bin:/usr/bin:/bin",),
+        uid=1000,
+        euid=1000,
+        gid=1000,
+        egid=1000,
+        cgroup="/user.slice/user-1000.slice/session-1.scope",
+        container_id="host",
+        exec_syscall="execve",
+    )
+    return Event("execve", proc, boot_ns=start_ns)
+
+
+def populate(table: ProcessTable, count: int, base_pid: int = 100_000) -> list[Process]:
+    """`count` processes: shells (1 in 50) each with up to 49 children, under pid 1's image."""
+    init = table.on_exec(kernel_exec(1, SECOND_NS, 0, 0))
+    procs = []
+    shell = init
+    for n in range(count):
+        pid = base_pid + n
+        start = 2 * SECOND_NS + n * 1000
+        parent = init if n % 50 == 0 else shell
+        table.on_fork(parent.pid, parent.start_ns, pid, start, False)
+        proc = table.on_exec(kernel_exec(pid, start, parent.pid, n))
+        if n % 50 == 0:
+            shell = proc
+        procs.append(proc)
+    return procs
+
+
+def measure_memory(count: int) -> float:
+    table = ProcessTable(SensorConfig(process_table_max=count + 10))
+    tracemalloc.start()
+    before = tracemalloc.take_snapshot()
+    procs = populate(table, count)
+    after = tracemalloc.take_snapshot()
+    tracemalloc.stop()
+    grown = sum(stat.size_diff for stat in after.compare_to(before, "filename"))
+    # the `procs` list itself is the benchmark's, not the table's
+    return (grown - (56 + 8 * len(procs))) / count
+
+
+def per_op_us(fn, repeat: int) -> float:
+    started = time.perf_counter()
+    for i in range(repeat):
+        fn(i)
+    return (time.perf_counter() - started) / repeat * 1e6
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--processes", type=int, default=50_000)
+    count = parser.parse_args().processes
+
+    print("memory: %.0f bytes per process (%d processes, tracemalloc)" % (measure_memory(count), count))
+
+    table = ProcessTable(SensorConfig(process_table_max=count * 3))
+    procs = populate(table, count)
+    sample = procs[count // 2]
+    print("lookup hit (pid, start):   %.2f us" % per_op_us(lambda i: table.lookup(sample.pid, sample.start_ns), 200_000))
+    print("lookup hit (pid only):     %.2f us" % per_op_us(lambda i: table.lookup(sample.pid), 200_000))
+
+    base = 1_000_000
+    fork_us = per_op_us(lambda i: table.on_fork(sample.pid, sample.start_ns, base + i, 10**15 + i, False), 20_000)
+    print("on_fork:                   %.2f us" % fork_us)
+    execs = [kernel_exec(base + i, 10**15 + i, sample.pid, i) for i in range(20_000)]
+    exec_us = per_op_us(lambda i: table.on_exec(execs[i]), 20_000)
+    print("on_exec (kernel cgroup):   %.2f us" % exec_us)
+    exit_us = per_op_us(lambda i: table.on_exit(base + i, 10**15 + i, 0, 0), 20_000)
+    print("on_exit:                   %.2f us" % exit_us)
+    print("lookup exited (late evt):  %.2f us" % per_op_us(lambda i: table.lookup(base + i, 10**15 + i), 20_000))
+
+    me = table.lookup(os.getpid())
+
+    own_execs = [kernel_exec(os.getpid(), me.start_ns, me.ppid, i) for i in range(5_000)]
+    for event in own_execs:
+        event.proc.cgroup = ""
+    print("on_exec (cgroup from /proc): %.2f us" % per_op_us(lambda i: table.on_exec(own_execs[i]), 5_000))
+    print("lookup gone -> placeholder: %.2f us" % per_op_us(lambda i: table.lookup(4_000_000 + i, 5), 5_000))
+
+    fresh = ProcessTable()
+    started = time.perf_counter()
+    events = fresh.bootstrap()
+    bootstrap_ms = (time.perf_counter() - started) * 1e3
+    print("bootstrap of this machine: %.1f ms for %d processes (%.0f us each)" % (bootstrap_ms, len(events), bootstrap_ms * 1e3 / len(events)))
+    started = time.perf_counter()
+    fresh.reconcile()
+    print("reconcile of this machine: %.1f ms" % ((time.perf_counter() - started) * 1e3))
+    print("counters:", table.stats())
+
+
+if __name__ == "__main__":
+    main()
