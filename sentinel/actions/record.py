@@ -262,7 +262,7 @@ def event_row(event: Event, event_id: str, matched: bool) -> list:
         None if parent is None else parent.cmdline,
         proc.uid,
         proc.user_name,
-        proc.loginuid,
+        -1 if proc.loginuid == 0xFFFFFFFF else proc.loginuid,  # Falco shows an unset one as -1
         proc.gid,
         proc.container_id,
     ]

@@ -126,6 +126,7 @@ def test_event_row_round_trips_columns_and_extras(db_path):
     assert row["proc_pname"] == "bash" and row["proc_pcmdline"] == "bash -i"
     assert row["fd_name"] == "/etc/shadow" and row["fd_typechar"] == "f"
     assert row["fd_sip"] is None
+    assert row["user_loginuid"] == -1  # unset (0xFFFFFFFF in the kernel), as Falco shows it
     extra = json.loads(row["extra"])
     assert extra["args"] == {"flags": 0, "mode": 0}
     assert extra["proc"]["env"] == ["PATH=/usr/bin"]
