@@ -1,0 +1,88 @@
+"""Output templates: `%proc.name`, `%proc.aname[2]`, `%evt.arg.flags`, `%container.info` per alert.
+
+A template is split once into literal text and bound fields; rendering is a join. Values come
+from monitored processes, so control characters are escaped before they reach a terminal, a
+log line or a SIEM record.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from sentinel.rules import ast
+
+_FIELD = re.compile(r"%([a-zA-Z]+[a-zA-Z0-9_]*(?:\.[a-zA-Z]+[a-zA-Z0-9_]*)+)(?:\[([^\]]*)\])?")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def display(value: Any) -> str:
+    """A value as Falco prints it: `<NA>` when absent, true/false, numbers in decimal."""
+    if value is None:
+        return "<NA>"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, tuple):
+        return ",".join(display(item) for item in value) if value else "<NA>"
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", "backslashreplace")
+    text = str(value)
+    if _CONTROL.search(text):
+        text = _CONTROL.sub(lambda m: "\\x%02x" % ord(m.group(0)), text)
+    return text
+
+
+@dataclass(frozen=True)
+class OutputTemplate:
+    text: str
+    pieces: tuple[tuple[str, str, Callable[[Any], Any]] | str, ...]  # literal, or (key, key, extractor)
+
+    @property
+    def field_keys(self) -> tuple[str, ...]:
+        return tuple(piece[0] for piece in self.pieces if not isinstance(piece, str))
+
+    def render(self, event: Any) -> str:
+        parts = []
+        for piece in self.pieces:
+            if isinstance(piece, str):
+                parts.append(piece)
+            else:
+                parts.append(display(_safe(piece[2], event)))
+        return "".join(parts)
+
+    def fields(self, event: Any) -> dict[str, Any]:
+        """Falco's `output_fields`: each field of the template with its value (None when absent)."""
+        values: dict[str, Any] = {}
+        for piece in self.pieces:
+            if not isinstance(piece, str) and piece[0] not in values:
+                value = _safe(piece[2], event)
+                if isinstance(value, bytes):
+                    value = display(value)
+                elif isinstance(value, tuple):
+                    value = list(value)
+                values[piece[0]] = value
+        return values
+
+
+def _safe(extract: Callable[[Any], Any], event: Any) -> Any:
+    try:
+        return extract(event)
+    except Exception:  # an output never breaks alerting: a bad value shows as absent
+        return None
+
+
+def parse_output(text: str, bind: Callable[[ast.FieldRef], Any]) -> OutputTemplate:
+    """Split a template; `bind` turns a FieldRef into an object with `.extract` (raises on unknown)."""
+    pieces: list[Any] = []
+    position = 0
+    for match in _FIELD.finditer(text):
+        if match.start() > position:
+            pieces.append(text[position: match.start()])
+        ref = ast.FieldRef(match.group(1), match.group(2), (), ast.Position(match.start(), 1, match.start() + 1))
+        bound = bind(ref)
+        pieces.append((ref.key, ref.key, bound.extract))
+        position = match.end()
+    if position < len(text):
+        pieces.append(text[position:])
+    return OutputTemplate(text, tuple(pieces))
