@@ -113,8 +113,10 @@ static __always_inline void sentinel_exe_inode(struct sentinel_exec *e, struct f
 	e->exe_uid = SENTINEL_FIELD(inode, i_uid.val);
 	e->exe_gid = SENTINEL_FIELD(inode, i_gid.val);
 #if defined(SENTINEL_HAVE_INODE_TIME_SEC)
-	e->exe_mtime_ns = sentinel_ns(SENTINEL_FIELD(inode, i_mtime_sec), SENTINEL_FIELD(inode, i_mtime_nsec));
-	e->exe_ctime_ns = sentinel_ns(SENTINEL_FIELD(inode, i_ctime_sec), SENTINEL_FIELD(inode, i_ctime_nsec));
+	/* multigrain timestamps keep a "queried" flag in bit 31 of i_ctime_nsec: nanoseconds
+	 * never exceed 30 bits, so masking is right on every kernel */
+	e->exe_mtime_ns = sentinel_ns(SENTINEL_FIELD(inode, i_mtime_sec), SENTINEL_FIELD(inode, i_mtime_nsec) & 0x3FFFFFFF);
+	e->exe_ctime_ns = sentinel_ns(SENTINEL_FIELD(inode, i_ctime_sec), SENTINEL_FIELD(inode, i_ctime_nsec) & 0x3FFFFFFF);
 #elif defined(SENTINEL_HAVE_INODE___I_CTIME)
 	e->exe_mtime_ns = sentinel_ns(SENTINEL_FIELD(inode, i_mtime.tv_sec), SENTINEL_FIELD(inode, i_mtime.tv_nsec));
 	e->exe_ctime_ns = sentinel_ns(SENTINEL_FIELD(inode, __i_ctime.tv_sec), SENTINEL_FIELD(inode, __i_ctime.tv_nsec));

@@ -86,23 +86,33 @@ def env_keep_keys(names: tuple[str, ...]) -> list[bytes]:
 class Sensor:
     """Owns the loaded BPF object, its attachments, the ring buffer reader and the decoder."""
 
-    def __init__(self, config: Config, interest: Interest, table: ProcessTableLike, clock=None) -> None:
+    def __init__(
+        self, config: Config, interest: Interest, table: ProcessTableLike | None = None, clock=None
+    ) -> None:
         if clock is None:
             from sentinel.enrich.clock import wall_clock
 
             clock = wall_clock()
+        if table is None:
+            from sentinel.enrich.proctable import ProcessTable
+
+            table = ProcessTable(config.sensor)
         self.config = config
         self.interest = interest
         self.table = table
         self.decoder = Decoder(table, clock.boot_to_utc_ns)
         self.ready_seconds: float | None = None  # start() to everything attached
         self.compile_seconds: float | None = None
+        self.bootstrap_seconds: float | None = None
         self._bpf = None
         self._reader: RingBufferReader | None = None
         self._attached: dict[str, Program] = {}
 
     # ---- lifecycle
-    def start(self) -> None:
+    def start(self, bootstrap: bool = True) -> None:
+        """Compile, fill the maps, attach, poll; then (`bootstrap`) read running processes
+        from /proc into the table. Attaching first leaves no gap: a process started during
+        the bootstrap is seen by the kernel side too."""
         started = time.monotonic()
         env_keys = env_keep_keys(self.config.sensor.env_keep)
         pages = self.config.sensor.ringbuf_pages
@@ -120,6 +130,9 @@ class Sensor:
             self.close()
             raise
         self.ready_seconds = time.monotonic() - started
+        if bootstrap and hasattr(self.table, "bootstrap"):
+            self.table.bootstrap()
+            self.bootstrap_seconds = time.monotonic() - started - self.ready_seconds
         log.info(
             "sensor.ready",
             programs=len(self._attached),

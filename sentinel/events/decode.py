@@ -28,17 +28,26 @@ CAP_DAC_OVERRIDE = 1
 
 
 class ProcessTableLike(Protocol):
-    """What the decoder needs from sentinel.enrich's process table."""
+    """What the decoder needs from the process table (sentinel.enrich.proctable)."""
 
-    def on_exec(self, event: Event) -> Any: ...
+    def on_exec(self, event: Event, parent_start_ns: int = 0) -> Process: ...
 
-    def on_fork(self, parent: Process | None, child: Process, is_thread: bool) -> Any: ...
+    def on_fork(
+        self,
+        parent_pid: int,
+        parent_start_ns: int,
+        child_pid: int,
+        child_start_ns: int,
+        is_thread: bool,
+        boot_ns: int = 0,
+        vpid: int = 0,
+    ) -> Process | None: ...
 
-    def on_exit(self, proc: Process, exit_code: int, exit_signal: int) -> Any: ...
+    def on_exit(self, pid: int, start_ns: int, exit_code: int, exit_signal: int) -> Process | None: ...
 
-    def on_chdir(self, proc: Process, cwd: str) -> Any: ...
+    def on_chdir(self, pid: int, start_ns: int, cwd: str) -> Process: ...
 
-    def lookup(self, pid: int, start_ns: int) -> Process | None: ...
+    def lookup(self, pid: int, start_ns: int = 0) -> Process: ...
 
 
 def _text(raw: bytes) -> str:
@@ -130,18 +139,20 @@ class Decoder:
             self.decoded += 1
         return event
 
-    def _process(self, pid: int, start_ns: int, tid: int, comm: bytes) -> Process:
-        """The process a record is about; a bare one when the table has never seen it."""
-        proc = self.table.lookup(pid, start_ns)
+    def _process(self, pid: int, start_ns: int, tid: int, comm: bytes, proc: Process | None = None) -> Process:
+        """The process a record is about. When the table knows nothing (an unstored
+        placeholder), the record's own comm is still a fact worth keeping."""
         if proc is None:
-            proc = Process(pid, start_ns, comm=_text(comm.split(b"\0", 1)[0]))
+            proc = self.table.lookup(pid, start_ns)
+        if not proc.comm:
+            proc.comm = _text(comm.split(b"\0", 1)[0])
         proc.tid = tid
         return proc
 
     def _exec(self, data: bytes) -> Event:
         (
             _op, _abi, _size, boot_ns, start_ns, cgroup_id, pid, _tid, _cpu, _pad, comm,
-            ppid, old_pid, _parent_start_ns, uid, gid, euid, egid, loginuid, vpid, pgid, vpgid, sid, tty,
+            ppid, old_pid, parent_start_ns, uid, gid, euid, egid, loginuid, vpid, pgid, vpgid, sid, tty,
             cap_permitted, cap_effective, cap_inheritable, exe_ino, exe_dev, exe_mode, exe_uid, exe_gid,
             exe_mtime_ns, exe_ctime_ns, flags,
             filename_len, interp_len, exepath_len, cwd_len, args_len, env_len,
@@ -206,7 +217,7 @@ class Decoder:
             time_ns=self.boot_to_utc_ns(boot_ns),
             tid=old_pid,
         )
-        self.table.on_exec(event)
+        self.table.on_exec(event, parent_start_ns)  # may replace event.proc with the stored one
         return event
 
     def _exec_failed(self, data: bytes) -> Event:
@@ -230,25 +241,12 @@ class Decoder:
 
     def _clone(self, data: bytes) -> Event:
         (
-            _op, _abi, _size, boot_ns, start_ns, cgroup_id, pid, tid, _cpu, _pad, comm,
+            _op, _abi, _size, boot_ns, start_ns, _cgroup_id, pid, tid, _cpu, _pad, comm,
             parent_pid, parent_tid, parent_start_ns, clone_flags, flags, syscall, vpid, _pad2,
         ) = abi.CLONE.struct.unpack_from(data)  # fmt: skip
         is_thread = bool(flags & abi.F_CLONE_THREAD)
-        parent = self.table.lookup(parent_pid, parent_start_ns)
-        if is_thread:
-            child = parent if parent is not None else Process(pid, start_ns)
-        elif parent is not None:
-            child = parent.copy_for_fork(pid, start_ns)
-        else:
-            child = Process(pid, start_ns, ppid=parent_pid)
-        if not is_thread:
-            child.vpid = vpid
-            child.cgroup_id = cgroup_id
-            child.comm = _text(comm.split(b"\0", 1)[0])
-        self.table.on_fork(parent, child, is_thread)
-        if parent is None:
-            parent = Process(parent_pid, parent_start_ns, comm=child.comm)
-        parent.tid = parent_tid
+        self.table.on_fork(parent_pid, parent_start_ns, pid, start_ns, is_thread, boot_ns, vpid)
+        parent = self._process(parent_pid, parent_start_ns, parent_tid, comm)
         args: dict[str, Any] = {"child_pid": pid, "child_tid": tid, "is_thread": is_thread}
         if flags & abi.F_CLONE_FLAGS:
             args["flags"] = clone_flags
@@ -268,8 +266,7 @@ class Decoder:
             status, _pad2,
         ) = abi.EXIT.struct.unpack_from(data)  # fmt: skip
         code, signal, core = decode_exit_status(status)
-        proc = self._process(pid, start_ns, tid, comm)
-        self.table.on_exit(proc, code, signal)
+        proc = self._process(pid, start_ns, tid, comm, self.table.on_exit(pid, start_ns, code, signal))
         proc.exited = True
         proc.exit_code = code
         proc.exit_signal = signal
@@ -288,12 +285,13 @@ class Decoder:
             _op, _abi, _size, boot_ns, start_ns, _cgroup_id, pid, tid, _cpu, _pad, comm,
             res, flags, cwd_len, _pad2,
         ) = abi.CHDIR.struct.unpack_from(data)  # fmt: skip
-        proc = self._process(pid, start_ns, tid, comm)
         args: dict[str, Any] = {}
         if res == 0:
             cwd = _path(data, abi.CHDIR.size, cwd_len)
             args["path"] = cwd
-            self.table.on_chdir(proc, cwd)
+            proc = self._process(pid, start_ns, tid, comm, self.table.on_chdir(pid, start_ns, cwd))
+        else:
+            proc = self._process(pid, start_ns, tid, comm)
         return Event(
             "fchdir" if flags & abi.F_FCHDIR else "chdir",
             proc,

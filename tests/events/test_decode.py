@@ -15,31 +15,41 @@ OFFSET_NS = 1_700_000_000_000_000_000
 
 
 class RecordingTable:
-    """A process table stand-in that keeps processes by pid and records every call."""
+    """A process table stand-in (the API of sentinel.enrich.proctable) that records calls."""
 
     def __init__(self) -> None:
         self.procs: dict[int, Process] = {}
         self.calls: list[tuple] = []
 
-    def on_exec(self, event):
-        self.calls.append(("exec", event.proc.pid))
+    def on_exec(self, event, parent_start_ns=0):
+        self.calls.append(("exec", event.proc.pid, parent_start_ns))
         self.procs[event.proc.pid] = event.proc
+        return event.proc
 
-    def on_fork(self, parent, child, is_thread):
-        self.calls.append(("fork", parent.pid if parent else None, child.pid, is_thread))
-        if not is_thread:
-            self.procs[child.pid] = child
+    def on_fork(self, parent_pid, parent_start_ns, child_pid, child_start_ns, is_thread, boot_ns=0, vpid=0):
+        self.calls.append(("fork", parent_pid, child_pid, is_thread))
+        if is_thread:
+            return None
+        child = self.lookup(parent_pid, parent_start_ns).copy_for_fork(child_pid, child_start_ns)
+        child.vpid = vpid
+        self.procs[child_pid] = child
+        return child
 
-    def on_exit(self, proc, code, signal):
-        self.calls.append(("exit", proc.pid, code, signal))
+    def on_exit(self, pid, start_ns, code, signal):
+        self.calls.append(("exit", pid, code, signal))
+        return self.procs.get(pid)
 
-    def on_chdir(self, proc, cwd):
-        self.calls.append(("chdir", proc.pid, cwd))
+    def on_chdir(self, pid, start_ns, cwd):
+        self.calls.append(("chdir", pid, cwd))
+        proc = self.lookup(pid, start_ns)
         proc.cwd = cwd
+        return proc
 
-    def lookup(self, pid, start_ns):
+    def lookup(self, pid, start_ns=0):
         proc = self.procs.get(pid)
-        return proc if proc is not None and proc.start_ns == start_ns else None
+        if proc is not None and proc.start_ns == start_ns:
+            return proc
+        return Process(pid, start_ns)  # unstored, like the real table's placeholder
 
 
 def record(layout: abi.Layout, op: int, tail: bytes = b"", **values) -> bytes:
@@ -79,6 +89,7 @@ def exec_record(**overrides) -> bytes:
         hdr__comm=b"script.sh",
         hdr__cgroup_id=77,
         ppid=50,
+        parent_start_ns=3_000,
         old_pid=101,
         uid=1000,
         gid=1000,
@@ -132,7 +143,7 @@ def test_exec_record_becomes_a_process_with_every_field():
     assert proc.exe_writable is False
     assert proc.is_vpgid_leader is True
     assert proc.exec_syscall == "execveat"
-    assert table.calls == [("exec", 100)]
+    assert table.calls == [("exec", 100, 3_000)]
     assert event.num == 1 and decoder.decoded == 1
 
 
@@ -204,7 +215,7 @@ def test_clone_of_a_process_and_of_a_thread():
             clone_flags=17,
         )
     )
-    assert child.type == "fork" and child.res == 200 and child.proc.pid == 100
+    assert child.type == "fork" and child.res == 200 and child.proc is table.procs[100]
     assert child.args["flags"] == 17 and child.args["is_thread"] is False
     forked = table.procs[200]
     assert forked.parent is table.procs[100] and forked.exepath == "/usr/bin/dash"
@@ -223,6 +234,7 @@ def test_clone_of_a_process_and_of_a_thread():
     )
     assert thread.type == "clone" and thread.args["is_thread"] is True and "flags" not in thread.args
     assert table.calls[-1] == ("fork", 100, 100, True)
+    assert thread.proc is table.procs[100] and thread.proc.tid == 100
 
 
 def test_exit_status_is_split_into_code_and_signal():

@@ -1,0 +1,293 @@
+"""The process sensor on the running kernel: cause real execs/forks/exits and find them.
+
+One Sensor is loaded for the module (compiling costs seconds). Every test uses a unique
+token in argv or paths and waits for its event with a timeout.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+import uuid
+
+import pytest
+
+from sentinel.config import Config
+from sentinel.events import abi
+from sentinel.events.interest import Interest
+from sentinel.sensor import PROGRAMS, Sensor
+
+pytestmark = pytest.mark.kernel
+
+WAIT_SECONDS = 10.0
+
+
+class Collector:
+    """Polls the shared sensor and keeps every event so tests can search past ones too."""
+
+    def __init__(self, sensor: Sensor) -> None:
+        self.sensor = sensor
+        self.events = []
+
+    def wait_for(self, predicate, timeout: float = WAIT_SECONDS):
+        deadline = time.monotonic() + timeout
+        seen = 0
+        while True:
+            for event in self.events[seen:]:
+                if predicate(event):
+                    return event
+            seen = len(self.events)
+            if time.monotonic() > deadline:
+                raise AssertionError("no matching event within %.0fs (%d events seen)" % (timeout, seen))
+            self.events.extend(self.sensor.poll(0.1))
+
+
+@pytest.fixture(scope="module")
+def started_before():
+    """A process that exists before the sensor starts: only the /proc bootstrap knows it."""
+    token = "before-" + uuid.uuid4().hex
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)", token])
+    yield proc, token
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.fixture(scope="module")
+def sensor(started_before):
+    config = Config()
+    sensor = Sensor(config, Interest())
+    sensor.start()
+    yield sensor
+    sensor.close()
+
+
+@pytest.fixture
+def collector(sensor):
+    return Collector(sensor)
+
+
+def token() -> str:
+    return uuid.uuid4().hex
+
+
+def exec_of(args_token: str, comm: str | None = None):
+    """A successful exec with `args_token` among its arguments (and that comm, if given)."""
+    return (
+        lambda e: e.type in ("execve", "execveat")
+        and e.res == 0
+        and args_token in e.proc.args
+        and (comm is None or e.proc.comm == comm)
+    )
+
+
+def test_every_lifecycle_program_is_attached_and_ready_is_measured(sensor):
+    assert set(sensor.attached) == {p.name for p in PROGRAMS}
+    assert sensor.ready_seconds is not None and sensor.ready_seconds > 0
+
+
+def test_exec_with_unique_argv(collector, tmp_path):
+    mark = token()
+    child = subprocess.run(["/bin/echo", mark, "second arg"], cwd=tmp_path, capture_output=True)
+    assert child.returncode == 0
+    event = collector.wait_for(exec_of(mark))
+    proc = event.proc
+    st = os.stat("/bin/echo")
+    assert event.type == "execve" and event.proc.exec_syscall == "execve"
+    assert proc.ppid == os.getpid()
+    assert proc.pid == event.tid
+    assert proc.args == (mark, "second arg")
+    assert proc.exe == "/bin/echo" and proc.filename == "/bin/echo"
+    assert proc.exepath == os.path.realpath("/bin/echo")
+    assert proc.comm == "echo"
+    assert proc.cwd == str(tmp_path)
+    assert proc.interpreter == ""
+    assert (proc.exe_ino, proc.exe_dev) == (st.st_ino, (os.major(st.st_dev) << 20) | os.minor(st.st_dev))
+    assert proc.exe_mtime_ns == st.st_mtime_ns and proc.exe_ctime_ns == st.st_ctime_ns
+    assert (proc.uid, proc.euid, proc.gid, proc.egid) == (os.getuid(), os.geteuid(), os.getgid(), os.getegid())
+    assert proc.pgid == os.getpgid(0) and proc.sid == os.getsid(0)
+    assert proc.vpid == proc.pid  # no pid namespace here
+    assert proc.cap_effective == proc.cap_permitted != 0  # root
+    assert proc.parent is not None and proc.parent.pid == os.getpid()
+    assert abs(event.time_ns - time.time_ns()) < 30 * 10**9
+    assert proc.exe_from_memfd is False and proc.args_truncated is False
+
+
+def test_script_reports_interpreter_and_the_kernel_exe(collector, tmp_path):
+    mark = token()
+    script = tmp_path / "script-test.sh"
+    script.write_text("#!/bin/sh\nexit 0\n")
+    script.chmod(0o755)
+    subprocess.run([str(script), mark], check=True)
+    event = collector.wait_for(exec_of(mark))
+    proc = event.proc
+    assert proc.filename == str(script)
+    assert proc.interpreter == "/bin/sh"
+    # The image the kernel runs is the interpreter, resolved through the /bin -> usr/bin
+    # and sh -> dash links: what /proc/<pid>/exe shows.
+    assert proc.exepath == os.path.realpath("/bin/sh")
+    assert proc.exe == "/bin/sh" and proc.args == (str(script), mark)
+    assert proc.comm == "script-test.sh"
+
+
+def test_exec_from_memfd(collector):
+    mark = token()
+    # execveat(fd, "", argv, envp, AT_EMPTY_PATH) called directly: glibc's fexecve may
+    # go through /proc/self/fd with execve instead.
+    program = textwrap.dedent(
+        """
+        import ctypes, os, sys
+        fd = os.memfd_create("sentinel-test")
+        with open("/bin/true", "rb") as f:
+            os.write(fd, f.read())
+        argv = (ctypes.c_char_p * 3)(b"true", sys.argv[1].encode(), None)
+        envp = (ctypes.c_char_p * 1)(None)
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.syscall(322, fd, b"", argv, envp, 0x1000)  # SYS_execveat, AT_EMPTY_PATH
+        sys.exit("execveat failed: %d" % ctypes.get_errno())
+        """
+    )
+    subprocess.run([sys.executable, "-c", program, mark], check=True)
+    event = collector.wait_for(lambda e: exec_of(mark)(e) and e.proc.exe == "true")
+    assert event.type == "execveat" and event.proc.exec_syscall == "execveat"
+    assert event.proc.exe_from_memfd is True
+    assert event.proc.exepath == "/memfd:sentinel-test"
+    assert event.proc.filename.startswith("/dev/fd/")
+
+
+def test_exec_from_a_non_leader_thread(collector):
+    mark = token()
+    program = textwrap.dedent(
+        """
+        import os, sys, threading
+        def run():
+            print(threading.get_native_id(), flush=True)
+            os.execv("/bin/echo", ["echo", sys.argv[1]])
+        threading.Thread(target=run).start()
+        threading.Event().wait(30)
+        """
+    )
+    child = subprocess.run([sys.executable, "-c", program, mark], capture_output=True, text=True, check=True)
+    thread_id = int(child.stdout.split()[0])
+    event = collector.wait_for(exec_of(mark, comm="echo"))
+    assert thread_id != event.proc.pid
+    assert event.tid == thread_id
+    # after de_thread the process keeps its pid and its start time (its exec id)
+    python_exec = collector.wait_for(lambda e: exec_of(mark)(e) and e.proc.comm.startswith("python"))
+    assert python_exec.proc.pid == event.proc.pid
+    assert python_exec.proc.start_ns == event.proc.start_ns
+
+
+def test_failed_exec(collector):
+    missing = "/nonexistent-%s/prog" % token()
+    with pytest.raises(FileNotFoundError):
+        subprocess.run([missing, "arg1"])
+    event = collector.wait_for(lambda e: e.type == "execve" and e.res < 0 and e.args.get("filename") == missing)
+    assert event.res == -2
+    assert event.args["argv"] == (missing, "arg1")
+
+
+def test_fork_and_exit_code(collector):
+    mark = token()
+    child = subprocess.run(["/bin/sh", "-c", "exit 7", mark])
+    assert child.returncode == 7
+    exited = collector.wait_for(lambda e: e.type == "procexit" and e.proc.pid == child_pid(collector, mark))
+    assert exited.args == {"status": 7, "sig": 0, "core": False}
+    assert exited.proc.exit_code == 7
+    forked = collector.wait_for(lambda e: e.type in ("clone", "clone3", "fork", "vfork") and e.res == exited.proc.pid)
+    assert forked.proc.pid == os.getpid()
+    assert forked.args["is_thread"] is False
+
+
+def child_pid(collector, mark: str) -> int:
+    return collector.wait_for(exec_of(mark)).proc.pid
+
+
+def test_exit_by_signal(collector):
+    child = subprocess.Popen(["/bin/sleep", "60"])
+    collector.wait_for(lambda e: e.type == "execve" and e.proc.pid == child.pid and e.proc.comm == "sleep")
+    child.send_signal(signal.SIGTERM)
+    child.wait()
+    exited = collector.wait_for(lambda e: e.type == "procexit" and e.proc.pid == child.pid)
+    assert exited.args == {"status": 0, "sig": signal.SIGTERM, "core": False}
+    assert exited.proc.exit_signal == signal.SIGTERM
+
+
+def test_thread_exit_is_not_a_process_exit(collector):
+    mark = token()
+    program = "import threading,sys; t=threading.Thread(target=lambda: None); t.start(); t.join(); sys.exit(3)"
+    child = subprocess.Popen([sys.executable, "-c", program, mark])
+    assert child.wait() == 3
+    exits = []
+    collector.wait_for(lambda e: e.type == "procexit" and e.proc.pid == child.pid and not exits.append(e) and True)
+    thread_clone = collector.wait_for(lambda e: e.type.startswith("clone") and e.proc.pid == child.pid)
+    assert thread_clone.args["is_thread"] is True
+    time.sleep(0.2)
+    collector.events.extend(collector.sensor.poll(0.1))
+    assert [e.args["status"] for e in collector.events if e.type == "procexit" and e.proc.pid == child.pid] == [3]
+
+
+def test_chdir_reports_the_new_cwd(collector, tmp_path):
+    mark = token()
+    target = tmp_path / ("dir-" + mark)
+    target.mkdir()
+    subprocess.run(["/bin/sh", "-c", 'cd "$1" && /bin/true "$2"', "sh", str(target), mark], check=True)
+    event = collector.wait_for(lambda e: e.type == "chdir" and e.args.get("path") == str(target))
+    assert event.res == 0
+    true_exec = collector.wait_for(exec_of(mark))
+    assert true_exec.proc.cwd == str(target)
+
+
+def test_env_keeps_named_variables_only(collector):
+    mark = token()
+    secret = "secret-" + token()
+    env = {"PATH": "/usr/bin:/bin", "LD_PRELOAD": "/nonexistent-%s.so" % mark, "SECRET": secret}
+    subprocess.run(["/bin/true", mark], env=env, stderr=subprocess.DEVNULL)
+    proc = collector.wait_for(exec_of(mark)).proc
+    assert "LD_PRELOAD=/nonexistent-%s.so" % mark in proc.env
+    assert "PATH=/usr/bin:/bin" in proc.env
+    assert not any(secret in item or item.startswith("SECRET=") for item in proc.env)
+
+
+def test_long_argv_is_truncated_and_flagged(collector):
+    mark = token()
+    filler = ["x" * 100] * 80  # 8 KB of arguments, above the 4 KB kernel bound
+    subprocess.run(["/bin/true", mark, *filler], check=True)
+    proc = collector.wait_for(exec_of(mark)).proc
+    assert proc.args_truncated is True
+    assert proc.args[0] == mark
+    assert len("\0".join((proc.exe, *proc.args))) <= abi.ARGS_MAX
+
+
+def test_process_started_before_the_sensor(collector, started_before):
+    proc_before, before_token = started_before
+    with open("/proc/%d/stat" % proc_before.pid) as f:
+        ticks = int(f.read().rsplit(")", 1)[1].split()[19])
+    proc_before.terminate()
+    proc_before.wait()
+    exited = collector.wait_for(lambda e: e.type == "procexit" and e.proc.pid == proc_before.pid)
+    # the kernel's exec id and /proc's starttime are the same clock at tick precision
+    assert abi.same_start_ticks(exited.proc.start_ns, ticks)
+    # known from the bootstrap only: argv came from /proc/<pid>/cmdline
+    assert exited.proc.args == ("-c", "import time; time.sleep(600)", before_token)
+    assert exited.proc.from_proc is True
+    assert exited.args["sig"] == signal.SIGTERM
+
+
+def test_update_interest_keeps_the_lifecycle_attached(sensor, collector):
+    before = sensor.attached
+    sensor.update_interest(Interest(event_types=frozenset({"execve"})))
+    assert sensor.attached == before
+    mark = token()
+    subprocess.run(["/bin/true", mark], check=True)
+    collector.wait_for(exec_of(mark))
+
+
+def test_nothing_was_lost_or_dropped(sensor, collector):
+    collector.events.extend(sensor.poll(0.2))
+    assert sensor.lost() == {}
+    assert sensor.decoder.dropped == 0
