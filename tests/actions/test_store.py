@@ -10,6 +10,8 @@ import threading
 import time
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from sentinel.actions import record
 from sentinel.actions.store import Store, StoragePolicy, StoreWriter, open_readonly
@@ -474,3 +476,29 @@ def test_values_the_pipe_cannot_carry_are_encoded_before_sending(db_path):
         writer.add_event(event, matched=True)
     (row,) = rows(db_path, "SELECT extra FROM events")
     assert json.loads(row[0])["args"] == {"buf": "\\xffdata"}
+
+
+# What a decoder yields: valid text, or undecodable bytes kept as surrogates (surrogateescape).
+untrusted_text = st.text(st.characters(exclude_categories=("Cs",)), max_size=40) | st.binary(max_size=40).map(
+    lambda raw: raw.decode("utf-8", "surrogateescape")
+)
+
+
+def shown_as(text: str) -> str:
+    """Valid text is stored as is; undecodable bytes as \\xNN."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+@settings(max_examples=60, deadline=None)
+@given(comm=untrusted_text, args=st.lists(untrusted_text, max_size=3), path=untrusted_text)
+def test_any_string_from_the_monitored_system_is_stored_exactly_or_escaped(tmp_path_factory, comm, args, path):
+    db_path = str(tmp_path_factory.mktemp("prop") / "events.db")
+    proc = Process(9, 9, comm=comm, args=tuple(args))
+    event = Event("openat", proc, 3, {"name": path}, Fd(3, "file", path))
+    with Store(db_path) as store:
+        store.add_event(event, matched=True)
+    (row,) = rows(db_path, "SELECT proc_name, proc_args, fd_name, extra FROM events")
+    assert row["proc_name"] == shown_as(comm)
+    assert row["proc_args"] == shown_as(" ".join(args))
+    assert row["fd_name"] == shown_as(path)
+    assert json.loads(row["extra"])["args"]["name"] == path  # JSON keeps even the surrogates exactly
