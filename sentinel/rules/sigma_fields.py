@@ -193,11 +193,11 @@ SUPPORTED_PRODUCT = "linux"
 # Sigma level -> Falco priority. Sigma has five levels, Falco eight: each level takes the
 # Falco priority with the same operational meaning (medium = worth a look = WARNING).
 LEVEL_PRIORITY = {
-    "informational": "INFORMATIONAL",
-    "low": "NOTICE",
-    "medium": "WARNING",
-    "high": "ERROR",
-    "critical": "CRITICAL",
+    "informational": "informational",
+    "low": "notice",
+    "medium": "warning",
+    "high": "error",
+    "critical": "critical",
 }
 DEFAULT_LEVEL = "medium"  # a Sigma rule without a level
 
