@@ -119,15 +119,23 @@ def fit(record: dict, render: Callable[[dict], bytes], limit: int) -> bytes:
 _SD_ESCAPE = re.compile(r'["\\\]]')
 
 
+_SD_SAFE = re.compile(r'[^"\\\]\x00-\x1f\x7f-\x9f]*')
+_PRINTUSASCII = re.compile(r"[!-~]+")
+_NOT_PRINTUSASCII = re.compile(r"[^!-~]")
+
+
 def sd_param(value: str) -> str:
     """An SD-PARAM value (RFC 5424 6.3.3): escape `"`, `\\`, `]`; controls made visible."""
+    if _SD_SAFE.fullmatch(value):
+        return value
     return _SD_ESCAPE.sub(lambda m: "\\" + m.group(), visible(value))
 
 
 def _header_field(value: str, max_len: int) -> str:
     """A header field of RFC 5424: printable US-ASCII without spaces, or NILVALUE."""
-    cleaned = "".join(ch if 33 <= ord(ch) <= 126 else "_" for ch in value)[:max_len]
-    return cleaned or "-"
+    if not _PRINTUSASCII.fullmatch(value):
+        value = _NOT_PRINTUSASCII.sub("_", value)
+    return value[:max_len] or "-"
 
 
 def _rfc5424_time(record: dict) -> str:

@@ -18,6 +18,7 @@ from sentinel.actions.forward.transports.base import Batch, DeliveryError
 from sentinel.actions.forward.transports.syslog import _Syslog, connect_stream
 
 MAX_TXNR = 999_999_999
+_QUICKACK = getattr(socket, "TCP_QUICKACK", None)
 OFFERS = b"relp_version=0\nrelp_software=sentinel,%s,-\ncommands=syslog" % __version__.encode()
 
 
@@ -45,6 +46,10 @@ class RELPSession:
         return b"%d %s 0\n" % (txnr, command)
 
     def _fill(self) -> None:
+        # rsyslog writes one small `rsp` per message and its Nagle holds the next ones until
+        # our ACK, which Linux delays by up to 40 ms: acknowledge at once instead.
+        if _QUICKACK is not None:
+            self.sock.setsockopt(socket.IPPROTO_TCP, _QUICKACK, 1)
         chunk = self.sock.recv(65536)
         if not chunk:
             raise ConnectionError("RELP server closed the connection")
@@ -162,7 +167,9 @@ class RELPTransport(_Syslog):
             exhausted = False
             while True:
                 frames = []
-                while not exhausted and len(in_flight) + len(frames) < self.settings.relp_window:
+                # Refill once half the window is acknowledged: fewer, larger writes.
+                refill = len(in_flight) <= self.settings.relp_window // 2
+                while refill and not exhausted and len(in_flight) < self.settings.relp_window:
                     item = next(pending, None)
                     if item is None:
                         exhausted = True
