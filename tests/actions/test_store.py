@@ -502,3 +502,24 @@ def test_any_string_from_the_monitored_system_is_stored_exactly_or_escaped(tmp_p
     assert row["proc_args"] == shown_as(" ".join(args))
     assert row["fd_name"] == shown_as(path)
     assert json.loads(row["extra"])["args"]["name"] == path  # JSON keeps even the surrogates exactly
+
+
+def test_alert_records_of_the_alert_module_are_stored_with_their_id_and_time(db_path):
+    from sentinel.actions.alert import HostIdentity, alert_record
+
+    when = 1_795_434_141_123_456_789
+    produced = alert_record(
+        rule="Shell in container",
+        priority="CRITICAL",
+        output="shell in container x",
+        tags=["container", "shell"],
+        output_fields={"proc.name": "sh"},
+        time_ns=when,
+        host=HostIdentity("h1", "m", "b"),
+        ruleset_version="1",
+    )
+    with Store(db_path) as store:
+        assert store.add_alert(produced, None, []) == produced["id"]
+        store.add_alert(produced, None, [])  # delivered twice: stored once
+    (row,) = rows(db_path, "SELECT * FROM alerts")
+    assert (row["id"], row["time"], row["priority"], row["hostname"]) == (produced["id"], when, "critical", "h1")
