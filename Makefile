@@ -13,10 +13,10 @@ RUN_DEBS := python3-bpfcc bpfcc-tools bpftool python3-venv python3-pip
 # (Debian's `loki` is a genetics tool, not Grafana Loki: the Loki output is tested against
 # the push/query API served by the test harness.)
 TEST_DEBS := tmux rsyslog rsyslog-gnutls rsyslog-relp openssl iproute2 gcc libc6-dev \
-             dpkg-dev fakeroot systemd
+             dpkg-dev fakeroot systemd debootstrap logrotate util-linux
 PYTEST_ARGS ?=
 
-.PHONY: run test deps-run deps-test venv bench lsm-test deb clean
+.PHONY: run test deps-run deps-test venv bench lsm-test deb container-test clean
 
 run: deps-run venv
 	$(VENV)/bin/sentinel run
@@ -42,6 +42,16 @@ $(VENV)/.installed: pyproject.toml
 
 bench: deps-test venv
 	$(PY) -m benchmarks.run_all
+
+# dist/sentinel_<version>_<arch>.deb: dpkg-deb over a staging root, the Python
+# dependencies bundled in /usr/lib/sentinel/venv (see packaging/deb/build.sh)
+deb: deps-run
+	./packaging/deb/build.sh
+
+# The image of packaging/container/Containerfile built as a debootstrap root (no container
+# engine needed), the .deb installed in it, its entrypoint run in a chroot
+container-test: deps-test venv
+	$(PY) -m pytest tests/packaging/test_container.py $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info
