@@ -13,13 +13,13 @@ identities from the two sources are compared with `same_start` at tick precision
 from __future__ import annotations
 
 import os
-import stat as stat_mod
 import sys
 import time
 from collections.abc import Iterable
 
 from sentinel.enrich.container import CgroupInfo, parse_cgroup_cached
 from sentinel.enrich.procio import read_at, readlink_at
+from sentinel.events.decode import exe_writable
 from sentinel.events.model import Process
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -31,7 +31,6 @@ SAME_START_TOLERANCE_NS = TICK_NS + 1_000_000
 
 _MEMFD_PREFIX = "/memfd:"
 _DELETED_SUFFIX = " (deleted)"
-CAP_DAC_OVERRIDE = 1
 
 
 def same_start(a_ns: int, b_ns: int) -> bool:
@@ -155,6 +154,7 @@ class ProcFS:
             return None
         proc = Process(pid, self.ticks_to_start_ns(start_ticks))
         proc.from_proc = True
+        proc.exited = fields[0] in ("Z", "X")  # a zombie: exited, not yet reaped
         proc.comm = sys.intern(comm)
         proc.ppid = ppid
         proc.pgid = pgid
@@ -224,7 +224,7 @@ class ProcFS:
                 proc.exe_dev = kernel_dev(st.st_dev)
                 proc.exe_mtime_ns = st.st_mtime_ns
                 proc.exe_ctime_ns = st.st_ctime_ns
-                proc.exe_writable = exe_writable(st, proc.euid, proc.egid, proc.cap_effective)
+                proc.exe_writable = exe_writable(st.st_mode, st.st_uid, st.st_gid, proc.euid, proc.egid, proc.cap_effective)
         cwd = readlink_at(dir_fd, "cwd")
         if cwd:
             proc.cwd = sys.intern(strip_deleted(cwd)[0])
@@ -237,19 +237,6 @@ class ProcFS:
             if sep and name in self.env_keep:
                 kept.append(entry)
         return tuple(kept)
-
-
-def exe_writable(st: os.stat_result, euid: int, egid: int, cap_effective: int) -> bool:
-    """Whether the process's credentials may write its executable (Falco's
-    proc.is_exe_writable): DAC bits for owner/group/other, or CAP_DAC_OVERRIDE."""
-    if cap_effective >> CAP_DAC_OVERRIDE & 1:
-        return True
-    mode = st.st_mode
-    if st.st_uid == euid:
-        return bool(mode & stat_mod.S_IWUSR)
-    if st.st_gid == egid:
-        return bool(mode & stat_mod.S_IWGRP)
-    return bool(mode & stat_mod.S_IWOTH)
 
 
 def read_cgroup_at(dir_fd: int) -> CgroupInfo | None:

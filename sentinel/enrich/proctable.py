@@ -166,8 +166,8 @@ class ProcessTable:
         if previous is not None and not (previous.start_ns == proc.start_ns or same_start(previous.start_ns, proc.start_ns)):
             self._retire(previous, now)  # the pid was reused: its exit was missed
             previous = None
-        if previous is not None and previous.from_proc and not proc.from_proc:
-            previous.start_ns = proc.start_ns
+        if previous is not None and proc.from_proc:
+            proc.start_ns = previous.start_ns  # ours is at least as precise as /proc's ticks
         proc.comm = sys.intern(proc.comm)
         proc.exepath = sys.intern(proc.exepath)
         proc.cwd = sys.intern(proc.cwd)
@@ -175,6 +175,7 @@ class ProcessTable:
         if not proc.cwd and previous is not None:
             proc.cwd = previous.cwd
         self._fill_names(proc)
+        zombie = proc.from_proc and proc.exited  # /proc still lists it until it is reaped
         proc.exited = False
         proc.parent = self._parent_of(proc, parent_start_ns)
 
@@ -190,6 +191,8 @@ class ProcessTable:
         self._live[pid] = proc
         self._link_to_parent(proc)
         event.proc = proc
+        if zombie:
+            self._retire(proc, now)
         self._after_insert(now)
         return proc
 
@@ -294,7 +297,10 @@ class ProcessTable:
         return events
 
     def maybe_reconcile(self) -> bool:
-        """Run `reconcile()` when `proc_reconcile_seconds` have passed; True if it ran."""
+        """Run `reconcile()` when `proc_reconcile_seconds` have passed; True if it ran.
+
+        The table also does this itself after a fork or exec once the period is over; an
+        idle host needs the pipeline's housekeeping to call it."""
         if self._clock() < self._next_reconcile:
             return False
         self.reconcile()
@@ -318,6 +324,8 @@ class ProcessTable:
         for proc in missing:
             if proc.pid in self._live:
                 continue  # installed meanwhile as the parent of another
+            if proc.exited and self._find_exited(proc.pid, proc.start_ns) is not None:
+                continue  # a zombie we already know has exited
             self.on_exec(Event("execve", proc, boot_ns=proc.start_ns))
             changed += 1
         self.reconciled += changed
@@ -352,17 +360,18 @@ class ProcessTable:
         fresh = self.procfs.read(pid)
         if fresh is None:
             return self._placeholder(pid, start_ns)
-        matches = not start_ns or same_start(fresh.start_ns, start_ns)
-        if start_ns and not matches and fresh.start_ns < start_ns:
-            # /proc shows an older process than the kernel named: the one asked for
-            # already exited and this read raced with it. Leave the table alone.
-            return self._placeholder(pid, start_ns)
-        installed = self.on_exec(Event("execve", fresh, boot_ns=fresh.start_ns))
-        if not matches:
-            return self._placeholder(pid, start_ns)
         if start_ns:
-            installed.start_ns = start_ns
-        return installed
+            if same_start(fresh.start_ns, start_ns):
+                fresh.start_ns = start_ns  # the kernel's value is the precise one
+            elif fresh.start_ns < start_ns:
+                # /proc shows an older process than the kernel named: the one asked for
+                # already exited and this read raced with it. Leave the table alone.
+                return self._placeholder(pid, start_ns)
+            else:
+                # The pid now holds a newer process: worth knowing, but not the one asked for.
+                self.on_exec(Event("execve", fresh, boot_ns=fresh.start_ns))
+                return self._placeholder(pid, start_ns)
+        return self.on_exec(Event("execve", fresh, boot_ns=fresh.start_ns))
 
     def _parent_of(self, proc: Process, parent_start_ns: int) -> Process | None:
         ppid = proc.ppid
@@ -457,6 +466,8 @@ class ProcessTable:
                 self._children.pop(proc, None)
             self.evicted += 1
             excess -= 1
+        if now >= self._next_reconcile:
+            self.reconcile()
 
     def _oldest_live_leaf(self) -> Process:
         """The live process to evict: the oldest without live children among the first few

@@ -65,6 +65,7 @@ class FakeProc:
         nspgid: tuple[int, ...] | None = None,
         caps: tuple[int, int, int] = (0, 0, 0),
         root: Path | None = None,
+        state: str = "S",
     ) -> Path:
         directory = self.root / str(pid)
         if directory.exists():
@@ -75,7 +76,9 @@ class FakeProc:
         pgid = pid if pgid is None else pgid
         sid = pgid if sid is None else sid
         flags_to_itrealvalue = " ".join(["0"] * 13)  # fields 9-21
-        stat = "%d (%s) S %d %d %d %d -1 %s %d 0 0\n" % (pid, comm, ppid, pgid, sid, tty_nr, flags_to_itrealvalue, start_ticks)
+        stat = "%d (%s) %s %d %d %d %d -1 %s %d 0 0\n" % (
+            pid, comm, state, ppid, pgid, sid, tty_nr, flags_to_itrealvalue, start_ticks
+        )  # fmt: skip
         (directory / "stat").write_text(stat)
         nspid = nspid or (pid,)
         nspgid = nspgid or (pgid,)

@@ -203,6 +203,35 @@ def test_reconcile_replaces_a_reused_pid(table, host):
     assert old.exited and table.lookup(200).comm == "new"
 
 
+def test_zombies_are_known_as_exited(table, host):
+    host.add(600, ppid=100, comm="defunct", start_ticks=6000, state="Z", argv=())
+    zombie = table.lookup(600, 6000 * TICK_NS + 5)
+    assert zombie.exited and zombie.comm == "defunct" and zombie.parent is table.lookup(100)
+    assert zombie.start_ns == 6000 * TICK_NS + 5
+    assert table.lookup(600, 6000 * TICK_NS + 5) is zombie
+    assert 600 not in [p.pid for p in table.processes()]
+    assert table.reconcile() == 0  # still listed by /proc, but not new
+
+
+def test_a_second_bootstrap_keeps_the_kernels_precise_starts(table):
+    precise = 900 * TICK_NS + 123_456
+    sleep = table.lookup(200, precise)
+    table.bootstrap()
+    again = table.lookup(200)
+    assert again is not sleep and again.start_ns == precise
+
+
+def test_the_table_reconciles_by_itself_when_due(table, host, fake_clock):
+    sleep = table.lookup(200)
+    host.remove(200)
+    bash = table.lookup(100)
+    table.on_fork(100, bash.start_ns, 101, 10**13, False)
+    assert not sleep.exited  # not due yet
+    fake_clock.now += 31
+    table.on_fork(100, bash.start_ns, 102, 10**13 + 1, False)
+    assert sleep.exited and table.stats()["reconciled"] >= 1
+
+
 def test_maybe_reconcile_runs_on_its_period(table, fake_clock):
     assert not table.maybe_reconcile()
     fake_clock.now += 31
