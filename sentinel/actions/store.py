@@ -141,6 +141,14 @@ class RowBuffer:
         batch, self.pending = self.pending, Batch()
         return batch
 
+    def requeue(self, batch: Batch) -> None:
+        """Put a batch's alerts, actions and processes back in front of what is pending."""
+        if batch.alerts or batch.actions or batch.processes:
+            self._note_first()
+        self.pending.alerts[:0] = batch.alerts
+        self.pending.actions[:0] = batch.actions
+        self.pending.processes = {**batch.processes, **self.pending.processes}
+
 
 def _utf8_safe(value: Any) -> Any:
     """Strings that cannot be UTF-8 (undecodable bytes smuggled in as surrogates) as \\xNN text."""
@@ -448,7 +456,7 @@ class WriterStats:
 
     queued: int = 0  # accepted into memory
     written: int = 0  # committed to the database
-    dropped: int = 0  # lost: the queue was full or a write failed
+    dropped: int = 0  # lost: events shed while the queue was full, or rows of a failed write
     batches: int = 0
     errors: int = 0
     last_flush_seconds: float = 0.0  # time to write the last batch
@@ -566,8 +574,9 @@ class StoreWriter:
     add_event() copies the event into a row under a lock and returns its id (alerts link to
     it); when batch_size events wait, or the oldest has waited flush_seconds, the thread
     writes them in one transaction. At most `max_batches` batches wait for the database;
-    past that new batches are dropped and counted, so a stuck disk never grows memory
-    without bound or stalls detection. close() writes everything accepted before it.
+    past that the events of new batches are dropped and counted (their alerts and actions
+    are kept for the next batch), so a stuck disk never grows memory without bound or
+    stalls detection. close() writes everything accepted before it.
     """
 
     def __init__(
@@ -642,10 +651,13 @@ class StoreWriter:
         try:
             self._batches.put_nowait(batch)
         except queue.Full:
+            # Shed the events; alerts, actions and processes are few and matter more: they
+            # wait for the next batch (an alert may then link to an event that was shed).
             with self._lock:
-                self.stats.dropped += len(batch)
+                self.stats.dropped += len(batch.events)
+                self._buffer.requeue(batch)
             self._batch_done()
-            log.warning("store.batch_dropped", **{"store.rows": len(batch), "store.path": self.path})
+            log.warning("store.events_dropped", **{"store.rows": len(batch.events), "store.path": self.path})
 
     def _batch_done(self) -> None:
         with self._idle:

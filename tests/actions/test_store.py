@@ -254,7 +254,9 @@ def test_writer_drops_and_counts_when_the_database_cannot_keep_up(db_path):
     blocker.execute("BEGIN IMMEDIATE")  # another writer holds the lock: the store's writes wait
     try:
         for pid in range(1, 101):
-            writer.add_event(exec_event(pid), matched=False)
+            event_id = writer.add_event(exec_event(pid), matched=False)
+            if pid % 10 == 0:
+                writer.add_alert(alert(rule="rule %d" % pid), event_id, [])
     finally:
         blocker.rollback()
         blocker.close()
@@ -262,7 +264,10 @@ def test_writer_drops_and_counts_when_the_database_cannot_keep_up(db_path):
     status = writer.status()
     stored = rows(db_path, "SELECT count(*) FROM events")[0][0]
     assert status["dropped"] > 0
-    assert stored == status["written"] == 100 - status["dropped"]
+    assert stored == 100 - status["dropped"]
+    assert status["written"] == stored + 10
+    # Alerts are never shed with their batch's events.
+    assert [row[0] for row in rows(db_path, "SELECT rule FROM alerts ORDER BY seq")] == ["rule %d" % n for n in range(10, 101, 10)]
 
 
 def test_hot_path_is_safe_from_several_threads(db_path):
