@@ -177,6 +177,8 @@ class Collection:
     errors: list[Problem] = field(default_factory=list)
     warnings: list[Problem] = field(default_factory=list)
     files: list[str] = field(default_factory=list)
+    sigma_sources: list[tuple[str, str]] = field(default_factory=list)  # (path, text), see sentinel.rules.sigma
+    sigma_counts: dict[str, int] = field(default_factory=dict)  # loaded / skipped per reason
     raw_counts: dict[str, int] = field(default_factory=lambda: {"rule": 0, "macro": 0, "list": 0})
     _counter: int = 0
 
@@ -203,8 +205,9 @@ def expand_paths(paths: list[str | os.PathLike[str]]) -> list[str]:
     for entry in paths:
         path = Path(entry)
         if path.is_dir():
-            for child in sorted(path.iterdir()):
-                if child.is_file() and child.suffix in (".yaml", ".yml"):
+            # recursive (Sigma repositories keep rules in category folders), as the agent reads them
+            for child in sorted(path.rglob("*")):
+                if child.is_file() and child.suffix in (".yaml", ".yml") and "tests" not in child.relative_to(path).parts:
                     result.append(str(child))
         else:
             result.append(str(path))
@@ -214,8 +217,13 @@ def expand_paths(paths: list[str | os.PathLike[str]]) -> list[str]:
 def collect(sources: list[tuple[str, str]]) -> Collection:
     """Read and collect (path, text) pairs in order; problems are gathered in the result."""
     collection = Collection()
+    from sentinel.rules.sigma import is_sigma_text  # imported here: sigma builds on the ruleset
+
     for path, text in sources:
         collection.files.append(path)
+        if is_sigma_text(text):  # translated at compile time, beside the Falco rules
+            collection.sigma_sources.append((path, text))
+            continue
         _read_file(collection, path, text)
     return collection
 

@@ -363,6 +363,10 @@ def compile_collection(collection: Collection, extra: Iterable[RuleSpec] = (), m
         if spec is not None:
             specs.append((spec, rule.condition_text, rule.index))
     base = len(collection.rules) + 1
+    if collection.sigma_sources:
+        from sentinel.rules.sigma import sigma_rule_specs  # imported here: sigma builds on RuleSpec
+
+        extra = list(extra) + sigma_rule_specs(collection, problems.errors, problems.warnings)
     for offset, spec in enumerate(extra):
         specs.append((spec, None, base + offset))
 
@@ -516,6 +520,7 @@ def _build(rules: list[Rule], lists: dict, macros: dict, warnings: list[Problem]
     }
     if collection is not None:
         counts.update({"raw_" + kind + "s": count for kind, count in collection.raw_counts.items()})
+        counts.update(collection.sigma_counts)
     return Ruleset(
         rules=tuple(rules), lists=lists, macros=macros, interest=interest, warnings=warnings, counts=counts,
         first_match=(match == "first"), _buckets=buckets, _sources=sources,

@@ -132,6 +132,12 @@ class SigmaLoad:
     def skip_counts(self) -> dict[str, int]:
         return dict(collections.Counter(skip.reason for skip in self.skipped))
 
+    def counts(self) -> dict[str, int]:
+        """For the ruleset's counts: `sigma_rules`, `sigma_skipped`, `sigma_skipped.<reason>`."""
+        counts = {"sigma_rules": len(self.rules), "sigma_skipped": len(self.skipped)}
+        counts.update({"sigma_skipped." + reason: n for reason, n in sorted(self.skip_counts().items())})
+        return counts
+
     def summary(self) -> str:
         total = len(self.rules) + len(self.skipped)
         text = "sigma: %d of %d rules loaded" % (len(self.rules), total)
@@ -171,18 +177,25 @@ def is_sigma_document(document: Any) -> bool:
     return isinstance(document, dict) and "detection" in document and "logsource" in document
 
 
+_TOP_LEVEL_SIGMA_KEY = re.compile(r"^(?:detection|logsource|correlation)[ \t]*:", re.MULTILINE)
+
+
 def is_sigma_text(text: str) -> bool:
-    """True for YAML text whose first rule document is a Sigma rule (Falco files are lists)."""
+    """True for YAML text holding Sigma rules (Falco files are lists of rule/macro/list items).
+
+    A Sigma file has top-level `detection:`/`logsource:` keys (or a `correlation:`); the text is
+    only parsed when such a key is written at column 0, so Falco files cost one regex search.
+    """
+    if not _TOP_LEVEL_SIGMA_KEY.search(text):
+        return False
     try:
-        for document in yaml.load_all(text, Loader=yaml.CSafeLoader):
-            if document is None:
-                continue
-            if isinstance(document, dict) and document.get("action") in ("global", "reset", "repeat"):
-                return True
-            return is_sigma_document(document) or (isinstance(document, dict) and "correlation" in document)
+        documents = list(yaml.load_all(text, Loader=yaml.CSafeLoader))
     except yaml.YAMLError:
         return False
-    return False
+    return any(
+        is_sigma_document(document) or (isinstance(document, dict) and "correlation" in document)
+        for document in documents
+    )
 
 
 def sigma_files(paths: Iterable[str | Path]) -> list[Path]:
@@ -208,6 +221,28 @@ def load_sigma(paths: Iterable[str | Path], taken_names: Iterable[str] = ()) -> 
             continue
         load_sigma_text(text, str(path), result, names)
     return result
+
+
+def sigma_rule_specs(collection: Any, errors: list[Any], warnings: list[Any]) -> list[SigmaRuleSpec]:
+    """The rule loader's hook: translate the Sigma files of a collection into RuleSpecs.
+
+    Invalid Sigma becomes errors, skipped rules become warnings (one each, with the reason), and
+    the counts of loaded and skipped rules go into `collection.sigma_counts`. Sigma rule names
+    never replace Falco rules: a title already used gets the Sigma id appended.
+    """
+    from sentinel.rules.loader import Problem
+
+    result = SigmaLoad()
+    names = _NameAllocator(collection.rules)
+    for path, text in collection.sigma_sources:
+        load_sigma_text(text, path, result, names)
+    errors.extend(Problem(error.message, error.location or SourceLocation("<sigma>")) for error in result.errors)
+    warnings.extend(
+        Problem("skipped (%s): %s" % (skip.reason, skip.detail), skip.location, "sigma rule '%s'" % skip.title)
+        for skip in result.skipped
+    )
+    collection.sigma_counts.update(result.counts())
+    return result.rules
 
 
 def load_sigma_text(
