@@ -44,6 +44,20 @@ def doctor(as_json: bool) -> None:
     sys.exit(0 if report["can_run"] else 1)
 
 
+@main.command()
+@click.option("--type", "event_types", multiple=True, metavar="TYPE", help="Only this event type (repeatable): execve, procexit, ...")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line, with every field.")
+@click.option("--config", "config_path", metavar="FILE", type=click.Path(dir_okay=False), help="Configuration file.")
+def trace(event_types: tuple[str, ...], as_json: bool, config_path: str | None) -> None:
+    """Print live kernel events as they happen, without rules (Ctrl-C to stop).
+
+    Example: sudo sentinel trace --type execve --type procexit
+    """
+    from sentinel import config, trace as tracing
+
+    sys.exit(tracing.run(config.load(config_path), event_types, as_json, sys.stdout))
+
+
 # --- reading the event store ------------------------------------------------------------------
 
 _db_option = click.option(
@@ -167,6 +181,71 @@ def forward_test(name: str, config_path: str | None, timeout: float) -> None:
         return
     click.echo("failed: output %s (%s): %s" % (result.output, result.type, result.error), err=True)
     sys.exit(1)
+
+
+@main.group()
+def rules() -> None:
+    """Rule files in Falco's language: validate them, list fields, run test cases."""
+
+
+@rules.command("validate")
+@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True))
+@click.option("--json", "as_json", is_flag=True, help="One JSON object: counts, errors, warnings, interest.")
+def rules_validate(paths: tuple[str, ...], as_json: bool) -> None:
+    """Load rule files (or folders) in order; exit 1 if any has an error.
+
+    Example: sentinel rules validate rules/ /etc/sentinel/rules.d/local.yaml
+    """
+    import json
+
+    from sentinel.rules.validate import validate
+
+    result = validate(list(paths))
+    click.echo(json.dumps(result.as_dict(), indent=2) if as_json else result.text())
+    sys.exit(0 if result.ok else 1)
+
+
+@rules.command("fields")
+@click.option("--json", "as_json", is_flag=True, help="JSON list of fields.")
+@click.option("--markdown", is_flag=True, help="The field map as Markdown (docs/fields.md).")
+def rules_fields(as_json: bool, markdown: bool) -> None:
+    """List every field a condition or output can use, with where its value comes from.
+
+    Example: sentinel rules fields --markdown > docs/fields.md
+    """
+    import json
+
+    from sentinel.rules import fields
+
+    if markdown:
+        click.echo(fields.markdown(), nl=False)
+        return
+    entries = fields.all_fields()
+    if as_json:
+        click.echo(json.dumps([{"name": f.name, "type": f.type, "arg": f.arg, "doc": f.doc, "source": f.source}
+                               for f in entries], indent=2))
+        return
+    for entry in entries:
+        click.echo("%-40s %-8s %s" % (entry.name + ("[arg]" if entry.arg != "none" else ""), entry.type, entry.doc))
+
+
+@rules.command("test")
+@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True))
+@click.option("--rules-dir", "rules_dirs", multiple=True, type=click.Path(file_okay=False),
+              help="Where to look for the rule files a case file names, if not beside it (repeatable).")
+def rules_test(paths: tuple[str, ...], rules_dirs: tuple[str, ...]) -> None:
+    """Run rule test cases (YAML events and the rules that must or must not match).
+
+    Example: sentinel rules test rules/tests/
+    """
+    from sentinel.rules.testcases import run_paths
+
+    results = run_paths(list(paths), list(rules_dirs))
+    failed = [result for result in results if not result.passed]
+    for result in failed:
+        click.echo(str(result))
+    click.echo("%d passed, %d failed" % (len(results) - len(failed), len(failed)))
+    sys.exit(1 if failed else 0)
 
 
 if __name__ == "__main__":
