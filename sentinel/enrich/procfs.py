@@ -19,6 +19,7 @@ from collections.abc import Iterable
 
 from sentinel.enrich.container import CgroupInfo, parse_cgroup_cached
 from sentinel.enrich.procio import read_at, readlink_at
+from sentinel.events.abi import EXEC_ID_CLOCK
 from sentinel.events.decode import exe_writable
 from sentinel.events.model import Process
 
@@ -96,7 +97,7 @@ class ProcFS:
         root: str = "/proc",
         env_keep: Iterable[str] = (),
         clk_tck: int = CLK_TCK,
-        exec_id_clock: str = "boottime",
+        exec_id_clock: str = EXEC_ID_CLOCK,
     ) -> None:
         if exec_id_clock not in ("boottime", "monotonic"):
             raise ValueError("exec_id_clock must be 'boottime' or 'monotonic', not %r" % (exec_id_clock,))

@@ -1,0 +1,125 @@
+"""The kernel's exec records and this module's /proc reader describe a process the same way.
+
+Bootstrap and reconcile build processes from /proc; the sensor builds them from kernel
+records. Rules must not see a process change because of where it was learnt, so for one
+real process both sources are compared field by field, and the table's enrichment of the
+kernel record (parent, names, cgroup, container) is checked against the running system.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import subprocess
+import termios
+import time
+import uuid
+
+import pytest
+
+from sentinel.config import Config
+from sentinel.enrich.procfs import ProcFS, same_start
+from sentinel.enrich.proctable import ProcessTable
+from sentinel.events.interest import Interest
+from sentinel.sensor import Sensor
+
+pytestmark = pytest.mark.kernel
+
+COMPARED = (
+    "pid", "ppid", "pgid", "sid", "vpid", "vpgid", "comm", "exe", "exepath", "args", "cwd", "tty",
+    "uid", "euid", "gid", "egid", "loginuid", "cap_permitted", "cap_effective", "cap_inheritable",
+    "exe_ino", "exe_dev", "exe_mtime_ns", "exe_ctime_ns", "exe_from_memfd", "exe_writable",
+    "is_vpgid_leader", "env", "cgroup", "container_id", "user_name", "group_name", "login_name",
+)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def table():
+    return ProcessTable(Config().sensor)
+
+
+@pytest.fixture(scope="module")
+def sensor(table):
+    sensor = Sensor(Config(), Interest(), table=table)
+    sensor.start()
+    yield sensor
+    sensor.close()
+
+
+def wait_for_exec(sensor: Sensor, mark: str, timeout: float = 10.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for event in sensor.poll(0.1):
+            if event.type in ("execve", "execveat") and mark in event.proc.args:
+                return event
+    raise AssertionError("no exec with %s within %.0fs" % (mark, timeout))
+
+
+def spawn_on_a_terminal(argv: list[str], cwd: str) -> subprocess.Popen:
+    """A process in its own session with a pty as controlling terminal (so tty != 0)."""
+    leader, follower = os.openpty()
+
+    def take_terminal() -> None:
+        fcntl.ioctl(follower, termios.TIOCSCTTY, 0)
+
+    child = subprocess.Popen(
+        argv,
+        cwd=cwd,
+        stdin=follower,
+        start_new_session=True,
+        preexec_fn=take_terminal,
+        env={"PATH": os.environ["PATH"], "LD_PRELOAD": ""},
+    )
+    os.close(follower)
+    child.leader_fd = leader  # type: ignore[attr-defined]
+    return child
+
+
+def test_kernel_record_and_proc_read_agree(sensor, table, tmp_path):
+    mark = "0.%d" % uuid.uuid4().int
+    child = spawn_on_a_terminal(["sleep", "300", mark], str(tmp_path))
+    try:
+        event = wait_for_exec(sensor, mark)
+        from_kernel = event.proc
+        from_proc = ProcFS(env_keep=Config().sensor.env_keep).read(child.pid)
+        assert from_proc is not None and not from_kernel.from_proc
+        # the /proc copy gets the same enrichment as a bootstrapped process
+        from_proc.user_name, from_proc.group_name, from_proc.login_name = table.users.names(
+            child.pid, from_proc.euid, from_proc.egid, from_proc.loginuid
+        )
+        differences = {
+            name: (getattr(from_kernel, name), getattr(from_proc, name))
+            for name in COMPARED
+            if getattr(from_kernel, name) != getattr(from_proc, name)
+        }
+        assert differences == {}
+        assert from_kernel.tty != 0  # the terminal was really seen
+        assert same_start(from_kernel.start_ns, from_proc.start_ns)
+    finally:
+        child.kill()
+        child.wait()
+        os.close(child.leader_fd)
+
+
+def test_kernel_exec_is_enriched_and_linked_to_pid_1(sensor, table):
+    mark = "0.%d" % uuid.uuid4().int
+    child = subprocess.Popen(["sleep", "300", mark])
+    try:
+        event = wait_for_exec(sensor, mark)
+        proc = event.proc
+        assert table.lookup(child.pid, proc.start_ns) is proc
+        assert proc.parent is table.lookup(os.getpid())
+        assert [p.pid for p in proc.ancestors()][-1] == 1
+        assert proc.user_name == "root" and proc.group_name == "root"
+        assert proc.container_id == "host"
+        with open("/proc/%d/cgroup" % child.pid) as handle:
+            assert any(line.endswith(":" + proc.cgroup) for line in handle.read().splitlines())
+    finally:
+        child.kill()
+        child.wait()
+    # the kernel's exit record retires it; it stays resolvable for late events
+    deadline = time.monotonic() + 10
+    while not proc.exited and time.monotonic() < deadline:
+        sensor.poll(0.1)
+    assert proc.exited and proc.exit_signal == 9
+    assert table.lookup(child.pid, proc.start_ns) is proc
