@@ -6,13 +6,17 @@ token in argv or paths and waits for its event with a timeout.
 
 from __future__ import annotations
 
+import json
 import os
+import select
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -24,6 +28,7 @@ from sentinel.sensor import PROGRAMS, Sensor
 pytestmark = pytest.mark.kernel
 
 WAIT_SECONDS = 10.0
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 class Collector:
@@ -291,3 +296,39 @@ def test_nothing_was_lost_or_dropped(sensor, collector):
     collector.events.extend(sensor.poll(0.2))
     assert sensor.lost() == {}
     assert sensor.decoder.dropped == 0
+
+
+def test_trace_command_notifies_ready_prints_json_and_stops_on_sigterm(tmp_path):
+    notify_path = str(tmp_path / "notify.sock")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify_socket:
+        notify_socket.bind(notify_path)
+        notify_socket.settimeout(120)
+        env = dict(os.environ, NOTIFY_SOCKET=notify_path, PYTHONPATH=str(REPO_ROOT))
+        trace = subprocess.Popen(
+            [sys.executable, "-m", "sentinel.cli", "trace", "--json", "--type", "execve"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            env=env,
+        )
+        try:
+            assert notify_socket.recv(100) == b"READY=1"
+            mark = token()
+            subprocess.run(["/bin/true", mark], check=True)
+            found = None
+            deadline = time.monotonic() + WAIT_SECONDS
+            while found is None and time.monotonic() < deadline:
+                ready, _, _ = select.select([trace.stdout], [], [], 0.5)
+                if ready:
+                    line = trace.stdout.readline()
+                    record = json.loads(line)
+                    assert record["type"] == "execve"
+                    if mark in record["proc"]["args"]:
+                        found = record
+            assert found is not None and found["proc"]["exepath"] == os.path.realpath("/bin/true")
+            trace.send_signal(signal.SIGTERM)
+            assert trace.wait(timeout=30) == 0
+            assert notify_socket.recv(100) == b"STOPPING=1"
+        finally:
+            if trace.poll() is None:
+                trace.kill()
+                trace.wait()
