@@ -51,7 +51,7 @@ class Process:
         "pid",  # tgid in the initial pid namespace
         "tid",  # the thread that last acted (the exec'ing thread for an exec)
         "ppid",
-        "start_ns",  # task->start_time of the group leader: CLOCK_MONOTONIC ns since boot
+        "start_ns",  # task->start_boottime of the group leader: CLOCK_BOOTTIME ns (abi.EXEC_ID_CLOCK)
         "vpid",  # pid as seen in the process's own pid namespace
         "pgid",
         "vpgid",
@@ -277,7 +277,7 @@ class Event:
     ) -> None:
         self.num = num
         self.type = type
-        self.boot_ns = boot_ns  # CLOCK_MONOTONIC/boot ns from the kernel
+        self.boot_ns = boot_ns  # CLOCK_BOOTTIME ns from the kernel (bpf_ktime_get_boot_ns)
         self.time_ns = time_ns  # UTC ns since the epoch (boot clock + measured offset)
         self.tid = tid or proc.pid
         self.res = res
