@@ -222,3 +222,23 @@ def test_sigkill_mid_stream_then_restart_delivers_all_with_dedupable_duplicates(
     assert first_seen == list(range(count))  # in order
     duplicates = len(ids) - count
     assert duplicates <= 1  # at most the one request in flight when killed, same id: dedupable
+
+
+def test_a_64k_value_is_truncated_in_one_record_not_split(tmp_path, http_receiver, monkeypatch):
+    monkeypatch.setenv("TEST_HEC_TOKEN3", "t")
+    hook, hec = http_receiver("webhook"), http_receiver("hec")
+    record = make_alert(output="D" * 65536, output_fields={"proc.cmdline": "E" * 65536})
+    outputs = [
+        parse_output("hook", "webhook", {"url": hook.url, "max_record_bytes": 16384, **FAST_RETRY}),
+        parse_output("hec", "splunk_hec", {"url": hec.url, "token_env": "TEST_HEC_TOKEN3", "max_record_bytes": 16384,
+                                           **FAST_RETRY}),
+    ]
+    run_forwarder(tmp_path, outputs, [record])
+    (hook_body,) = hook.bodies()
+    (hec_body,) = hec.bodies()
+    (envelope,) = split_concatenated_json(hec_body)
+    for body in (json.loads(hook_body), envelope["event"]):
+        assert body["id"] == record["id"] and body["truncated"] is True
+        assert body["output"].endswith(" bytes]") and "…[truncated " in body["output"]
+        assert body["output_fields"]["proc.cmdline"].endswith(" bytes]")
+    assert len(hook_body) <= 16384

@@ -209,3 +209,43 @@ def test_jsonfile_reopen_follows_rotation(tmp_path):
 def test_duplicate_output_names_are_refused(tmp_path):
     with pytest.raises(SentinelError, match="unique: a"):
         Forwarder([jsonfile("a", tmp_path / "1"), jsonfile("a", tmp_path / "2")], str(tmp_path / "o.db"))
+
+
+def test_forward_section_and_from_config(tmp_path):
+    from sentinel import config
+
+    path = tmp_path / "sentinel.yaml"
+    path.write_text(
+        "forward:\n  outbox: %s\n  max_rows: 10\n  max_age_hours: 1\n"
+        "outputs:\n  - name: file\n    type: jsonfile\n    path: %s\n" % (tmp_path / "o.db", tmp_path / "a.jsonl")
+    )
+    loaded = config.load(path)
+    assert loaded.outbox_path == str(tmp_path / "o.db")
+    forwarder = Forwarder.from_config(loaded, identity=IDENTITY)
+    assert forwarder.outbox.max_rows == 10 and forwarder.outbox.max_age_seconds == 3600
+    assert [w.settings.name for w in forwarder.workers] == ["file"]
+    forwarder.outbox.close()
+
+
+class ExplodingTransport(Transport):
+    def __init__(self, settings) -> None:
+        super().__init__(settings)
+        self.calls = 0
+
+    def send(self, batch) -> None:
+        self.calls += 1
+        if self.calls == 1:
+            raise KeyError("a bug in a transport")
+
+
+def test_an_unexpected_error_is_retried_not_fatal(tmp_path):
+    settings = parse_output("x", "jsonfile", {"path": str(tmp_path / "x"), "backoff_initial": 0.01})
+    forwarder = Forwarder([settings], str(tmp_path / "outbox.db"), identity=IDENTITY)
+    forwarder.workers[0].transport = ExplodingTransport(settings)
+    with capture_logs() as logs:
+        forwarder.start()
+        forwarder.submit(make_alert(1))
+        assert forwarder.wait_delivered(10)
+        forwarder.stop()
+    assert forwarder.workers[0].transport.calls == 2
+    assert any(entry["event"] == "forward.worker_error" for entry in logs)

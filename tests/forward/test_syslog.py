@@ -149,3 +149,18 @@ def test_udp_rfc3164_one_datagram_per_record_within_the_limit(tmp_path):
     assert "\\nline2" in first  # the newline travels as an escape
     assert json.loads(first.split(": ", 1)[1])["output"] == HOSTILE  # and decodes back intact
     assert len(datagrams[1]) <= 2048 and "truncated" in second
+
+
+def test_tls_client_key_with_passphrase_from_the_environment(tmp_path, rsyslog, pki, monkeypatch):
+    import subprocess
+
+    encrypted = tmp_path / "client-encrypted.key"
+    subprocess.run(["openssl", "pkey", "-in", str(pki["client.key"]), "-aes256", "-passout", "pass:key-pass-99",
+                    "-out", str(encrypted)], check=True, capture_output=True)
+    monkeypatch.setenv("TEST_KEY_PASS", "key-pass-99")
+    output = syslog_output("tls", rsyslog, "tls", pki, tls_key_file=str(encrypted), tls_key_password_env="TEST_KEY_PASS")
+    forward(tmp_path, [output], [make_alert(1)])
+    assert wait_for(lambda: received_ids(rsyslog, "tls"))
+    monkeypatch.setenv("TEST_KEY_PASS", "wrong")
+    with pytest.raises(Exception, match="TLS setup failed"):
+        make_transport(output).send([(1, make_alert(2))])

@@ -74,7 +74,13 @@ class OutputWorker(threading.Thread):
     def run(self) -> None:
         try:
             while not self.stopping.is_set():
-                if not self._step():
+                try:
+                    busy = self._step()
+                except Exception as exc:  # a bug or a locked outbox must not end delivery
+                    log.exception("forward.worker_error", output=self.settings.name, error=str(exc))
+                    self._failed(exc)
+                    continue
+                if not busy:
                     with self.wakeup:
                         if self.outbox_head_cached() <= self.cursor and not self.stopping.is_set():
                             self.wakeup.wait(0.5)
@@ -102,18 +108,20 @@ class OutputWorker(threading.Thread):
             delivered = getattr(exc, "delivered", 0)
             if delivered:
                 self._advance(batch[delivered - 1][0], delivered)
-            self.status.failures += 1
-            self.status.last_error = str(exc)
-            log.warning("forward.retry", output=self.settings.name, error=str(exc), failures=self.status.failures)
-            self.stopping.wait(
-                backoff_delay(self.status.failures, self.settings.backoff_initial, self.settings.backoff_max)
-            )
+            log.warning("forward.retry", output=self.settings.name, error=str(exc), failures=self.status.failures + 1)
+            self._failed(exc)
             return True
         self.status.dropped += self.transport.dropped - dropped_before
         self.status.failures = 0
         self.status.last_success = time.time()
         self._advance(rows[-1].seq, len(batch))
         return True
+
+    def _failed(self, exc: BaseException) -> None:
+        """Count the failure and wait out the backoff (interrupted by stop)."""
+        self.status.failures += 1
+        self.status.last_error = str(exc)
+        self.stopping.wait(backoff_delay(self.status.failures, self.settings.backoff_initial, self.settings.backoff_max))
 
     def _advance(self, seq: int, delivered: int) -> None:
         self.outbox.advance(self.settings.name, seq)

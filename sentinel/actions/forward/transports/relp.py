@@ -33,6 +33,7 @@ class RELPSession:
         self.sock = sock
         self.buffer = bytearray()
         self.next_txnr = 1
+        self.quickack = _QUICKACK is not None
 
     def take_txnr(self) -> int:
         txnr = self.next_txnr
@@ -48,8 +49,11 @@ class RELPSession:
     def _fill(self) -> None:
         # rsyslog writes one small `rsp` per message and its Nagle holds the next ones until
         # our ACK, which Linux delays by up to 40 ms: acknowledge at once instead.
-        if _QUICKACK is not None:
-            self.sock.setsockopt(socket.IPPROTO_TCP, _QUICKACK, 1)
+        if self.quickack:
+            try:
+                self.sock.setsockopt(socket.IPPROTO_TCP, _QUICKACK, 1)
+            except OSError:  # not a TCP socket
+                self.quickack = False
         chunk = self.sock.recv(65536)
         if not chunk:
             raise ConnectionError("RELP server closed the connection")
