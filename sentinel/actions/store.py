@@ -249,6 +249,7 @@ class Store:
             raise StoreError("cannot open the event store: %s" % exc, SourceLocation(path)) from None
         self._share_side_files()
         self.buffer = RowBuffer(policy or StoragePolicy.from_config(config))
+        self._size_floor = 0
         self.closed = False
 
     @classmethod
@@ -286,9 +287,16 @@ class Store:
         return self.write(self.buffer.take())
 
     def write(self, batch: Batch) -> int:
-        """Write one batch in one transaction; returns the number of rows written."""
+        """Write one batch in one transaction, then keep the size under max_bytes; returns
+        the number of rows written."""
         if not batch:
             return 0
+        written = self._write_batch(batch)
+        if self._over_size():
+            self._release_space({"events_for_size": self._delete_for_size()})
+        return written
+
+    def _write_batch(self, batch: Batch) -> int:
         events = record.finish_event_rows(batch.events)
         try:
             self._write_rows(events, batch)
@@ -362,8 +370,7 @@ class Store:
                 return total
 
     def apply_retention(self, now_ns: int | None = None) -> dict[str, int]:
-        """Delete by age (everything older than retention_days), then by size (oldest events
-        no alert links to, until the data is under 90% of max_bytes); give the space back."""
+        """Delete by age (everything older than retention_days), then by size; give the space back."""
         now_ns = time.time_ns() if now_ns is None else now_ns
         cutoff = now_ns - int(self.config.retention_days * _NS_PER_DAY)
         deleted = {
@@ -372,31 +379,54 @@ class Store:
         }
         with self.conn:
             deleted["processes"] = self.conn.execute("DELETE FROM processes WHERE seen < ?", (cutoff,)).rowcount
-        deleted["events_for_size"] = 0
-        if self.config.max_bytes and self.used_bytes() > self.config.max_bytes:
-            low_water = self.config.max_bytes * _SIZE_LOW_WATER
-            unalerted = (
-                "SELECT seq FROM events WHERE NOT EXISTS (SELECT 1 FROM alerts WHERE alerts.event_id = events.id) ORDER BY seq"
-            )
-            stored = self.conn.execute("SELECT count(*) FROM events").fetchone()[0]
-            bytes_per_event = max(self.used_bytes() // max(stored, 1), 1)
-            while (used := self.used_bytes()) > low_water:
-                # Estimate how many rows free enough space, so a small store is not emptied.
-                chunk = min(RETENTION_CHUNK, (used - int(low_water)) // bytes_per_event + 1)
-                self.conn.execute("BEGIN IMMEDIATE")
-                count = self.conn.execute("DELETE FROM events WHERE seq IN (%s LIMIT %d)" % (unalerted, chunk)).rowcount
-                self.conn.execute("COMMIT")
-                deleted["events_for_size"] += count
-                if count == 0:
-                    log.warning("store.retention.alerts_exceed_max_bytes", **{"store.path": self.path})
-                    break
-        if any(deleted.values()):
-            # Give pages back a few MB at a time: each step is a short write transaction.
-            while self.conn.execute("PRAGMA freelist_count").fetchone()[0]:
-                self.conn.execute("PRAGMA incremental_vacuum(%d)" % _VACUUM_STEP_PAGES).fetchall()
-            self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
-            log.info("store.retention", **{"store.path": self.path, **{"deleted." + k: v for k, v in deleted.items()}})
+        deleted["events_for_size"] = self._delete_for_size()
+        self._release_space(deleted)
         return deleted
+
+    def _over_size(self) -> bool:
+        """Cheap (three pragmas): checked after every batch, so a busy store never overshoots."""
+        if not self.config.max_bytes:
+            return False
+        used = self.used_bytes()
+        # When only alert-linked events are left, wait for 10% growth before trying again.
+        return used > self.config.max_bytes and used > self._size_floor * 1.1
+
+    def _delete_for_size(self) -> int:
+        """Delete the oldest events no alert links to until the data is under 90% of max_bytes."""
+        if not self._over_size():
+            return 0
+        low_water = self.config.max_bytes * _SIZE_LOW_WATER
+        # The newest batch_size events are spared: alerts on them may still be on the way.
+        newest_kept = self.conn.execute("SELECT max(seq) FROM events").fetchone()[0] or 0
+        unalerted = (
+            "SELECT seq FROM events WHERE seq <= %d AND NOT EXISTS "
+            "(SELECT 1 FROM alerts WHERE alerts.event_id = events.id) ORDER BY seq"
+            % (newest_kept - self.config.batch_size)
+        )
+        stored = self.conn.execute("SELECT count(*) FROM events").fetchone()[0]
+        bytes_per_event = max(self.used_bytes() // max(stored, 1), 1)
+        total = 0
+        while (used := self.used_bytes()) > low_water:
+            # Estimate how many rows free enough space, so a small store is not emptied.
+            chunk = min(RETENTION_CHUNK, (used - int(low_water)) // bytes_per_event + 1)
+            self.conn.execute("BEGIN IMMEDIATE")
+            count = self.conn.execute("DELETE FROM events WHERE seq IN (%s LIMIT %d)" % (unalerted, chunk)).rowcount
+            self.conn.execute("COMMIT")
+            total += count
+            if count == 0:
+                self._size_floor = used
+                log.warning("store.retention.alerts_exceed_max_bytes", **{"store.path": self.path, "store.bytes": used})
+                break
+        return total
+
+    def _release_space(self, deleted: dict[str, int]) -> None:
+        if not any(deleted.values()):
+            return
+        # Give pages back a few MB at a time: each step is a short write transaction.
+        while self.conn.execute("PRAGMA freelist_count").fetchone()[0]:
+            self.conn.execute("PRAGMA incremental_vacuum(%d)" % _VACUUM_STEP_PAGES).fetchall()
+        self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+        log.info("store.retention", **{"store.path": self.path, **{"deleted." + k: v for k, v in deleted.items()}})
 
     def close(self) -> None:
         """Write what is pending, then leave a file readers can open without write access."""

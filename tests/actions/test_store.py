@@ -391,13 +391,12 @@ def test_retention_by_age_removes_everything_older(db_path):
 
 
 def test_retention_by_size_deletes_oldest_unalerted_events_and_keeps_alerted(db_path):
-    config = StoreConfig(max_bytes=400_000, retention_days=30, batch_size=500)
-    with Store(db_path, config) as store:
+    with Store(db_path, StoreConfig(batch_size=500)) as store:
         first = store.add_event(exec_event(1), matched=True)
         store.add_alert(alert(), first, [])
         ids = [store.add_event(exec_event(pid), matched=False) for pid in range(2, 4002)]
-        store.flush()
-        store.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    config = StoreConfig(max_bytes=400_000, batch_size=500)
+    with Store(db_path, config) as store:  # the same data, now over a smaller limit
         before_file = os.path.getsize(db_path)
         assert store.used_bytes() > config.max_bytes
         deleted = store.apply_retention()
@@ -408,6 +407,29 @@ def test_retention_by_size_deletes_oldest_unalerted_events_and_keeps_alerted(db_
     kept = [row[0] for row in rows(db_path, "SELECT id FROM events ORDER BY seq")]
     assert kept[0] == first  # the oldest event survives: an alert links to it
     assert kept[1:] == ids[-(len(kept) - 1) :]  # the rest are the newest ones
+
+
+def test_size_stays_bounded_while_writing(db_path):
+    config = StoreConfig(max_bytes=300_000, batch_size=200)
+    with Store(db_path, config) as store:
+        for pid in range(1, 5001):
+            store.add_event(exec_event(pid), matched=False)
+            if pid % 200 == 0:
+                assert store.used_bytes() <= config.max_bytes
+        newest = store.add_event(exec_event(9999), matched=False)
+    assert rows(db_path, "SELECT id FROM events ORDER BY seq DESC LIMIT 1")[0][0] == newest
+    assert os.path.getsize(db_path) <= config.max_bytes * 1.2
+
+
+def test_size_retention_backs_off_when_only_alerted_events_are_left(db_path):
+    config = StoreConfig(max_bytes=50_000, batch_size=50)
+    with Store(db_path, config) as store:
+        for pid in range(1, 301):
+            store.add_alert(alert(), store.add_event(exec_event(pid), matched=True), [])
+        store.flush()
+        assert rows(db_path, "SELECT count(*) FROM events")[0][0] == 300  # nothing deletable
+        assert store.used_bytes() > config.max_bytes
+        assert store._size_floor > 0 and not store._over_size()  # not retried on every batch
 
 
 def test_writer_runs_retention_off_the_hot_path(db_path):
