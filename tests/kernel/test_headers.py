@@ -168,3 +168,15 @@ def test_feature_table_with_an_unknown_kind_is_rejected(tmp_path):
     bad = (headers.BtfFeature("SENTINEL_HAVE_X", "field", "task_struct", "pid"),)
     with pytest.raises(KernelError, match="unknown kind 'field'"):
         headers._feature_cflags_cached(str(tmp_path), headers.BTF_PATH, bad)
+
+
+def test_types_embedding_a_differing_uapi_type_are_found_transitively():
+    btf = [
+        {"id": 1, "kind": "STRUCT", "name": "bpf_sock_ops", "members": []},
+        {"id": 2, "kind": "ARRAY", "name": "(anon)", "elem_type_id": 1},
+        {"id": 3, "kind": "STRUCT", "name": "(anon)", "members": [{"name": "ops", "type_id": 2}]},
+        {"id": 4, "kind": "STRUCT", "name": "bpf_ctx_convert", "members": [{"name": "u", "type_id": 3}]},
+        {"id": 5, "kind": "PTR", "name": "(anon)", "type_id": 1},
+        {"id": 6, "kind": "STRUCT", "name": "points_only", "members": [{"name": "p", "type_id": 5}]},
+    ]
+    assert headers._embedders(btf, {"struct bpf_sock_ops"}) == {"#3", "struct bpf_ctx_convert"}
