@@ -1,0 +1,187 @@
+"""SigmaHQ Linux rules on real kernel events: run harmless commands, check the alerts they raise.
+
+The shipped Sigma corpus is loaded through the rule engine (as `sentinel run --rules` does),
+the sensor attaches what the ruleset's interest asks for, and each action below is a real
+exec whose event must raise exactly the Sigma rules listed for it. Every action only touches
+files under the test's own temporary folder (and one copy of /usr/bin/true in /dev/shm that
+the test removes).
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from sentinel.config import Config
+from sentinel.events.model import Event
+from sentinel.rules.ruleset import load_rules
+from sentinel.sensor import Sensor
+
+pytestmark = pytest.mark.kernel
+
+CORPUS = Path(__file__).resolve().parents[2].parent / "shared" / "compat" / "sigma"
+WAIT_SECONDS = 10.0
+
+
+@dataclass
+class Action:
+    """A command to run (argv[0] as a user would type it, the binary to exec) and the rules it must raise."""
+
+    argv: list[str]
+    executable: str
+    expected: set[str]
+    pid: int = 0
+
+
+@pytest.fixture(scope="module")
+def ruleset():
+    return load_rules([str(CORPUS)])
+
+
+@pytest.fixture(scope="module")
+def sensor(ruleset):
+    assert {"execve", "execveat"} <= ruleset.interest.event_types
+    sensor = Sensor(Config(), ruleset.interest)
+    sensor.start()
+    yield sensor
+    sensor.close()
+
+
+@pytest.fixture
+def workdir(tmp_path_factory):
+    """A fresh folder under /tmp (several rules look for '/tmp/' in the command line)."""
+    path = Path("/tmp") / ("sentinel-sigma-" + uuid.uuid4().hex)
+    path.mkdir()
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def actions_in(workdir: Path, shm_copy: Path) -> list[Action]:
+    history = workdir / ".bash_history"
+    plain = workdir / "file.txt"
+    encoded = workdir / "encoded.txt"
+    tmp_true = workdir / "true"
+    return [
+        Action(["base64", "-d", str(encoded)], "/usr/bin/base64", {"Decode Base64 Encoded Text"}),
+        Action(["chattr", "-i", str(plain)], "/usr/bin/chattr", {"Remove Immutable File Attribute"}),
+        Action(["uname", "-a"], "/usr/bin/uname", {"System Information Discovery"}),
+        Action(["cat", str(history)], "/usr/bin/cat", {"Print History File Contents"}),
+        Action(["rm", "-f", str(history)], "/usr/bin/rm", {"File Deletion", "History File Deletion"}),
+        Action(
+            ["touch", "-t", "202001010000", str(workdir / "evil.service")],
+            "/usr/bin/touch",
+            {"Touch Suspicious Service File"},
+        ),
+        Action(
+            ["mkfifo", str(workdir / "fifo")],
+            "/usr/bin/mkfifo",
+            {"Named Pipe Created Via Mkfifo", "Potentially Suspicious Named Pipe Created Via Mkfifo"},
+        ),
+        Action(
+            ["find", str(workdir), "-perm", "-4000", "-print"],
+            "/usr/bin/find",
+            {
+                "Potential Discovery Activity Using Find - Linux",
+                "Linux Recon Indicators",
+                "File and Directory Discovery - Linux",
+            },
+        ),
+        Action(["chmod", "600", str(plain)], "/usr/bin/chmod", {"Chmod Targeting Sensitive Directories"}),
+        Action(["bash", "-i", "-c", "true"], "/usr/bin/bash", {"Bash Interactive Shell"}),
+        Action(["sh", "-c", "echo true | sh"], "/usr/bin/sh", {"Linux Shell Pipe to Shell"}),
+        Action(
+            ["sh", "-c", "cat %s" % plain],
+            "/usr/bin/sh",
+            {"Execution Of Script Located In Potentially Suspicious Directory"},
+        ),
+        Action([str(shm_copy)], str(shm_copy), {"Process Execution From Shared Memory Directory"}),
+        Action([str(tmp_true)], str(tmp_true), {"Potentially Suspicious Execution From Tmp Folder"}),
+        Action(["nohup", str(tmp_true)], "/usr/bin/nohup", {"Nohup Execution", "Suspicious Nohup Execution"}),
+        Action(["getcap", "-r", str(workdir)], "/usr/sbin/getcap", {"Capabilities Discovery - Linux"}),
+    ]
+
+
+def run(action: Action, cwd: Path) -> None:
+    proc = subprocess.Popen(
+        action.argv,
+        executable=action.executable,
+        cwd=cwd,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={"PATH": "/usr/bin:/bin:/usr/sbin:/sbin", "HOME": str(cwd)},
+    )
+    action.pid = proc.pid
+    proc.wait(timeout=30)
+
+
+def first_exec_of(sensor: Sensor, actions: list[Action]) -> dict[int, object]:
+    """The first successful exec event of each action's pid (the program the test started)."""
+    wanted = {action.pid for action in actions}
+    found: dict[int, object] = {}
+    deadline = time.monotonic() + WAIT_SECONDS
+    while wanted - found.keys() and time.monotonic() < deadline:
+        for event in sensor.poll(0.1):
+            pid = event.proc.pid
+            if pid in wanted and pid not in found and event.type in ("execve", "execveat") and event.res == 0:
+                found[pid] = event
+    missing = [action.argv for action in actions if action.pid not in found]
+    assert not missing, "no exec event for %s" % missing
+    return found
+
+
+def test_process_creation_rules_raise_alerts_on_real_execs(ruleset, sensor, workdir):
+    (workdir / ".bash_history").write_text("ls\n")
+    (workdir / "file.txt").write_text("sentinel sigma test\n")
+    (workdir / "encoded.txt").write_text("c2VudGluZWw=\n")
+    shutil.copy2("/usr/bin/true", workdir / "true")
+    shm_copy = Path("/dev/shm") / ("sentinel-sigma-" + uuid.uuid4().hex)
+    shutil.copy2("/usr/bin/true", shm_copy)
+    try:
+        actions = actions_in(workdir, shm_copy)
+        sensor.poll(0.05)  # drop what happened before
+        for action in actions:
+            run(action, workdir)
+        events = first_exec_of(sensor, actions)
+    finally:
+        shm_copy.unlink(missing_ok=True)
+
+    raised: set[str] = set()
+    for action in actions:
+        event = events[action.pid]
+        matched = {rule.name: rule for rule in ruleset.match(event) if rule.source == "sigma"}
+        assert set(matched) == action.expected, (action.argv, event.proc.exepath, event.proc.exe, event.proc.args)
+        for rule in matched.values():
+            output = rule.render_output(event)
+            assert output.startswith(rule.name + " (sigma ") and "image=%s" % event.proc.exepath in output
+            assert "sigma" in rule.tags and rule.priority in ("informational", "notice", "warning", "error", "critical")
+        raised |= set(matched)
+    assert len(raised) >= 10, sorted(raised)
+    assert len(raised) == len(set().union(*(action.expected for action in actions)))
+
+
+def test_a_failed_exec_raises_no_process_creation_alert(ruleset, sensor, workdir):
+    """`bash -i` failing to exec a missing program: the same process with res 0 would match."""
+    missing = workdir / "missing-program"
+    sensor.poll(0.05)
+    subprocess.run(
+        ["bash", "-i", "-c", "%s; true" % missing], executable="/usr/bin/bash", cwd=workdir,
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False, timeout=30,
+    )
+    deadline = time.monotonic() + WAIT_SECONDS
+    failed = None
+    while failed is None and time.monotonic() < deadline:
+        for event in sensor.poll(0.1):
+            if event.type == "execve" and event.res < 0 and event.args.get("filename") == str(missing):
+                failed = event
+    assert failed is not None, "no failed-exec event"
+    assert failed.res == -2 and failed.proc.exepath.endswith("/bash")
+    assert not [rule.name for rule in ruleset.match(failed) if rule.source == "sigma"]
+    succeeded = Event("execve", failed.proc, res=0)
+    assert "Bash Interactive Shell" in {rule.name for rule in ruleset.match(succeeded)}
