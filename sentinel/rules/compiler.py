@@ -494,7 +494,7 @@ class BucketCodegen:
         if bound.kind == "single":
             return self.single_check(op, bound, first, later, constant)
         # multi-valued: true if the check holds for any element
-        if bound.type == "ipnet":
+        if bound.type == "ipnet" and op == "=":
             return "_ip_in(%s, (%s,))" % (first, self.ns.add(constant, "n"))
         if op == "=":
             return "(%s in %s)" % (_literal(constant), first)

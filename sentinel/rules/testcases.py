@@ -134,11 +134,12 @@ def build_event(data: dict[str, Any]) -> Event:
     args = {str(key): _symbolic(str(key), value) for key, value in (data.get("args") or {}).items()}
     if fd is not None and "flags" in args and isinstance(args["flags"], int) and not fd.open_flags:
         fd.open_flags = args["flags"]
-    unknown = set(data) - {"type", "res", "args", "proc", "parents", "fd", "time_ns", "boot_ns"}
+    unknown = set(data) - {"type", "res", "args", "proc", "parents", "fd", "time_ns", "boot_ns", "num"}
     if unknown:
         raise ValueError("unknown event key(s): %s" % ", ".join(sorted(unknown)))
+    # evt.num starts at 1 as in Falco (several upstream rules say `not evt.num = 0`)
     return Event(str(data["type"]), proc, res=_result(data.get("res", 0)), args=args, fd=fd,
-                 time_ns=data.get("time_ns", 0), boot_ns=data.get("boot_ns", 0))
+                 time_ns=data.get("time_ns", 0), boot_ns=data.get("boot_ns", 0), num=data.get("num", 1))
 
 
 @dataclass
