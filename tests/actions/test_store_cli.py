@@ -207,3 +207,29 @@ def test_readme_store_examples_run(db, monkeypatch):
     for command in commands:
         result = CliRunner().invoke(main, shlex.split(command)[1:] + ["--db", db])
         assert result.exit_code == 0, (command, result.output)
+
+
+def test_events_condition_with_the_rule_engines_sql_backend(db):
+    def kinds(condition):
+        result = CliRunner().invoke(main, ["events", condition, "--db", db, "--json"])
+        assert result.exit_code == 0, result.output
+        return [json.loads(line)["evt_type"] for line in result.output.splitlines()]
+
+    assert kinds("proc.name = curl and fd.sport = 443") == ["connect"]
+    assert kinds("fd.name startswith /etc/ and evt.res = SUCCESS") == ["openat"]
+    assert kinds("evt.type in (execve, connect) and not fd.sip exists") == ["execve"]
+    assert kinds("proc.cmdline contains example.test") == ["connect", "execve"]
+
+
+def test_events_condition_errors_point_into_the_condition(db):
+    result = CliRunner().invoke(main, ["events", "proc.name = = curl", "--db", db])
+    assert result.exit_code == 1 and result.output.startswith("sentinel: error: <condition>:1:")
+    result = CliRunner().invoke(main, ["events", "proc.aname[3] = sshd", "--db", db])
+    assert result.exit_code == 1 and "has no column in the store" in result.output
+
+
+def test_every_field_column_is_a_field_the_rule_engine_knows():
+    from sentinel.rules import fields
+
+    unknown = [name for name in FIELD_COLUMNS if fields.lookup(name) is None]
+    assert unknown == []
