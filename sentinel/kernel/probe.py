@@ -16,6 +16,7 @@ import contextlib
 import ctypes
 import ctypes.util
 import errno
+import json
 import os
 import tempfile
 import time
@@ -144,7 +145,14 @@ def probe_header_tree(configured_cache_dir: str | None = None) -> ProbeResult:
         return ProbeResult("header_tree", False, error=str(exc).splitlines()[0])
     if source.kind == "headers":
         return ProbeResult("header_tree", True, "real kernel headers at %s" % source.path)
-    how = "cache hit" if source.cache_hit else "built in %.1f s" % (source.build_seconds or 0)
+    if source.cache_hit:
+        try:
+            with open(os.path.join(source.path, headers.BUILD_REPORT)) as f:
+                how = "cache hit; the cold build took %.1f s" % json.load(f)["build_seconds"]
+        except (OSError, ValueError, KeyError):
+            how = "cache hit"
+    else:
+        how = "built now in %.1f s" % (source.build_seconds or 0)
     return ProbeResult("header_tree", True, "BTF tree %s (%s)" % (source.path, how))
 
 

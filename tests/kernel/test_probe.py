@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import re
 import subprocess
 import time
 
@@ -86,6 +87,14 @@ def test_program_probes_work_on_a_bpf_capable_kernel(results):
     # the machine this suite targets: tracepoints, ring buffers, signals, cgroup hooks
     for name in ("header_tree", "ringbuf", "tracepoint", "raw_tracepoint", "send_signal", "cgroup_sock_addr"):
         assert results[name].ok, results[name]
+
+
+@pytest.mark.kernel
+def test_header_tree_probe_reports_the_cold_build_time(results):
+    if results["kernel_headers"].ok:
+        assert "real kernel headers" in results["header_tree"].detail
+    else:
+        assert re.search(r"(cold build took|built now in) \d+\.\d s", results["header_tree"].detail)
 
 
 @pytest.mark.kernel
