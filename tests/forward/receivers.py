@@ -82,22 +82,25 @@ input(type="imtcp" port="{tcp}" ruleset="out" name="tcp")
 input(type="imtcp" port="{tls}" ruleset="out" name="tls" streamDriver.name="gtls" streamDriver.mode="1"
       streamDriver.authMode="x509/certvalid")
 input(type="imrelp" port="{relp}" ruleset="out" name="relp" maxDataSize="{max_size}")
+input(type="imrelp" port="{relp_tls}" ruleset="out" name="relp-tls" maxDataSize="{max_size}" tls="on"
+      tls.caCert="{ca}" tls.myCert="{cert}" tls.myPrivKey="{key}" tls.authMode="certvalid")
 """
 
 
 class Rsyslog:
-    """An rsyslogd of our own (imtcp plain + TLS, imrelp) writing parsed fields to a file."""
+    """An rsyslogd of our own (imtcp plain + TLS, imrelp plain + TLS) writing parsed fields to a file."""
 
     def __init__(self, directory: Path, pki: dict[str, Path], max_size: int = 65536) -> None:
         self.directory = directory
         self.out = directory / "received.log"
         self.pidfile = directory / "rsyslogd.pid"
-        self.ports = {"tcp": free_port(), "tls": free_port(), "relp": free_port()}
+        self.ports = {"tcp": free_port(), "tls": free_port(), "relp": free_port(), "relp-tls": free_port()}
         self.conf = directory / "rsyslog.conf"
         self.conf.write_text(
             RSYSLOG_CONF.format(
                 dir=directory, max_size=max_size, ca=pki["ca.pem"], cert=pki["server.pem"], key=pki["server.key"],
-                out=self.out, **self.ports,
+                out=self.out, tcp=self.ports["tcp"], tls=self.ports["tls"], relp=self.ports["relp"],
+                relp_tls=self.ports["relp-tls"],
             )
         )
         self.process: subprocess.Popen | None = None

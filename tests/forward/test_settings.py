@@ -65,7 +65,7 @@ def test_unknown_option_names_its_line_and_column(tmp_path):
 @pytest.mark.parametrize(
     "option, message",
     [
-        ("protocol: sctp", "expected one of udp, tcp, tls, relp"),
+        ("protocol: sctp", "expected one of udp, tcp, tls, relp, relp-tls"),
         ("port: '514'", "port: expected an integer"),
         ("port: -1", "must be positive"),
         ("min_priority: loud", "expected one of emergency"),

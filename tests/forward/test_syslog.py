@@ -20,7 +20,7 @@ FAST_RETRY = {"backoff_initial": 0.05, "backoff_max": 0.3, "timeout": 5}
 
 def syslog_output(name: str, rsyslog, protocol: str, pki=None, **options):
     values = {"protocol": protocol, "host": "127.0.0.1", "port": rsyslog.ports[protocol], **FAST_RETRY}
-    if protocol == "tls":
+    if protocol in ("tls", "relp-tls"):
         values.update(tls_ca_file=str(pki["ca.pem"]), tls_server_name="localhost",
                       tls_cert_file=str(pki["client.pem"]), tls_key_file=str(pki["client.key"]))
     values.update(options)
@@ -40,7 +40,7 @@ def received_ids(rsyslog, input_name: str) -> list[str]:
     return [parse_sd_params(line["sd"])["id"] for line in rsyslog.lines() if line.get("input") == input_name]
 
 
-@pytest.mark.parametrize("protocol", ["tcp", "tls", "relp"])
+@pytest.mark.parametrize("protocol", ["tcp", "tls", "relp", "relp-tls"])
 def test_records_arrive_in_order_with_id_and_hostile_values_intact(tmp_path, rsyslog, pki, protocol):
     records = [make_alert(n, output=HOSTILE + " #%d" % n) for n in range(50)]
     forward(tmp_path, [syslog_output("soc", rsyslog, protocol, pki)], records)

@@ -19,7 +19,7 @@ import re
 import time
 from typing import Any, Callable
 
-from sentinel.actions.forward.records import SEVERITY, severity_of
+from sentinel.actions.forward.records import parse_rfc3339_ns, severity_of
 
 TRUNCATION_MARK = "…[truncated %d bytes]"
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
@@ -241,8 +241,6 @@ def cef_extension_value(value: str) -> str:
 
 
 def _parse_epoch_ms(stamp: str) -> int:
-    from sentinel.actions.forward.records import parse_rfc3339_ns
-
     try:
         return parse_rfc3339_ns(stamp) // 1_000_000
     except ValueError:
@@ -359,6 +357,3 @@ def _drop_empty(value: Any) -> Any:
         return {k: v for k, v in cleaned.items() if v is not None and v != {}}
     return value
 
-
-def severity_name(record: dict) -> str:
-    return next(name for name, index in SEVERITY.items() if index == severity_of(record))

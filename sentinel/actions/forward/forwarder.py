@@ -187,7 +187,10 @@ class Forwarder:
 
     # ------------------------------------------------------------ pipeline side
     def submit(self, record: dict) -> None:
-        """Queue one record (alert or event dict) for every output that accepts it."""
+        """Queue one record (alert or event dict) for every output that accepts it.
+
+        The dict is serialized later by the outbox writer: do not modify it after submit.
+        """
         self._pending.append(record)
 
     def submit_many(self, records: Iterable[dict]) -> None:

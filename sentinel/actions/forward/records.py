@@ -9,6 +9,7 @@ at-least-once delivery.
 
 from __future__ import annotations
 
+import calendar
 import itertools
 import os
 import socket
@@ -62,7 +63,7 @@ def rfc3339_ns(epoch_ns: int) -> str:
 def parse_rfc3339_ns(text: str) -> int:
     """Inverse of rfc3339_ns (UTC 'Z' only, any number of fraction digits)."""
     main, _, fraction = text.rstrip("Z").partition(".")
-    seconds = int(time.mktime(time.strptime(main, "%Y-%m-%dT%H:%M:%S")) - time.timezone)
+    seconds = calendar.timegm(time.strptime(main, "%Y-%m-%dT%H:%M:%S"))
     digits = (fraction + "000000000")[:9] if fraction else "0"
     return seconds * 1_000_000_000 + int(digits)
 

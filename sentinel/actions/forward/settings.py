@@ -98,7 +98,7 @@ class TLSSettings:
 class SyslogSettings(CommonSettings, TLSSettings):
     host: str = "127.0.0.1"
     port: int = 0  # default per protocol: 514 udp/tcp, 6514 tls, 2514 relp
-    protocol: str = "udp"  # udp | tcp | tls | relp
+    protocol: str = "udp"  # udp | tcp | tls | relp | relp-tls
     format: str = "rfc5424"  # rfc5424 | rfc3164
     payload: str = "json"  # json | cef
     facility: str = "local0"
@@ -108,7 +108,7 @@ class SyslogSettings(CommonSettings, TLSSettings):
 
     @property
     def effective_port(self) -> int:
-        return self.port or {"udp": 514, "tcp": 514, "tls": 6514, "relp": 2514}[self.protocol]
+        return self.port or {"udp": 514, "tcp": 514, "tls": 6514, "relp": 2514, "relp-tls": 2514}[self.protocol]
 
 
 @dataclass(frozen=True)
@@ -171,7 +171,7 @@ OUTPUT_TYPES: dict[str, type[CommonSettings]] = {
 }
 
 _CHOICES = {
-    "protocol": ("udp", "tcp", "tls", "relp"),
+    "protocol": ("udp", "tcp", "tls", "relp", "relp-tls"),
     "format": ("rfc5424", "rfc3164"),
     "payload": ("json", "cef"),
     "min_priority": PRIORITIES,
@@ -276,8 +276,6 @@ def _check_whole(settings: CommonSettings, options: Mapping, location: SourceLoc
             fail("max_message_bytes: a UDP datagram carries at most %d bytes" % UDP_MAX_PAYLOAD, "max_message_bytes")
         if settings.max_message_bytes < 480:
             fail("max_message_bytes: at least 480 (RFC 5424 6.1)", "max_message_bytes")
-        if settings.format == "rfc3164" and settings.protocol == "relp":
-            pass  # rsyslog's imrelp parses both
     if isinstance(settings, HTTPSettings):
         parts = urlsplit(settings.url)
         if parts.scheme not in ("http", "https") or not parts.hostname:

@@ -20,8 +20,8 @@ def make_transport(settings: CommonSettings) -> Transport:
     if isinstance(settings, SyslogSettings):
         if settings.protocol == "udp":
             return syslog.UDPSyslogTransport(settings)
-        if settings.protocol == "relp":
-            return relp.RELPTransport(settings)
+        if settings.protocol in ("relp", "relp-tls"):
+            return relp.RELPTransport(settings, tls=settings.protocol == "relp-tls")
         return syslog.StreamSyslogTransport(settings)
     if isinstance(settings, WebhookSettings):
         return http.WebhookTransport(settings)

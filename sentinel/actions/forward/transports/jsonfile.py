@@ -28,7 +28,9 @@ class JSONFileTransport(Transport):
             self.close()
         try:
             if self._file is None:
-                self._file = open(self.settings.path, "a", encoding="utf-8")
+                # Alerts name users, files and command lines: not world-readable.
+                descriptor = os.open(self.settings.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
+                self._file = open(descriptor, "a", encoding="utf-8")
             self._file.write("".join(to_json(record) + "\n" for _seq, record in batch))
             self._file.flush()
             if self.settings.fsync:
