@@ -42,14 +42,18 @@ def received_ids(rsyslog, input_name: str) -> list[str]:
 
 @pytest.mark.parametrize("protocol", ["tcp", "tls", "relp", "relp-tls"])
 def test_records_arrive_in_order_with_id_and_hostile_values_intact(tmp_path, rsyslog, pki, protocol):
-    records = [make_alert(n, output=HOSTILE + " #%d" % n) for n in range(50)]
+    invalid_utf8 = b"/tmp/\xff\xfe".decode("utf-8", "surrogateescape")
+    records = [make_alert(n, output=HOSTILE + " #%d" % n, output_fields={"fd.name": invalid_utf8, "proc.args": b"\x80"})
+               for n in range(50)]
     forward(tmp_path, [syslog_output("soc", rsyslog, protocol, pki)], records)
     assert wait_for(lambda: len(received_ids(rsyslog, protocol)) >= 50)
     lines = [line for line in rsyslog.lines() if line.get("input") == protocol]
     assert [parse_sd_params(line["sd"])["id"] for line in lines] == [r["id"] for r in records]
     for line, record in zip(lines, records):
         assert line["msgid"] == "alert" and line["hostname"] == "test-host" and line["app"] == "sentinel"
-        assert json.loads(line["msg"])["output"] == record["output"]
+        body = json.loads(line["msg"])
+        assert body["output"] == record["output"]
+        assert body["output_fields"]["fd.name"] == "/tmp/\\xff\\xfe" and body["output_fields"]["proc.args"] == "\\x80"
 
 
 def test_cef_payload_over_relp(tmp_path, rsyslog):
