@@ -24,6 +24,7 @@ import multiprocessing.connection
 import os
 import pickle
 import queue
+import signal
 import sqlite3
 import stat
 import threading
@@ -498,6 +499,11 @@ class WriterStats:
 
 def _store_process_main(path: str, config: StoreConfig, conn: multiprocessing.connection.Connection) -> None:
     """The store process: opens the database, writes each batch it receives, acks with a result."""
+    # A stop signal for the whole group (systemd's default KillMode, `timeout`, Ctrl-C) must
+    # not cut the store off before the agent has handed over its last batch: only the
+    # agent's "close" (or its death, seen as EOF) ends this process.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         store = Store(path, config)
     except StoreError as exc:
