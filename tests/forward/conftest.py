@@ -1,3 +1,5 @@
+"""Fixtures for the forwarding tests: a test CA, an rsyslogd, HTTP receivers, sample alerts."""
+
 from __future__ import annotations
 
 import sys
@@ -30,7 +32,8 @@ def pki(tmp_path_factory):
 
 @pytest.fixture
 def rsyslog(tmp_path, pki):
-    server = Rsyslog(tmp_path / "rsyslog", pki) if (tmp_path / "rsyslog").mkdir() is None else None
+    (tmp_path / "rsyslog").mkdir()
+    server = Rsyslog(tmp_path / "rsyslog", pki)
     server.start()
     yield server
     server.stop()

@@ -8,12 +8,10 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import urllib.parse
 import urllib.request
 from pathlib import Path
 
-import pytest
 from conftest import IDENTITY, make_alert
 from receivers import HTTPReceiver, split_concatenated_json, wait_for
 from structlog.testing import capture_logs

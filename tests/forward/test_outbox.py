@@ -249,3 +249,27 @@ def test_an_unexpected_error_is_retried_not_fatal(tmp_path):
         forwarder.stop()
     assert forwarder.workers[0].transport.calls == 2
     assert any(entry["event"] == "forward.worker_error" for entry in logs)
+
+
+def test_submit_beyond_max_pending_is_reported_not_silent(tmp_path):
+    seen = []
+    forwarder = Forwarder([], str(tmp_path / "outbox.db"), max_pending=5, on_loss=lambda o, n: seen.append((o, n)))
+    forwarder.submit_many(make_alert(n) for n in range(8))  # the writer is not running: it lags
+    assert forwarder.trim() == {"outbox": 3}
+    assert seen == [("outbox", 3)]
+    forwarder.start()
+    assert forwarder.flush()
+    forwarder.stop()
+    assert Outbox(tmp_path / "outbox.db").head() == 5
+
+
+def test_a_failed_outbox_write_keeps_the_records_queued(tmp_path, monkeypatch):
+    forwarder = Forwarder([], str(tmp_path / "outbox.db"))
+    forwarder.submit_many(make_alert(n) for n in range(3))
+    real_append = forwarder.outbox.append
+    monkeypatch.setattr(forwarder.outbox, "append", lambda records: (_ for _ in ()).throw(OSError("disk full")))
+    with pytest.raises(OSError):
+        forwarder._write_pending()
+    monkeypatch.setattr(forwarder.outbox, "append", real_append)
+    assert forwarder._write_pending() == 3
+    assert [r.record["output"] for r in forwarder.outbox.read_after(0, 10)] == ["alert number %d" % n for n in range(3)]

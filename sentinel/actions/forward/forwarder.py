@@ -27,6 +27,7 @@ from sentinel.log import get_logger
 
 log = get_logger(__name__)
 LOSS_RULE = "Forwarding records lost"
+OVERFLOW_OUTPUT = "outbox"  # the name losses before the outbox are reported under
 
 
 @dataclass
@@ -151,6 +152,7 @@ class Forwarder:
         trim_seconds: float = 5.0,
         identity: HostIdentity | None = None,
         on_loss: Callable[[str, int], None] | None = None,
+        max_pending: int = 200_000,
     ) -> None:
         self.settings = [
             o if isinstance(o, CommonSettings) else parse_output(o.name, o.type, o.options) for o in outputs
@@ -165,6 +167,8 @@ class Forwarder:
         self.identity = identity or HostIdentity.detect()
         self.on_loss = on_loss or self._submit_loss_alert
         self._pending: deque[dict] = deque()
+        self.max_pending = max_pending
+        self._overflow = 0  # records refused by submit() while the outbox writer lagged
         self._stopping = threading.Event()
         self._wakeup = threading.Condition()
         self._flushed = threading.Condition()
@@ -190,11 +194,17 @@ class Forwarder:
         """Queue one record (alert or event dict) for every output that accepts it.
 
         The dict is serialized later by the outbox writer: do not modify it after submit.
+        If the writer lags by more than max_pending records (a stuck disk), the record is
+        counted and reported as lost (output "outbox") instead of growing memory.
         """
+        if len(self._pending) >= self.max_pending:
+            self._overflow += 1
+            return
         self._pending.append(record)
 
     def submit_many(self, records: Iterable[dict]) -> None:
-        self._pending.extend(records)
+        for record in records:
+            self.submit(record)
 
     # ------------------------------------------------------------ lifecycle
     def start(self) -> None:
@@ -258,7 +268,11 @@ class Forwarder:
         while pending and len(batch) < 5000:
             batch.append(pending.popleft())
         if batch:
-            self.outbox.append(batch)
+            try:
+                self.outbox.append(batch)
+            except BaseException:
+                pending.extendleft(reversed(batch))  # keep them for the next attempt
+                raise
             with self._flushed:
                 self._written += len(batch)
                 self._flushed.notify_all()
@@ -282,6 +296,9 @@ class Forwarder:
         """Apply the outbox bounds now; report losses through on_loss."""
         self._last_trim = time.monotonic()
         losses = self.outbox.trim({w.settings.name: w.record_filter for w in self.workers})
+        overflow, self._overflow = self._overflow, 0
+        if overflow:
+            losses[OVERFLOW_OUTPUT] = overflow
         for name, count in losses.items():
             log.error("forward.lost", output=name, count=count)
             self.on_loss(name, count)
