@@ -22,14 +22,18 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from sentinel.events.model import Event, Process
+from sentinel.rules.render import user_name
 
 # Falco field name -> events column. Generated columns (see store_schema) count as columns.
 FIELD_COLUMNS: Mapping[str, str] = {
     "evt.time": "time",
     "evt.rawtime": "time",
     "evt.type": "evt_type",
+    "evt.dir": "evt_dir",
     "evt.res": "evt_res",
     "evt.rawres": "evt_rawres",
+    "evt.is_open_read": "evt_is_open_read",
+    "evt.is_open_write": "evt_is_open_write",
     "thread.tid": "thread_tid",
     "proc.pid": "proc_pid",
     "proc.vpid": "proc_vpid",
@@ -53,6 +57,8 @@ FIELD_COLUMNS: Mapping[str, str] = {
     "fd.type": "fd_type",
     "fd.typechar": "fd_typechar",
     "fd.name": "fd_name",
+    "fd.directory": "fd_directory",
+    "fd.filename": "fd_filename",
     "fd.l4proto": "fd_l4proto",
     "fd.lip": "fd_lip",
     "fd.lport": "fd_lport",
@@ -255,13 +261,13 @@ def event_row(event: Event, event_id: str, matched: bool) -> list:
         proc.exe,
         proc.exepath,
         " ".join(proc.args),
-        proc.cwd,
+        proc.cwd or None,
         proc.tty,
         None if parent is None else parent.comm,
         None if parent is None else parent.exepath,
         None if parent is None else parent.cmdline,
         proc.uid,
-        proc.user_name,
+        proc.user_name or user_name(proc.uid),  # as user.name shows it when the table had none
         -1 if proc.loginuid == 0xFFFFFFFF else proc.loginuid,  # Falco shows an unset one as -1
         proc.gid,
         proc.container_id,
@@ -429,7 +435,7 @@ def process_row(proc: Process, seen_ns: int | None = None) -> tuple:
         proc.exepath,
         proc.cmdline,
         proc.uid,
-        proc.user_name,
+        proc.user_name or user_name(proc.uid),
         proc.container_id,
         time.time_ns() if seen_ns is None else seen_ns,
     )

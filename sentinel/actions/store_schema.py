@@ -143,9 +143,34 @@ def _v2_actions_and_alert_state(db: sqlite_utils.Database) -> None:
     db.execute("ALTER TABLE alerts ADD COLUMN enforcement TEXT")
 
 
+def _v3_fields_of_falco_macros(db: sqlite_utils.Database) -> None:
+    """Fields Falco's macros test (`evt.dir = <`, `evt.is_open_read = true`, fd.directory),
+    as generated columns: computed when read, so they cost no space and no insert time.
+    Same meaning as the rule engine's extractors (a test compares them event by event)."""
+    for definition in (
+        "evt_dir TEXT GENERATED ALWAYS AS ('<') VIRTUAL",
+        "evt_is_open_read INTEGER GENERATED ALWAYS AS ("
+        "CASE WHEN evt_type IN ('open', 'openat', 'openat2', 'creat', 'open_by_handle_at') "
+        "THEN (coalesce(json_extract(extra, '$.args.flags'), 0) & 3) != 1 END) VIRTUAL",
+        "evt_is_open_write INTEGER GENERATED ALWAYS AS ("
+        "CASE WHEN evt_type IN ('open', 'openat', 'openat2', 'creat', 'open_by_handle_at') "
+        "THEN (coalesce(json_extract(extra, '$.args.flags'), 0) & 3) != 0 END) VIRTUAL",
+        # rtrim(name, <name without '/'>) cuts the last path component, keeping its '/'.
+        "fd_directory TEXT GENERATED ALWAYS AS ("
+        "CASE WHEN fd_name IS NULL OR fd_name = '' THEN NULL WHEN fd_type = 'directory' THEN fd_name "
+        "WHEN fd_type = 'file' THEN coalesce(nullif(rtrim(rtrim(fd_name, replace(fd_name, '/', '')), '/'), ''), '/') "
+        "END) VIRTUAL",
+        "fd_filename TEXT GENERATED ALWAYS AS ("
+        "CASE WHEN fd_type IN ('file', 'directory') AND fd_name != '' "
+        "THEN substr(fd_name, length(rtrim(fd_name, replace(fd_name, '/', ''))) + 1) END) VIRTUAL",
+    ):
+        db.execute("ALTER TABLE events ADD COLUMN " + definition)
+
+
 MIGRATIONS: tuple[Callable[[sqlite_utils.Database], None], ...] = (
     _v1_events_alerts_processes,
     _v2_actions_and_alert_state,
+    _v3_fields_of_falco_macros,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
