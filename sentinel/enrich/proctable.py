@@ -397,9 +397,9 @@ class ProcessTable:
             proc.container_id = previous.container_id
 
     def _fill_names(self, proc: Process) -> None:
-        # Falco's user.name/group.name describe the effective credentials.
+        # The real ids, as the field registry's user.uid/user.name and group.gid/group.name.
         proc.user_name, proc.group_name, proc.login_name = self.users.names(
-            proc.pid, proc.euid, proc.egid, proc.loginuid, on_host=proc.container_id == HOST
+            proc.pid, proc.uid, proc.gid, proc.loginuid, on_host=proc.container_id == HOST
         )
 
     def _link_to_parent(self, proc: Process) -> None:

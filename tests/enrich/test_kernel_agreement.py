@@ -85,7 +85,7 @@ def test_kernel_record_and_proc_read_agree(sensor, table, tmp_path):
         assert from_proc is not None and not from_kernel.from_proc
         # the /proc copy gets the same enrichment as a bootstrapped process
         from_proc.user_name, from_proc.group_name, from_proc.login_name = table.users.names(
-            child.pid, from_proc.euid, from_proc.egid, from_proc.loginuid
+            child.pid, from_proc.uid, from_proc.gid, from_proc.loginuid
         )
         differences = {
             name: (getattr(from_kernel, name), getattr(from_proc, name))

@@ -57,7 +57,7 @@ def test_bootstrap_orders_parents_first_even_when_a_parent_started_later(fake_pr
 def test_exec_replaces_the_image_and_repoints_children(table):
     bash = table.lookup(100)
     precise_start = bash.start_ns + 1234  # the kernel's value, inside the tick
-    event = kernel_exec(100, precise_start, 1, "python3", "app.py", uid=1000, euid=1000, egid=4242)
+    event = kernel_exec(100, precise_start, 1, "python3", "app.py", uid=1000, euid=0, gid=4242, egid=0)
     stored = table.on_exec(event)
     assert stored is event.proc and table.lookup(100) is stored
     assert stored is not bash
@@ -176,9 +176,11 @@ def test_kernel_cgroup_path_is_kept(table):
 
 def test_credentials_and_cwd_are_updated_in_place(table):
     sleep = table.lookup(200)
-    assert table.update_creds(200, sleep.start_ns, euid=0, egid=50) is sleep
-    assert (sleep.uid, sleep.euid, sleep.egid) == (1000, 0, 50)
-    assert (sleep.user_name, sleep.group_name) == ("root", "staff")
+    assert table.update_creds(200, sleep.start_ns, euid=0, egid=0) is sleep
+    assert (sleep.uid, sleep.euid, sleep.egid) == (1000, 0, 0)
+    assert (sleep.user_name, sleep.group_name) == ("alice", "root")  # names follow the real ids
+    table.update_creds(200, sleep.start_ns, uid=0, gid=50)
+    assert (sleep.uid, sleep.gid, sleep.user_name, sleep.group_name) == (0, 50, "root", "staff")
     assert table.on_chdir(200, sleep.start_ns, "/tmp").cwd == "/tmp"
     assert is_placeholder(table.update_creds(4321, 99, uid=0))
 
