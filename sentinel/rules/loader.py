@@ -100,6 +100,11 @@ class Text:
         local = offset - start
         # Find the token at `offset` inside the scalar's raw text; fall back to the scalar start.
         token = text[offset: offset + 24].split("\n")[0].strip()
+        after = 0  # point just after the token: used at the end of the text
+        if not token and text[:offset].strip():
+            token = text[:offset].split()[-1][-24:]
+            after = len(token)
+            local = max(local - after, 0)
         index = -1
         if token:
             raw = source[begin:end]
@@ -114,6 +119,7 @@ class Text:
                 index = min(candidates, key=lambda c: abs(c - guess))
         if index < 0:
             return SourceLocation(path, mark.line + 1, mark.column + 1)
+        index += after
         line = source.count("\n", 0, index) + 1
         col = index - (source.rfind("\n", 0, index) + 1) + 1
         return SourceLocation(path, line, col)
@@ -187,7 +193,12 @@ class Collection:
         return self._counter
 
 
-_constructor = yaml.constructor.SafeConstructor()
+class _Constructor(yaml.constructor.SafeConstructor):
+    """Falco's YAML reader takes `=` (YAML's "value" tag) as the string it looks like."""
+
+
+_Constructor.add_constructor("tag:yaml.org,2002:value", yaml.constructor.SafeConstructor.construct_yaml_str)
+_constructor = _Constructor()
 
 
 def _value(node: yaml.Node) -> Any:

@@ -296,10 +296,7 @@ def _exception_check(field_name: str, comp: str, item: Any, exc: ExceptionDef, p
         return None
     if comp in ast.LIST_OPS:
         items = item if isinstance(item, list) else [item]
-        if len(items) == 1 and isinstance(items[0], str) and not isinstance(item, list):
-            operand: ast.Operand = ast.ListRef(items[0])
-        else:
-            operand = ast.ValueList(tuple(_scalar(i) for i in items))
+        operand: ast.Operand = ast.ValueList(tuple(_scalar(i) for i in items))  # list names expand later
     else:
         if isinstance(item, list):
             problems.append((exc, "operator '%s' takes one value, got a list" % comp))
@@ -438,12 +435,13 @@ def _rule_spec(rule: RuleDef, lists: dict, used_lists: set, macro_names: set, pr
         problems.errors.append(Problem("exception '%s': %s" % (exc.name, message), exc.location, label))
         failed = True
     if exceptions is not None:
+        exceptions_text = ast.render(exceptions)
         exceptions = _resolve_values(exceptions, lists, used_lists)
         for error in _validate_leaves(exceptions, macro_names):
             location = rule.exceptions[0].location if rule.exceptions else rule.location
             problems.errors.append(Problem("exceptions: %s" % error.message, location, label))
             failed = True
-        condition = "(%s) and not (%s)" % (condition, ast.render(exceptions))
+        condition = "(%s) and not (%s)" % (condition, exceptions_text)
         tree = ast.And((tree, ast.Not(exceptions)))
     if failed:
         return None
