@@ -124,10 +124,14 @@ def alerts(since: str | None, rule: str | None, priority: str | None, limit: int
 @click.option("--comm", help="Only events of processes with this name.")
 @click.option("--since", help="Only newer: a duration (30m, 1h, 2d) or a UTC time (2026-11-23T10:00).")
 @click.option("--limit", default=100, show_default=True, help="At most this many, newest first.")
+@click.option(
+    "--rules", "rule_paths", multiple=True, type=click.Path(exists=True), help="Rule file(s) whose macros and lists CONDITION may use."
+)
 @_db_option
 @_json_option
 def events(
     condition: str | None,
+    rule_paths: tuple[str, ...],
     event_types: tuple[str, ...],
     pid: int | None,
     comm: str | None,
@@ -142,11 +146,17 @@ def events(
     """
     from sentinel.actions import store_query
 
+    ruleset = None
+    if rule_paths:
+        from sentinel.rules.ruleset import load_rules
+
+        ruleset = load_rules(list(rule_paths))
     since_ns = store_query.parse_since(since) if since else None
     columns = store_query.EVENT_DETAIL_COLUMNS if as_json else store_query.EVENT_LIST_COLUMNS
     result = store_query.query_events(
         _open_store(db_path),
         condition=condition,
+        ruleset=ruleset,
         since_ns=since_ns,
         event_types=event_types,
         pid=pid,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import select
+import shutil
 import signal
 import socket
 import subprocess
@@ -332,3 +333,26 @@ def test_trace_command_notifies_ready_prints_json_and_stops_on_sigterm(tmp_path)
             if trace.poll() is None:
                 trace.kill()
                 trace.wait()
+
+
+def test_exe_on_an_overlay_upper_layer(collector, tmp_path):
+    """Overlayfs: a binary copied in through the mount lives on the upper layer; one that
+    only exists in the lower layer does not (read from the overlay inode's upper dentry)."""
+    layers = {name: tmp_path / name for name in ("lower", "upper", "work", "merged")}
+    for directory in layers.values():
+        directory.mkdir()
+    shutil.copy2("/bin/true", layers["lower"] / "true-lower")
+    options = "lowerdir=%(lower)s,upperdir=%(upper)s,workdir=%(work)s" % layers
+    subprocess.run(["mount", "-t", "overlay", "overlay", "-o", options, str(layers["merged"])], check=True)
+    try:
+        shutil.copy2("/bin/true", layers["merged"] / "true-upper")
+        marks = {}
+        for name in ("true-lower", "true-upper"):
+            marks[name] = token()
+            subprocess.run([str(layers["merged"] / name), marks[name]], check=True)
+        lower = collector.wait_for(exec_of(marks["true-lower"])).proc
+        upper = collector.wait_for(exec_of(marks["true-upper"])).proc
+    finally:
+        subprocess.run(["umount", str(layers["merged"])], check=True)
+    assert lower.exepath == str(layers["merged"] / "true-lower") and lower.exe_upper_layer is False
+    assert upper.exepath == str(layers["merged"] / "true-upper") and upper.exe_upper_layer is True
