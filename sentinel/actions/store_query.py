@@ -127,12 +127,13 @@ def _load_to_sql():
     return to_sql
 
 
-def filter_to_sql(condition: str) -> tuple[str, list[Any]]:
-    """A condition in the rule language (`proc.name = curl and fd.sip != 10.0.0.1`) as SQL."""
+def filter_to_sql(condition: str, ruleset: Any = None) -> tuple[str, list[Any]]:
+    """A condition in the rule language (`proc.name = curl and fd.sip != 10.0.0.1`) as SQL;
+    with a loaded ruleset, its macros and lists may be used too."""
     to_sql = _load_to_sql()
     if to_sql is None:
         raise ConfigError("filter expressions need the rule engine's SQL back end, which is not installed")
-    where, params = to_sql(condition, FIELD_COLUMNS)
+    where, params = to_sql(condition, FIELD_COLUMNS, ruleset) if ruleset is not None else to_sql(condition, FIELD_COLUMNS)
     return where, list(params)
 
 
@@ -140,6 +141,7 @@ def query_events(
     db: sqlite_utils.Database,
     *,
     condition: str | None = None,
+    ruleset: Any = None,
     since_ns: int | None = None,
     event_types: Sequence[str] = (),
     pid: int | None = None,
@@ -150,7 +152,7 @@ def query_events(
     """Newest events first, filtered by options and optionally a rule-language condition."""
     where, params = [], []
     if condition:
-        condition_sql, condition_params = filter_to_sql(condition)
+        condition_sql, condition_params = filter_to_sql(condition, ruleset)
         where.append("(%s)" % condition_sql)
         params.extend(condition_params)
     if since_ns is not None:

@@ -233,3 +233,16 @@ def test_every_field_column_is_a_field_the_rule_engine_knows():
 
     unknown = [name for name in FIELD_COLUMNS if fields.lookup(name) is None]
     assert unknown == []
+
+
+def test_events_condition_may_use_macros_and_lists_of_rule_files(db, tmp_path):
+    rules = tmp_path / "local.yaml"
+    rules.write_text(
+        "- list: fetchers\n  items: [curl, wget]\n"
+        "- macro: outbound\n  condition: evt.type = connect and fd.l4proto = tcp\n"
+    )
+    result = CliRunner().invoke(main, ["events", "outbound and proc.name in (fetchers)", "--rules", str(rules), "--db", db, "--json"])
+    assert result.exit_code == 0, result.output
+    assert [json.loads(line)["evt_type"] for line in result.output.splitlines()] == ["connect"]
+    result = CliRunner().invoke(main, ["events", "outbound", "--db", db])
+    assert result.exit_code == 1 and "undefined macro 'outbound'" in result.output
