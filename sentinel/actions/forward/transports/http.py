@@ -336,17 +336,20 @@ class LokiTransport(HTTPBatchTransport):
         return labels
 
     def encode(self, record: dict) -> bytes:
-        # The part is the line alone; `body` groups lines into streams.
-        return formats.to_json(record).encode("utf-8")
+        # The part is the line as a JSON string (escaped once, so sizes add up); `body`
+        # groups the parts into streams.
+        return formats.to_json(formats.to_json(record)).encode("utf-8")
 
     def body(self, parts: list[bytes], records: list[dict]) -> bytes:
-        streams: dict[tuple, list] = {}
+        streams: dict[tuple, list[bytes]] = {}
         for part, record in zip(parts, records):
             key = tuple(sorted(self.labels(record).items()))
             try:
                 stamp = parse_rfc3339_ns(record.get("time", ""))
             except ValueError:
                 stamp = time.time_ns()
-            streams.setdefault(key, []).append([str(stamp), part.decode("utf-8")])
-        payload = {"streams": [{"stream": dict(key), "values": values} for key, values in streams.items()]}
-        return formats.to_json(payload).encode("utf-8")
+            streams.setdefault(key, []).append(b'["%d",%s]' % (stamp, part))
+        return b'{"streams":[%s]}' % b",".join(
+            b'{"stream":%s,"values":[%s]}' % (formats.to_json(dict(key)).encode("utf-8"), b",".join(values))
+            for key, values in streams.items()
+        )
