@@ -7,8 +7,8 @@ indexed by event type and evaluated exactly like a Falco rule.
 
 Sigma semantics kept here (they differ from Falco's):
 - string matching is case-INSENSITIVE unless the value is `|cased` (or a `|re`, which is
-  case-sensitive unless `|i`): values are lowered at load, the field goes through Falco's
-  `tolower()` transformer (or `icontains` for substrings), so nothing is lowered per value;
+  case-sensitive unless `|i`): values are lowered at load and the field goes through Falco's
+  `tolower()` transformer, which the compiled bucket extracts once per event for all rules;
 - `*` and `?` in plain values are wildcards (glob over the whole value; `\\*` is a literal);
 - `|re` is a search (unanchored), as in every Sigma backend;
 - `Field: null` matches an empty or absent value;
@@ -429,7 +429,7 @@ class _ConditionTranslator:
 
     def translate(self, node: Any) -> Any:
         if isinstance(node, ConditionAND):
-            return _all_of([self.translate(arg) for arg in node.args])
+            return _all_of(sorted((self.translate(arg) for arg in node.args), key=_check_cost))
         if isinstance(node, ConditionOR):
             fused = self._fuse_equalities(node.args)
             if fused is not None:
@@ -484,7 +484,7 @@ class _ConditionTranslator:
             test = _exists(name)
             return test if value.exists else ast.Not(test)
         if isinstance(value, SigmaNull):
-            if mapping.kind == "string":
+            if mapping.is_text:
                 return _any_of([ast.Not(_exists(name)), _compare(name, "=", "")])
             return ast.Not(_exists(name))
         if isinstance(value, SigmaCompareExpression):
@@ -518,7 +518,12 @@ class _ConditionTranslator:
                 return self._number_string_test(name, value)
             if mapping.kind == "ip":
                 return self._ip_string_test(name, value)
-            return self._string_test(name, value, cased=isinstance(value, SigmaCasedString))
+            cased = isinstance(value, SigmaCasedString)
+            if mapping.kind == "path" and not cased:
+                component = _last_component(value)
+                if component is not None:  # `/usr/bin/x` ends with `/x` <=> its last component is `x`
+                    return _compare(_lowered_basename(name), "=", component)
+            return self._string_test(name, value, cased)
         raise _Skip("unsupported-value", "value type %s" % type(value).__name__)
 
     def _number_string_test(self, name: str, value: SigmaString) -> Any:
@@ -548,23 +553,46 @@ class _ConditionTranslator:
             return _compare(name, "regex", glob_regex(value, cased))
         if cased:
             return _compare(name, _SHAPE_OPS[shape], text)
-        if shape == "contains":
-            return _compare(name, "icontains", text.lower())
+        # tolower(F) is extracted once per event and shared by every rule (icontains would
+        # lower the value again for each check)
         return _compare(_lowered(name), _SHAPE_OPS[shape], text.lower())
 
     def _fuse_equalities(self, args: list[Any]) -> Any | None:
-        """`F: [a, b, c]` without wildcards -> one `tolower(F) in (a, b, c)` (a set lookup)."""
-        fields = {getattr(arg, "field", None) for arg in args}
-        if len(fields) != 1 or None in fields or not all(isinstance(arg, ConditionFieldEqualsValueExpression) for arg in args):
+        """The values of one field, OR-ed, as set lookups where their shape allows it.
+
+        `F: [a, b]` becomes `tolower(F) in (a, b)`, and on path fields `F|endswith: [/a, /b]`
+        becomes `tolower(basename(F)) in (a, b)` (a path ends with `/a` exactly when its last
+        component is `a`): one lookup instead of one check per value. Other values stay checks.
+        """
+        if len(args) < 2 or not all(isinstance(arg, ConditionFieldEqualsValueExpression) for arg in args):
+            return None
+        fields = {arg.field for arg in args}
+        if len(fields) != 1:
             return None
         (sigma_field,) = fields
         mapping = self.mapping(sigma_field)
-        if not isinstance(mapping, Mapped) or mapping.kind != "string":
+        if not isinstance(mapping, Mapped) or not mapping.is_text:
             return None
-        values = [arg.value for arg in args]
-        if not all(type(value) is SigmaString and string_shape(value)[0] == "equals" for value in values):
+        equals: list[str] = []
+        basenames: list[str] = []
+        others: list[Any] = []
+        for arg in args:
+            shape, text = string_shape(arg.value) if type(arg.value) is SigmaString else ("other", "")
+            if shape == "equals":
+                equals.append(text.lower())
+            elif mapping.kind == "path" and _last_component(arg.value) is not None:
+                basenames.append(_last_component(arg.value))
+            else:
+                others.append(arg)
+        if len(equals) + len(basenames) < 2:
             return None
-        return _compare(_lowered(mapping.field), "in", [str(value).lower() for value in values])
+        checks = []
+        if equals:
+            checks.append(_compare(_lowered(mapping.field), "in", equals))
+        if basenames:
+            checks.append(_compare(_lowered_basename(mapping.field), "in", basenames))
+        checks.extend(self.translate(arg) for arg in others)
+        return _any_of(checks)
 
     # -- keywords ------------------------------------------------------------------------
 
@@ -689,6 +717,33 @@ def _exists(name: str) -> Any:
 
 def _lowered(name: str) -> ast.FieldRef:
     return ast.field(name, None, "tolower")
+
+
+def _lowered_basename(name: str) -> ast.FieldRef:
+    return ast.field(name, None, "tolower", "basename")
+
+
+def _last_component(value: Any) -> str | None:
+    """`x` for a case-insensitive `*/x` value (endswith '/x', x without '/'), else None."""
+    if type(value) is not SigmaString:
+        return None
+    shape, text = string_shape(value)
+    if shape != "endswith" or not text.startswith("/") or len(text) < 2 or "/" in text[1:]:
+        return None
+    return text[1:].lower()
+
+
+# Evaluation order inside an AND (it is commutative here: checks have no side effects): set
+# lookups and equalities first, then prefix/suffix checks, substrings, and regexes last.
+_OP_COST = {"=": 0, "in": 0, "exists": 0, "startswith": 1, "endswith": 1, "contains": 2, "regex": 3}
+
+
+def _check_cost(node: Any) -> int:
+    if isinstance(node, ast.BinaryCheck):
+        return _OP_COST.get(node.op, 2)
+    if isinstance(node, ast.UnaryCheck):
+        return 0
+    return 4 if not isinstance(node, ast.Not) else 1 + _check_cost(node.child)
 
 
 def _compare(target: str | ast.FieldRef, op: str, value: Any) -> Any:

@@ -20,8 +20,12 @@ class Mapped:
     """A Sigma field read from one sentinel field."""
 
     field: str
-    kind: str = "string"  # "string" | "number" | "ip"
+    kind: str = "string"  # "string" | "path" (absolute, or empty when unknown) | "number" | "ip"
     note: str = ""
+
+    @property
+    def is_text(self) -> bool:
+        return self.kind in ("string", "path")
 
 
 @dataclass(frozen=True)
@@ -69,13 +73,13 @@ _NO_HOSTNAME = Unavailable(
 )
 
 _PROCESS_FIELDS: dict[str, FieldMapping] = {
-    "Image": Mapped("proc.exepath", note="resolved path of the executable file"),
+    "Image": Mapped("proc.exepath", "path", note="resolved path of the executable file"),
     "CommandLine": Mapped(
         "proc.exeline",
         note="argv[0] (as the program was started) followed by the arguments, space separated; "
         "Falco's proc.cmdline starts with the 15-byte comm instead, which is not what Sigma expects",
     ),
-    "ParentImage": Mapped("proc.pexepath"),
+    "ParentImage": Mapped("proc.pexepath", "path"),
     "ParentCommandLine": Mapped("proc.pexeline", note="the parent's argv[0] and arguments"),
     "User": Mapped("user.name"),
     "LogonId": Mapped("user.loginuid", "number", note="audit login uid, -1 when unset"),
@@ -97,8 +101,8 @@ _PROCESS_FIELDS: dict[str, FieldMapping] = {
 }
 
 _FILE_FIELDS: dict[str, FieldMapping] = {
-    "TargetFilename": Mapped("fd.name", note="resolved path of the created file"),
-    "Image": Mapped("proc.exepath"),
+    "TargetFilename": Mapped("fd.name", "path", note="resolved path of the created file"),
+    "Image": Mapped("proc.exepath", "path"),
     "User": Mapped("user.name"),
     "ProcessId": Mapped("proc.pid", "number"),
     "CreationUtcTime": Unavailable("file creation times are not part of an open event"),
@@ -106,7 +110,7 @@ _FILE_FIELDS: dict[str, FieldMapping] = {
 }
 
 _NETWORK_FIELDS: dict[str, FieldMapping] = {
-    "Image": Mapped("proc.exepath"),
+    "Image": Mapped("proc.exepath", "path"),
     "User": Mapped("user.name"),
     "ProcessId": Mapped("proc.pid", "number"),
     # Sysmon names the ends by who initiated: Destination is the server side in both

@@ -396,8 +396,8 @@ def test_translated_condition_reads_as_falco_text():
     spec = load_one(sigma("sel:\n    Image|endswith:\n        - /Curl\n        - /wget\n    CommandLine|contains: ' -O '\ncondition: sel"))
     assert ast.render(spec.condition) == (
         "evt.type in (execve, execveat) and evt.rawres = 0 and "
-        "(tolower(proc.exepath) endswith /curl or tolower(proc.exepath) endswith /wget) and "
-        'proc.exeline icontains " -o "'
+        "tolower(basename(proc.exepath)) in (curl, wget) and "
+        'tolower(proc.exeline) contains " -o "'
     )
 
 
