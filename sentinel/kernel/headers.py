@@ -165,7 +165,9 @@ def _kernel_source_cached(cache: str, btf_path: str) -> KernelSource:
     if real is not None:
         log.info("kernel.source", kind="headers", path=real)
         return KernelSource("headers", real, None, False)
-    return _ensure_tree_source(cache, btf_path)
+    source = _ensure_tree_source(cache, btf_path)
+    log.info("kernel.source", kind="btf", path=source.path, cache_hit=source.cache_hit)
+    return source
 
 
 def kernel_source(configured_cache_dir: str | None = None, btf_path: str = BTF_PATH) -> KernelSource:
