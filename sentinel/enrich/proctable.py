@@ -48,6 +48,10 @@ _SWEEP_SECONDS = 1.0
 _MAX_LINK_DEPTH = 64
 # How far into the live entries eviction looks for one without children.
 _LEAF_SCAN = 64
+# Reconcile checks this many live entries per step (~10 ms: one stat read each), then lets
+# events through for _SLICE_GAP seconds.
+_RECONCILE_SLICE = 1024
+_SLICE_GAP = 0.05
 
 
 def placeholder(pid: int, start_ns: int = 0) -> Process:
@@ -91,6 +95,9 @@ class ProcessTable:
         self._link_depth = 0
         self._next_sweep = 0.0
         self._next_reconcile = clock() + self.reconcile_seconds
+        self.reconcile_slice = _RECONCILE_SLICE
+        self._pass: Iterator[None] | None = None
+        self._reading_proc = False  # bootstrap or reconcile running: no nested reconcile
         self.hits = 0
         self.misses = 0
         self.refreshed = 0
@@ -290,36 +297,71 @@ class ProcessTable:
         fresh = [proc for proc in map(self.procfs.read, self.procfs.pids()) if proc is not None]
         fresh.sort(key=lambda proc: (proc.start_ns, proc.pid))
         events = []
-        for proc in fresh:
-            event = Event("execve", proc, boot_ns=proc.start_ns)
-            self.on_exec(event)
-            events.append(event)
+        self._reading_proc = True
+        try:
+            for proc in fresh:
+                event = Event("execve", proc, boot_ns=proc.start_ns)
+                self.on_exec(event)
+                events.append(event)
+        finally:
+            self._reading_proc = False
+        self._next_reconcile = self._clock() + self.reconcile_seconds  # /proc was just read
         return events
 
     def maybe_reconcile(self) -> bool:
-        """Run `reconcile()` when `proc_reconcile_seconds` have passed; True if it ran.
+        """Advance the periodic reconcile by one slice when it is due; True if it did work.
 
-        The table also does this itself after a fork or exec once the period is over; an
-        idle host needs the pipeline's housekeeping to call it."""
-        if self._clock() < self._next_reconcile:
+        A pass starts every `proc_reconcile_seconds` and checks `reconcile_slice` entries
+        per call, `_SLICE_GAP` apart, so the events queued meanwhile never wait long. The
+        table calls this itself after each fork or exec; an idle host needs the pipeline's
+        housekeeping to call it."""
+        now = self._clock()
+        if now < self._next_reconcile or self._reading_proc:
             return False
-        self.reconcile()
+        if self._pass is None:
+            self._pass = self._reconcile_pass(self.reconcile_slice)
+        self._reading_proc = True
+        try:
+            next(self._pass)
+            self._next_reconcile = now + _SLICE_GAP
+        except StopIteration:
+            self._pass = None
+            self._next_reconcile = now + self.reconcile_seconds
+        finally:
+            self._reading_proc = False
         return True
 
     def reconcile(self) -> int:
+        """A whole reconcile pass at once (abandoning a partial one); how many entries changed."""
+        self._pass = None
+        self._reading_proc = True
+        try:
+            next(self._reconcile_pass(None))
+        except StopIteration as done:
+            self._next_reconcile = self._clock() + self.reconcile_seconds
+            return done.value
+        finally:
+            self._reading_proc = False
+        raise AssertionError("an unsliced pass does not pause")
+
+    def _reconcile_pass(self, slice_size: int | None) -> Iterator[None]:
         """Make the live set agree with /proc: retire entries whose process is gone (or
-        whose pid now holds another process) and add processes we never heard of.
-        Returns how many entries changed."""
-        now = self._clock()
-        self._next_reconcile = now + self.reconcile_seconds
-        present = set(self.procfs.pids())
+        whose pid now holds another process), then add processes we never heard of.
+        Pauses (yields) every `slice_size` entries; returns how many entries changed."""
         changed = 0
+        checked = 0
         for pid, proc in list(self._live.items()):
-            start_ns = self.procfs.start_ns(pid) if pid in present else None
+            if self._live.get(pid) is not proc:
+                continue  # replaced or retired by events handled during a pause
+            start_ns = self.procfs.start_ns(pid)
             if start_ns is None or not same_start(start_ns, proc.start_ns):
-                self._retire(proc, now)
+                self._retire(proc, self._clock())
                 changed += 1
-        missing = [proc for proc in map(self.procfs.read, present - self._live.keys()) if proc is not None]
+            checked += 1
+            if slice_size is not None and checked % slice_size == 0:
+                yield
+        present = self.procfs.pids()
+        missing = [proc for proc in map(self.procfs.read, [pid for pid in present if pid not in self._live]) if proc]
         missing.sort(key=lambda proc: (proc.start_ns, proc.pid))
         for proc in missing:
             if proc.pid in self._live:
@@ -329,7 +371,7 @@ class ProcessTable:
             self.on_exec(Event("execve", proc, boot_ns=proc.start_ns))
             changed += 1
         self.reconciled += changed
-        self._sweep(now)
+        self._sweep(self._clock())
         return changed
 
     # ---- internals -----------------------------------------------------------------------
@@ -467,7 +509,7 @@ class ProcessTable:
             self.evicted += 1
             excess -= 1
         if now >= self._next_reconcile:
-            self.reconcile()
+            self.maybe_reconcile()
 
     def _oldest_live_leaf(self) -> Process:
         """The live process to evict: the oldest without live children among the first few

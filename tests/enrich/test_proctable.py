@@ -234,6 +234,28 @@ def test_the_table_reconciles_by_itself_when_due(table, host, fake_clock):
     assert sleep.exited and table.stats()["reconciled"] >= 1
 
 
+def test_reconcile_runs_in_slices_between_events(host, fake_clock):
+    for pid in range(10, 20):
+        host.add(pid, ppid=1, comm="d%d" % pid, start_ticks=pid)
+    table = make_table(host, fake_clock)
+    table.bootstrap()
+    table.reconcile_slice = 4
+    for pid in range(10, 20):
+        host.remove(pid)
+    host.add(30, ppid=1, comm="new", start_ticks=3000)
+    fake_clock.now += 31
+    steps = 0
+    while table.maybe_reconcile():
+        steps += 1
+        fake_clock.now += 0.1  # the gap between slices
+        assert steps < 10
+    # 13 live entries in slices of 4, then the pass completes with the missing one added
+    assert steps == 4
+    assert table.lookup(30).comm == "new" and table.stats()["misses"] == 0  # added by the pass
+    assert [table.lookup(pid).exited for pid in range(10, 20)] == [True] * 10
+    assert table.stats()["reconciled"] == 11
+
+
 def test_maybe_reconcile_runs_on_its_period(table, fake_clock):
     assert not table.maybe_reconcile()
     fake_clock.now += 31
