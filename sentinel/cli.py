@@ -28,6 +28,76 @@ def main() -> None:
 
 
 @main.command()
+@click.option("--config", "config_path", metavar="FILE", type=click.Path(dir_okay=False), help="Configuration file (YAML).")
+@click.option("--rules", "rule_paths", multiple=True, metavar="PATH", help="Rule file or folder (repeatable); default: the shipped rules.")
+@click.option("--db", "db_path", metavar="PATH", help="SQLite event store (default /var/lib/sentinel/events.db as root).")
+@click.option("--alerts-file", metavar="PATH|-", help="Where alert lines go ('-' is stdout).")
+def run(config_path: str | None, rule_paths: tuple[str, ...], db_path: str | None, alerts_file: str | None) -> None:
+    """Run the agent in the foreground until SIGTERM or SIGINT.
+
+    Example: sudo sentinel run --rules rules/ --rules /etc/sentinel/rules.d --alerts-file -
+    """
+    import dataclasses
+
+    from sentinel import config as configuration
+    from sentinel import log
+    from sentinel.agent import Agent
+
+    cfg = configuration.load(config_path, rules=rule_paths or None)
+    if db_path:
+        cfg = cfg.replace(store=dataclasses.replace(cfg.store, path=db_path))
+    if alerts_file:
+        cfg = cfg.replace(alerts=dataclasses.replace(cfg.alerts, file=alerts_file))
+    log.configure(cfg.log_level)
+    agent = Agent(cfg)
+    agent.install_signal_handlers()
+    agent.start()
+    agent.run()
+
+
+@main.command()
+@click.option("--config", "config_path", metavar="FILE", type=click.Path(dir_okay=False), help="Configuration file (for the socket path).")
+@click.option("--json", "as_json", is_flag=True, help="Print the raw JSON.")
+def status(config_path: str | None, as_json: bool) -> None:
+    """Counters of the running agent: events, drops, alerts per rule, store latency.
+
+    Example: sudo sentinel status --json
+    """
+    import json
+
+    from sentinel import config as configuration
+    from sentinel.control import request
+
+    result = request(configuration.load(config_path).control_socket, "status")
+    if as_json:
+        click.echo(json.dumps(result, indent=2, sort_keys=True))
+        return
+    for key, value in result.items():
+        if isinstance(value, dict):
+            click.echo("%s:" % key)
+            for sub, sub_value in sorted(value.items()):
+                click.echo("  %-28s %s" % (sub, sub_value))
+        else:
+            click.echo("%-30s %s" % (key, value))
+
+
+@main.command()
+@click.option("--config", "config_path", metavar="FILE", type=click.Path(dir_okay=False), help="Configuration file (for the socket path).")
+def reload(config_path: str | None) -> None:
+    """Ask the running agent to reload its rules (the old set stays if the new one has errors).
+
+    Example: sudo sentinel reload
+    """
+    from sentinel import config as configuration
+    from sentinel.control import request
+
+    result = request(configuration.load(config_path).control_socket, "reload")
+    if not result.get("ok"):
+        raise click.ClickException("reload failed, previous rules kept: %s" % result.get("error"))
+    click.echo("rules reloaded: version %s" % result["version"])
+
+
+@main.command()
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
 def doctor(as_json: bool) -> None:
     """Try each kernel feature sentinel uses and show what enforcement gets here.

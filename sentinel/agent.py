@@ -1,0 +1,324 @@
+"""`sentinel run`: the background agent that wires sensors, rules, alerts and the store.
+
+Threads: the sensor's ring-buffer poller only copies bytes; this module's consumer thread
+decodes, enriches, evaluates the rules and hands matched events to the alert writer and
+the store writer (which batches on its own thread). Signals only set flags; the consumer
+acts on them between batches, so a reload or a stop never happens mid-event.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from sentinel import __version__, notify
+from sentinel.actions.alert import AlertWriter, HostIdentity, alert_record
+from sentinel.config import Config
+from sentinel.control import ControlServer
+from sentinel.errors import SentinelError, StoreError
+from sentinel.events.interest import Interest
+from sentinel.events.model import Event
+from sentinel.log import get_logger
+
+log = get_logger("sentinel.agent")
+
+PRIORITY_ORDER = ("emergency", "alert", "critical", "error", "warning", "notice", "informational", "debug")
+
+
+def ruleset_version(paths: list[Path]) -> str:
+    """A short digest of the rule files' contents: alerts say which rule set raised them."""
+    digest = hashlib.sha256()
+    for path in sorted(paths):
+        digest.update(str(path).encode())
+        try:
+            digest.update(path.read_bytes())
+        except OSError:
+            pass
+    return digest.hexdigest()[:12]
+
+
+class Agent:
+    """Owns every long-lived part; `run()` blocks until SIGTERM/SIGINT and then flushes."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.host = HostIdentity.current()
+        self.counters: Counter[str] = Counter()
+        self.alerts_per_rule: Counter[str] = Counter()
+        self._stop = threading.Event()
+        self._reload_requested = threading.Event()
+        self._reopen_requested = threading.Event()
+        self.started_at = time.time()
+        self.ruleset: Any = None
+        self.ruleset_version = ""
+        self.rules_snapshot: dict[Path, float] = {}  # the files (and mtimes) last loaded or tried
+        self.store: Any = None
+        self.store_error = ""
+        self.sensor: Any = None
+        self.table: Any = None
+        self.alerts = AlertWriter(config.alerts.file)
+        self.control: ControlServer | None = None
+        self.min_priority = PRIORITY_ORDER.index(_normal_priority(config.alerts.min_priority))
+        self.last_lost = 0
+
+    # ----------------------------------------------------------------- rules
+    def load_rules(self) -> None:
+        """Validate the whole rule set first; only a set that loads fully replaces the old one."""
+        from sentinel.rules.ruleset import load_rules
+
+        self.rules_snapshot = self._rules_on_disk()
+        ruleset = load_rules([str(p) for p in self.config.rule_paths], match=self.config.alerts.match)
+        self.ruleset = ruleset
+        self.ruleset_version = ruleset_version(list(self.rules_snapshot))
+        log.info("rules.loaded", **{"rules.count": len(ruleset.rules), "rules.version": self.ruleset_version})
+
+    def reload_rules(self) -> dict[str, Any]:
+        previous = self.ruleset_version
+        try:
+            self.load_rules()
+        except SentinelError as exc:
+            self.counters["reload_failed"] += 1
+            log.error("rules.reload_failed", error=str(exc))
+            self._internal_alert("Sentinel rule reload failed", "error", "Rule reload failed, previous rules kept: %s" % exc)
+            return {"ok": False, "error": str(exc), "version": previous}
+        if self.sensor is not None:
+            self.sensor.update_interest(self.interest())
+        self.counters["reloads"] += 1
+        return {"ok": True, "version": self.ruleset_version, "previous": previous}
+
+    def interest(self) -> Interest:
+        always = Interest(event_types=frozenset(self.config.store.always_store))
+        return self.ruleset.interest.union(always)
+
+    # ----------------------------------------------------------------- events
+    def handle(self, event: Event) -> None:
+        self.counters["events"] += 1
+        if event.proc.pid == self.pid:
+            self.counters["own_events"] += 1
+            return
+        matches = self.ruleset.match(event)
+        event_id = None
+        if self.store is not None:
+            event_id = self.store.add_event(event, matched=bool(matches))
+            if event_id is not None:
+                self.counters["stored_events"] += 1
+        for rule in matches:
+            self.raise_alert(rule, event, event_id)
+
+    def raise_alert(self, rule: Any, event: Event, event_id: Any) -> None:
+        self.alerts_per_rule[rule.name] += 1
+        self.counters["alerts"] += 1
+        priority = _normal_priority(rule.priority)
+        if PRIORITY_ORDER.index(priority) > self.min_priority:
+            return
+        record = alert_record(
+            rule=rule.name,
+            priority=priority,
+            output=rule.render_output(event),
+            tags=rule.tags,
+            output_fields=rule.output_fields(event),
+            time_ns=event.time_ns,
+            host=self.host,
+            ruleset_version=self.ruleset_version,
+            source=getattr(rule, "source", "syscall") or "syscall",
+        )
+        self.alerts.write(record)
+        if self.store is not None:
+            self.store.add_alert(record, event_id, _ancestry(event))
+
+    def _internal_alert(self, rule: str, priority: str, output: str, fields: dict[str, Any] | None = None) -> None:
+        """Alerts about the agent itself (drops, failed reloads): never silent."""
+        record = alert_record(
+            rule=rule,
+            priority=priority,
+            output=output,
+            tags=["sentinel", "health"],
+            output_fields=fields or {},
+            time_ns=time.time_ns(),
+            host=self.host,
+            ruleset_version=self.ruleset_version,
+            source="internal",
+        )
+        self.alerts.write(record)
+        if self.store is not None:
+            self.store.add_alert(record, None, [])
+
+    def check_drops(self) -> None:
+        lost = sum(self.sensor.lost().values())
+        if lost > self.last_lost:
+            delta = lost - self.last_lost
+            self.last_lost = lost
+            self.counters["kernel_lost"] = lost
+            self._internal_alert(
+                "Sentinel dropped kernel events",
+                "critical",
+                "The kernel ring buffer was full: %d event records were lost" % delta,
+                {"lost.records": delta, "lost.total": lost},
+            )
+
+    # ----------------------------------------------------------------- status
+    def status(self, request: dict[str, Any] | None = None, peer: Any = None) -> dict[str, Any]:
+        uptime = time.time() - self.started_at
+        status = {
+            "version": __version__,
+            "pid": self.pid,
+            "uptime_seconds": round(uptime, 1),
+            "ruleset_version": self.ruleset_version,
+            "rules": len(self.ruleset.rules) if self.ruleset else 0,
+            "counters": dict(self.counters),
+            "events_per_second": round(self.counters["events"] / uptime, 1) if uptime else 0.0,
+            "alerts_per_rule": dict(self.alerts_per_rule),
+            "store": self.store.stats.as_dict() if self.store is not None else {"error": self.store_error},
+            "kernel_lost": sum(self.sensor.lost().values()) if self.sensor is not None else 0,
+            "records_received": self.sensor.records_received if self.sensor is not None else 0,
+            "process_table": self.table.stats() if self.table is not None else {},
+        }
+        return status
+
+    # ----------------------------------------------------------------- lifecycle
+    def start(self) -> None:
+        self.pid = os.getpid()
+        self.load_rules()
+        self._open_store()
+        from sentinel.enrich.proctable import ProcessTable
+        from sentinel.sensor import Sensor
+
+        self.table = ProcessTable(self.config.sensor)
+        self.sensor = Sensor(self.config, self.interest(), table=self.table)
+        self.sensor.start(bootstrap=True)
+        self.control = ControlServer(
+            self.config.control_socket,
+            allowed_uids=self.config.control.allowed_uids,
+            allowed_gids=self.config.control.allowed_gids,
+        )
+        self.control.register("status", self.status)
+        self.control.register("reload", lambda request, peer: self.reload_rules())
+        self.control.start()
+        self._start_metrics()
+        notify.notify("READY=1")
+        log.info("agent.ready", **{"agent.pid": self.pid, "store.path": self.config.db_path})
+
+    def _open_store(self) -> None:
+        from sentinel.actions.store import StoreWriter
+
+        try:
+            self.store = StoreWriter.from_config(self.config)
+        except StoreError as exc:
+            # Alerts must keep flowing even when the DB cannot be written.
+            self.store = None
+            self.store_error = str(exc)
+            log.error("store.unavailable", error=str(exc))
+            self._internal_alert("Sentinel store unavailable", "error", "Events are not stored: %s" % exc)
+
+    def _start_metrics(self) -> None:
+        if not self.config.metrics.listen:
+            return
+        from sentinel.metrics import serve_metrics
+
+        serve_metrics(self.config.metrics.listen, self)
+
+    def install_signal_handlers(self) -> None:
+        signal.signal(signal.SIGTERM, lambda *_: self._stop.set())
+        signal.signal(signal.SIGINT, lambda *_: self._stop.set())
+
+        def on_hup(*_: Any) -> None:
+            self._reload_requested.set()
+            self._reopen_requested.set()
+
+        signal.signal(signal.SIGHUP, on_hup)
+
+    def run(self) -> None:
+        """Consume events until asked to stop; then flush everything accepted."""
+        watchdog = Watchdog()
+        next_housekeeping = time.monotonic() + 1.0
+        while not self._stop.is_set():
+            for event in self.sensor.poll(timeout=0.2):
+                self.handle(event)
+            now = time.monotonic()
+            watchdog.ping(now)
+            if now >= next_housekeeping:
+                next_housekeeping = now + 1.0
+                self.housekeeping()
+        self.shutdown()
+
+    def housekeeping(self) -> None:
+        if self._reopen_requested.is_set():
+            self._reopen_requested.clear()
+            self.alerts.reopen()
+        if self._reload_requested.is_set() or self._rules_on_disk() != self.rules_snapshot:
+            self._reload_requested.clear()
+            self.reload_rules()
+        self.check_drops()
+
+    def _rules_on_disk(self) -> dict[Path, float]:
+        """Rule files now (folders rescanned, so a new file counts as a change) and their mtimes."""
+        from sentinel.rules.loader import expand_paths
+
+        return {Path(path): _mtime(Path(path)) for path in expand_paths(list(self.config.rule_paths))}
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def shutdown(self) -> None:
+        notify.notify("STOPPING=1")
+        log.info("agent.stopping")
+        if self.sensor is not None:
+            # Drain what the kernel already handed over, then detach.
+            for event in self.sensor.poll(timeout=0.05):
+                self.handle(event)
+            self.sensor.close()
+        if self.control is not None:
+            self.control.stop()
+        store_stats = {}
+        if self.store is not None:
+            self.store.close()
+            store_stats = self.store.stats.as_dict()
+        self.alerts.close()
+        log.info(
+            "agent.stopped",
+            store=store_stats,
+            **{
+                "events.total": self.counters["events"],
+                "events.stored": self.counters["stored_events"],
+                "alerts.total": self.counters["alerts"],
+            },
+        )
+
+
+class Watchdog:
+    """Sends WATCHDOG=1 at half of $WATCHDOG_USEC, from the consumer loop: if it stalls, systemd restarts us."""
+
+    def __init__(self) -> None:
+        usec = os.environ.get("WATCHDOG_USEC", "")
+        pid = os.environ.get("WATCHDOG_PID", "")
+        enabled = usec.isdigit() and int(usec) > 0 and (not pid or pid == str(os.getpid()))
+        self.interval = int(usec) / 2e6 if enabled else None
+        self._next = 0.0
+
+    def ping(self, now: float) -> None:
+        if self.interval is not None and now >= self._next:
+            self._next = now + self.interval
+            notify.notify("WATCHDOG=1")
+
+
+def _ancestry(event: Event) -> list[dict[str, Any]]:
+    chain = [event.proc, *event.proc.ancestors()]
+    return [{"pid": p.pid, "comm": p.comm, "exepath": p.exepath, "cmdline": p.cmdline} for p in chain]
+
+
+def _normal_priority(priority: str) -> str:
+    value = (priority or "debug").lower()
+    return "informational" if value == "info" else value
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return -1.0

@@ -1,0 +1,159 @@
+"""`sentinel run` on the real kernel: suspicious actions raise alerts, benign ones do not.
+
+Each test starts the real agent (compile, attach, bootstrap) with its own DB, alerts file
+and control socket, performs actions on files and processes it created, and reads the
+alerts from the JSON lines and from the store.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from sentinel.control import request
+
+REPO = Path(__file__).resolve().parents[2]
+
+pytestmark = pytest.mark.kernel
+
+EXEC_FROM_TMP = "Execution from shared memory or temporary directory"
+SHELL_FROM_WEB = "Shell spawned by a web server"
+
+
+@pytest.fixture
+def shm_dir():
+    directory = Path("/dev/shm") / ("sentinel-test-" + uuid.uuid4().hex[:8])
+    directory.mkdir()
+    yield directory
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+def stored_alerts(db: Path, rule: str) -> list[dict]:
+    with sqlite3.connect("file:%s?mode=ro" % db, uri=True) as conn:
+        conn.row_factory = sqlite3.Row
+        return [dict(row) for row in conn.execute("SELECT * FROM alerts WHERE rule = ?", (rule,))]
+
+
+def wait_stored(db: Path, rule: str, predicate, timeout: float = 10) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for row in stored_alerts(db, rule):
+            if predicate(row):
+                return row
+        time.sleep(0.2)
+    raise AssertionError("alert %r not in the store" % rule)
+
+
+def test_suspicious_actions_alert_with_ancestry_and_benign_ones_do_not(start_agent, agent_dir, shm_dir):
+    agent = start_agent()
+    token = uuid.uuid4().hex
+
+    # A payload dropped in /dev/shm and run from there.
+    payload = shm_dir / "payload"
+    shutil.copy("/bin/true", payload)
+    subprocess.run([str(payload), token], check=True)
+
+    # A shell started by a process called nginx (a copy of dash under that name).
+    web_dir = agent_dir / "srv"
+    web_dir.mkdir()
+    nginx = web_dir / "nginx"
+    shutil.copy("/bin/dash", nginx)
+    subprocess.run([str(nginx), "-c", "/bin/sh -c 'true %s'; true" % token], check=True)
+
+    # Benign: a system binary with the same token.
+    subprocess.run(["/bin/true", "benign-" + token], check=True)
+
+    from_shm = agent.wait_for_alert(lambda a: a["rule"] == EXEC_FROM_TMP and token in a["output"])
+    assert from_shm["output_fields"]["proc.exepath"] == str(payload)
+    assert from_shm["priority"] == "Warning"
+    assert {"time", "rule", "priority", "source", "hostname", "output", "tags", "output_fields"} <= set(from_shm)
+    assert from_shm["host"]["machine_id"] and from_shm["ruleset_version"]
+
+    shell = agent.wait_for_alert(lambda a: a["rule"] == SHELL_FROM_WEB and token in a["output"])
+    assert shell["output_fields"]["proc.pname"] == "nginx"
+
+    # In the store, with the ancestry at that moment: sh <- nginx <- this test.
+    row = wait_stored(agent.db, SHELL_FROM_WEB, lambda r: token in r["output"])
+    chain = json.loads(row["ancestry"])
+    assert [p["comm"] for p in chain[:2]] == ["sh", "nginx"]
+    assert chain[1]["exepath"] == str(nginx)
+    assert os.getpid() in [p["pid"] for p in chain]
+
+    time.sleep(1.0)
+    assert not [a for a in agent.alerts() if "benign-" + token in a["output"]]
+
+
+def test_broken_rule_file_on_reload_keeps_the_old_rules(start_agent, agent_dir, shm_dir):
+    rules_dir = agent_dir / "rules"
+    rules_dir.mkdir()
+    shutil.copy(REPO / "rules" / "sentinel_rules.yaml", rules_dir)
+    agent = start_agent(rules=[rules_dir])
+    before = request(str(agent.socket_path), "status")["ruleset_version"]
+
+    (rules_dir / "broken.yaml").write_text("- rule: Broken\n  desc: x\n  condition: proc.name = = x\n  output: x\n  priority: WARNING\n")
+    agent.process.send_signal(signal.SIGHUP)
+    failure = agent.wait_for_alert(lambda a: a["rule"] == "Sentinel rule reload failed")
+    assert "broken.yaml:3:26" in failure["output"]
+    status = request(str(agent.socket_path), "status")
+    assert status["ruleset_version"] == before
+    assert status["counters"]["reload_failed"] >= 1
+
+    # The old rules still work.
+    payload = shm_dir / "still-detected"
+    shutil.copy("/bin/true", payload)
+    subprocess.run([str(payload)], check=True)
+    agent.wait_for_alert(lambda a: a["rule"] == EXEC_FROM_TMP and str(payload) in a["output"])
+
+    # A fixed file is picked up on its own (file change), and its rule works.
+    (rules_dir / "broken.yaml").write_text(
+        "- rule: Marker program ran\n  desc: test\n  condition: evt.type = execve and proc.name = marker-prog\n"
+        "  output: marker ran %proc.cmdline\n  priority: NOTICE\n"
+    )
+    deadline = time.monotonic() + 15
+    while request(str(agent.socket_path), "status")["ruleset_version"] == before:
+        assert time.monotonic() < deadline, "the changed rule file was not reloaded"
+        time.sleep(0.3)
+    marker = agent_dir / "marker-prog"
+    shutil.copy("/bin/true", marker)
+    subprocess.run([str(marker)], check=True)
+    agent.wait_for_alert(lambda a: a["rule"] == "Marker program ran")
+
+
+def test_sigterm_during_a_burst_stores_every_accepted_event(start_agent, agent_dir):
+    agent = start_agent()
+    burst = subprocess.Popen(
+        ["/bin/sh", "-c", "i=0; while [ $i -lt 3000 ]; do /bin/true burst-$i; i=$((i+1)); done"],
+    )
+    time.sleep(1.5)
+    assert agent.stop(signal.SIGTERM) == 0
+    burst.wait()
+    stopped = [r for r in agent.log_records() if r.get("event") == "agent.stopped"]
+    assert stopped, agent.log_path.read_text()[-3000:]
+    store = stopped[0]["store"]
+    assert store["dropped"] == 0 and store["errors"] == 0
+    assert store["written"] == store["queued"] > 0
+    with sqlite3.connect(agent.db) as conn:
+        stored_bursts = conn.execute("SELECT count(*) FROM events WHERE proc_args LIKE 'burst-%'").fetchone()[0]
+        total_rows = conn.execute("SELECT count(*) FROM events").fetchone()[0]
+    assert stored_bursts > 100
+    assert total_rows == stopped[0]["events.stored"]
+
+
+def test_unwritable_store_is_reported_and_alerts_still_flow(start_agent, shm_dir):
+    agent = start_agent(db="/proc/sentinel-cannot-write-here/events.db")
+    failure = agent.wait_for_alert(lambda a: a["rule"] == "Sentinel store unavailable")
+    assert "/proc/sentinel-cannot-write-here" in failure["output"]
+    payload = shm_dir / "no-store"
+    shutil.copy("/bin/true", payload)
+    subprocess.run([str(payload)], check=True)
+    agent.wait_for_alert(lambda a: a["rule"] == EXEC_FROM_TMP and str(payload) in a["output"])
+    assert request(str(agent.socket_path), "status")["store"]["error"]
