@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import pty
 import select
 import shutil
 import signal
@@ -356,3 +357,30 @@ def test_exe_on_an_overlay_upper_layer(collector, tmp_path):
         subprocess.run(["umount", str(layers["merged"])], check=True)
     assert lower.exepath == str(layers["merged"] / "true-lower") and lower.exe_upper_layer is False
     assert upper.exepath == str(layers["merged"] / "true-upper") and upper.exe_upper_layer is True
+
+
+def test_controlling_tty_is_the_kernel_dev_of_the_terminal(collector):
+    mark = token()
+    pid, master = pty.fork()
+    if pid == 0:  # child: session leader with the pty slave as controlling terminal
+        os.execv("/bin/sh", ["sh", "-c", 'stat -L -c "%%t %%T" /proc/self/fd/0; exec /bin/true %s' % mark])
+    output = b""
+    try:
+        while b"\n" not in output:
+            output += os.read(master, 100)
+    finally:
+        os.waitpid(pid, 0)
+        os.close(master)
+    major, minor = (int(x, 16) for x in output.split()[:2])
+    proc = collector.wait_for(exec_of(mark)).proc
+    assert proc.tty == (major << 20) | minor
+    assert proc.sid == pid
+
+
+def test_pid_namespace_view(collector):
+    mark = token()
+    subprocess.run(["unshare", "--pid", "--fork", "/bin/sh", "-c", "exec /bin/true %s" % mark], check=True)
+    proc = collector.wait_for(exec_of(mark)).proc
+    assert proc.vpid == 1 and proc.pid != 1
+    assert proc.vpgid == 0  # its process group belongs to the parent namespace
+    assert proc.is_vpgid_leader is False
