@@ -3,9 +3,11 @@
 Prints:
 - bytes per stored process (tracemalloc) for N processes built the way the sensor builds
   them (unique argv, exe paths and cwds from a realistic pool), with ancestry;
+- the time of a full garbage-collector pass over such a table;
 - the cost of lookup (hit, exited hit, placeholder), on_fork, on_exec (cgroup given by the
   kernel record, and read from /proc/<pid>/cgroup), on_exit;
-- bootstrap and reconcile over this machine's /proc.
+- bootstrap and reconcile over this machine's /proc, and one reconcile step (the longest
+  the pipeline waits for it).
 
 Run: .venv/bin/python -m benchmarks.bench_proctable [--processes N]
 """
@@ -13,6 +15,7 @@ Run: .venv/bin/python -m benchmarks.bench_proctable [--processes N]
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import time
 import tracemalloc
@@ -95,6 +98,9 @@ def main() -> None:
 
     table = ProcessTable(SensorConfig(process_table_max=count * 3))
     procs = populate(table, count)
+    started = time.perf_counter()
+    gc.collect()
+    print("full gc pass over the table: %.0f ms (a pipeline pause whenever gen 2 runs)" % ((time.perf_counter() - started) * 1e3))
     sample = procs[count // 2]
     print("lookup hit (pid, start):   %.2f us" % per_op_us(lambda i: table.lookup(sample.pid, sample.start_ns), 200_000))
     print("lookup hit (pid only):     %.2f us" % per_op_us(lambda i: table.lookup(sample.pid), 200_000))
@@ -125,6 +131,10 @@ def main() -> None:
     started = time.perf_counter()
     fresh.reconcile()
     print("reconcile of this machine: %.1f ms" % ((time.perf_counter() - started) * 1e3))
+    pid = os.getpid()
+    slice_size = fresh.reconcile_slice
+    step_ms = per_op_us(lambda i: fresh.procfs.start_ns(pid), slice_size) * slice_size / 1e3
+    print("reconcile step (%d live entries, one stat read each): %.1f ms" % (slice_size, step_ms))
     print("counters:", table.stats())
 
 
