@@ -231,3 +231,14 @@ def test_time_round_trip_keeps_nanoseconds():
     stamp = 1_790_000_000_123_456_789
     assert rfc3339_ns(stamp) == "2026-09-21T14:13:20.123456789Z"
     assert parse_rfc3339_ns(rfc3339_ns(stamp)) == stamp
+
+
+@given(st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text() | st.binary(max_size=8)
+    | st.text().map(lambda t: t.encode("utf-8", "surrogatepass").decode("utf-8", "ignore") + "\udcff"),
+    lambda children: st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=5), children, max_size=3),
+    max_leaves=10,
+))
+def test_the_one_pass_serializer_matches_clean_then_dump(value):
+    record = {"output": value, "tags": ("a", "b")}
+    assert formats.clean_json(record) == formats.to_json(formats.clean(record))

@@ -54,6 +54,24 @@ def clean(value: Any) -> Any:
     return _clean_str(str(value))
 
 
+def _json_default(value: Any) -> Any:
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value).decode("utf-8", "backslashreplace")
+    if isinstance(value, (set, frozenset)):
+        return list(value)
+    return str(value)
+
+
+def clean_json(record: dict) -> str:
+    """to_json(clean(record)) in one pass when the record is already clean (the usual case)."""
+    try:
+        text = json.dumps(record, ensure_ascii=False, separators=(",", ":"), default=_json_default)
+        text.encode("utf-8")  # lone surrogates (surrogateescape'd bytes) fail here
+        return text
+    except (UnicodeEncodeError, TypeError, ValueError):
+        return to_json(clean(record))
+
+
 def visible(text: str) -> str:
     """Control characters (C0, DEL, C1: newline, ANSI escapes) as visible escapes."""
     return _CONTROL.sub(lambda m: _CONTROL_NAMES.get(m.group(), "\\x%02x" % ord(m.group())), text)

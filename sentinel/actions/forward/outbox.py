@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Mapping
 
-from sentinel.actions.forward.formats import clean, to_json
+from sentinel.actions.forward.formats import clean, clean_json
 from sentinel.actions.forward.records import RecordFilter, severity_of
 from sentinel.errors import SentinelError
 
@@ -110,15 +110,14 @@ class Outbox:
         now = time.time_ns()
         rows = []
         for record in records:
-            record = clean(record)
             rows.append(
                 (
                     now,
-                    record.get("kind", "alert"),
+                    clean(record.get("kind", "alert")),
                     severity_of(record),
-                    str(record.get("rule", "")),
-                    "\x1f".join(record.get("tags", ())),
-                    to_json(record),
+                    clean(str(record.get("rule", ""))),
+                    "\x1f".join(clean(str(tag)) for tag in record.get("tags", ())),
+                    clean_json(record),
                 )
             )
         if not rows:
