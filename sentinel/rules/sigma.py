@@ -493,8 +493,10 @@ class _ConditionTranslator:
             return _compare(name, _COMPARE_OPS[value.op], _number(value.number))
         if isinstance(value, SigmaFieldReference):
             other = self.mapping(value.field)
-            if not isinstance(other, Mapped):
-                raise _Skip("unsupported-value", "fieldref to %r" % value.field)
+            if not isinstance(other, Mapped) or other.is_text != mapping.is_text or (
+                not mapping.is_text and other.kind != mapping.kind
+            ):
+                raise _Skip("unsupported-value", "fieldref between fields of different types (%r)" % value.field)
             op = "startswith" if value.starts_with else "endswith" if value.ends_with else "="
             if value.starts_with and value.ends_with:
                 op = "contains"
@@ -510,8 +512,12 @@ class _ConditionTranslator:
         if isinstance(value, SigmaNumber):
             if mapping.kind == "number":
                 return _compare(name, "=", _number(value))
+            if mapping.kind == "ip":
+                raise _Skip("unsupported-value", "%s is not an IP address" % value.number)
             return self._string_test(name, SigmaString(str(value.number)), cased=False)
         if isinstance(value, SigmaBool):
+            if not mapping.is_text:
+                raise _Skip("unsupported-value", "boolean value on a %s field" % mapping.kind)
             return self._string_test(name, SigmaString(str(value.boolean).lower()), cased=False)
         if isinstance(value, SigmaString):
             if mapping.kind == "number":
@@ -543,7 +549,13 @@ class _ConditionTranslator:
             except ValueError:
                 raise _Skip("unsupported-value", "%r is not an IP address" % text) from None
             return _compare(name, "=", text)
-        return self._string_test(name, value, cased=False)
+        # addresses have no case (IPv6 is rendered in lower case): plain string checks on them
+        shape, text = string_shape(value)
+        if shape == "any":
+            return _exists(name)
+        if shape == "glob":
+            return _compare(name, "regex", glob_regex(value, cased=False))
+        return _compare(name, _SHAPE_OPS[shape], text.lower())
 
     def _string_test(self, name: str, value: SigmaString, cased: bool) -> Any:
         shape, text = string_shape(value)

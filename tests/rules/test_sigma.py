@@ -442,6 +442,8 @@ def test_unsupported_logsources_skip(logsource):
 
 
 def test_values_without_meaning_for_the_field_skip():
+    assert skip_of(sigma("sel:\n    ProcessId|fieldref: Image\ncondition: sel")).reason == "unsupported-value"
+    assert skip_of(sigma("sel:\n    ProcessId: true\ncondition: sel")).reason == "unsupported-value"
     assert skip_of(sigma("sel:\n    ProcessId: '12*'\ncondition: sel")).reason == "unsupported-value"
     assert skip_of(sigma("sel:\n    Image|cidr: 10.0.0.0/8\ncondition: sel")).reason == "unsupported-value"
     assert skip_of(sigma("keywords:\n    - evil\ncondition: keywords", "network_connection")).reason == "unsupported-value"
