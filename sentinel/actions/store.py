@@ -51,6 +51,7 @@ RETENTION_CHUNK = 5_000
 # Size retention stops at this fraction of max_bytes, so it does not run again at once.
 _SIZE_LOW_WATER = 0.9
 _VACUUM_STEP_PAGES = 2048
+_ERROR_LOG_SECONDS = 10.0
 
 
 def _placeholders(columns: Sequence[str]) -> str:
@@ -211,7 +212,7 @@ def _prepare_location(path: str, group: str) -> int | None:
             os.close(fd)
     except OSError as exc:
         where = exc.filename or path
-        raise StoreError("cannot create the event store: %s: %s" % (where, exc.strerror or exc), SourceLocation(path)) from None
+        raise StoreError("cannot create or open the event store: %s: %s" % (where, exc.strerror or exc), SourceLocation(path)) from None
     return gid
 
 
@@ -638,6 +639,8 @@ class StoreWriter:
         self._idle = threading.Condition()
         self._in_flight = 0
         self._closing = False
+        self._last_error_logged = -_ERROR_LOG_SECONDS
+        self._errors_unlogged = 0
         self._thread = threading.Thread(target=self._run, name="sentinel-store-writer", daemon=True)
         self._thread.start()
 
@@ -693,7 +696,7 @@ class StoreWriter:
                 self.stats.dropped += len(batch.events)
                 self._buffer.requeue(batch)
             self._batch_done()
-            log.warning("store.events_dropped", **{"store.rows": len(batch.events), "store.path": self.path})
+            self._log_failure("store.events_dropped", None, len(batch.events))
 
     def _batch_done(self) -> None:
         with self._idle:
@@ -721,7 +724,7 @@ class StoreWriter:
                 with self._lock:
                     self.stats.errors += 1
                     self.stats.dropped += len(batch)
-                log.error("store.write_failed", **{"store.path": self.path, "error": str(exc), "store.rows": len(batch)})
+                self._log_failure("store.write_failed", exc, len(batch))
             else:
                 self.stats.written += written
                 self.stats.batches += 1
@@ -738,8 +741,27 @@ class StoreWriter:
             self._sink.apply_retention()
             self.stats.retention_runs += 1
         except Exception as exc:
-            self.stats.errors += 1
-            log.error("store.retention_failed", **{"store.path": self.path, "error": str(exc)})
+            with self._lock:
+                self.stats.errors += 1
+            self._log_failure("store.retention_failed", exc, 0)
+
+    def _log_failure(self, event: str, exc: Exception | None, rows: int) -> None:
+        """At most one line per _ERROR_LOG_SECONDS: a full disk fails every batch."""
+        now = time.monotonic()
+        if now - self._last_error_logged < _ERROR_LOG_SECONDS:
+            self._errors_unlogged += 1
+            return
+        log.error(
+            event,
+            **{
+                "store.path": self.path,
+                "error": "queue full" if exc is None else str(exc),
+                "store.rows": rows,
+                "store.errors_not_logged": self._errors_unlogged,
+            },
+        )
+        self._last_error_logged = now
+        self._errors_unlogged = 0
 
     def flush(self, timeout: float | None = None) -> bool:
         """Write everything accepted so far; True when it is all committed (or dropped)."""

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+import structlog.testing
 
 from sentinel.actions.store import StoreWriter
 from sentinel.config import StoreConfig
@@ -150,3 +151,37 @@ def test_user_outside_the_group_cannot_read(analyst, shared_dir):
         writer.close()
     assert outsider.returncode == 3
     assert "permission denied" in outsider.stdout
+
+
+@pytest.fixture
+def tiny_filesystem():
+    """A 1 MiB tmpfs: the disk fills up after a few thousand events."""
+    mountpoint = tempfile.mkdtemp(prefix="sentinel-store-full-")
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,mode=0755", "tmpfs", mountpoint], check=True)
+    try:
+        yield Path(mountpoint)
+    finally:
+        subprocess.run(["umount", mountpoint], check=True)
+        os.rmdir(mountpoint)
+
+
+def test_full_disk_costs_events_not_the_agent(tiny_filesystem):
+    path = str(tiny_filesystem / "events.db")
+    ballast = tiny_filesystem / "ballast"
+    ballast.write_bytes(b"\0" * 400_000)
+    writer = StoreWriter(path, StoreConfig(batch_size=200, flush_seconds=0.05), separate_process=False)
+    try:
+        with structlog.testing.capture_logs() as logs:
+            for pid in range(1, 20_001):  # about 9 MB of rows into 1 MiB
+                writer.add_event(Event("execve", Process(pid, pid, comm="sh", args=("-c", "x" * 300))), matched=False)
+            writer.flush()
+        status = writer.status()
+        assert status["errors"] > 1 and status["dropped"] > 0
+        assert len(logs) == 1 and logs[0]["log_level"] == "error"  # once, not per batch
+        assert status["written"] + status["dropped"] == status["queued"] == 20_000
+        ballast.unlink()  # space comes back: the store resumes by itself
+        writer.add_event(Event("execve", Process(1, 1, comm="after")), matched=False)
+        writer.flush()
+        assert writer.status()["written"] == status["written"] + 1
+    finally:
+        writer.close()
