@@ -274,6 +274,10 @@ def _read_file(collection: Collection, path: str, text: str) -> None:
             reader.read()
         except _ItemInvalid:
             pass
+        except yaml.YAMLError as exc:  # a value YAML cannot construct (e.g. an unknown !tag)
+            mark = getattr(exc, "problem_mark", None) or item.start_mark
+            collection.errors.append(Problem("invalid YAML value: %s" % (getattr(exc, "problem", None) or exc),
+                                             SourceLocation(path, mark.line + 1, mark.column + 1), reader.label))
 
 
 class _ItemInvalid(Exception):

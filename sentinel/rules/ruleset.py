@@ -498,8 +498,9 @@ def _build(rules: list[Rule], lists: dict, macros: dict, warnings: list[Problem]
     bound_fields: dict[str, BoundField] = {}
     buckets: dict[str, Callable[[Event], list[Rule]]] = {}
     sources: dict[str, str] = {}
-    for event_type, entries in per_bucket.items():
-        function_name = "match_" + ("other" if event_type == _OTHER else event_type)
+    for number, (event_type, entries) in enumerate(per_bucket.items()):
+        # event type names come from rule text: only the bucket number goes into identifiers
+        function_name = "match_%d" % number
         source, tables = _bucket_source(function_name, entries, namespace, bound_fields, interner)
         sources[event_type] = source
         code = compile(source, "<rules:%s>" % event_type, "exec")
