@@ -25,6 +25,7 @@ from sentinel.errors import SentinelError, StoreError
 from sentinel.events.interest import Interest
 from sentinel.events.model import Event
 from sentinel.log import get_logger
+from sentinel.selfprotect import self_protection_rules
 
 log = get_logger("sentinel.agent")
 
@@ -46,8 +47,10 @@ def ruleset_version(paths: list[Path]) -> str:
 class Agent:
     """Owns every long-lived part; `run()` blocks until SIGTERM/SIGINT and then flushes."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, config_path: str | None = None) -> None:
         self.config = config
+        self.config_path = config_path
+        self.pid = os.getpid()
         self.host = HostIdentity.current()
         self.counters: Counter[str] = Counter()
         self.alerts_per_rule: Counter[str] = Counter()
@@ -73,7 +76,8 @@ class Agent:
         from sentinel.rules.ruleset import load_rules
 
         self.rules_snapshot = self._rules_on_disk()
-        ruleset = load_rules([str(p) for p in self.config.rule_paths], match=self.config.alerts.match)
+        guards = self_protection_rules(self.config, self.pid, self.config_path)
+        ruleset = load_rules(list(self.config.rule_paths), extra=guards, match=self.config.alerts.match)
         self.ruleset = ruleset
         self.ruleset_version = ruleset_version(list(self.rules_snapshot))
         log.info("rules.loaded", **{"rules.count": len(ruleset.rules), "rules.version": self.ruleset_version})
@@ -183,7 +187,6 @@ class Agent:
 
     # ----------------------------------------------------------------- lifecycle
     def start(self) -> None:
-        self.pid = os.getpid()
         self.load_rules()
         self._open_store()
         from sentinel.enrich.proctable import ProcessTable

@@ -49,7 +49,7 @@ def run(config_path: str | None, rule_paths: tuple[str, ...], db_path: str | Non
     if alerts_file:
         cfg = cfg.replace(alerts=dataclasses.replace(cfg.alerts, file=alerts_file))
     log.configure(cfg.log_level)
-    agent = Agent(cfg)
+    agent = Agent(cfg, config_path)
     agent.install_signal_handlers()
     agent.start()
     agent.run()
@@ -261,6 +261,29 @@ def forward_test(name: str, config_path: str | None, timeout: float) -> None:
         return
     click.echo("failed: output %s (%s): %s" % (result.output, result.type, result.error), err=True)
     sys.exit(1)
+
+
+@forward.command("status")
+@click.option("--config", "config_path", metavar="FILE", type=click.Path(dir_okay=False), help="Configuration file.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def forward_status(config_path: str | None, as_json: bool) -> None:
+    """Show each output's position in the outbox: delivered up to, backlog, records lost.
+
+    Example: sentinel forward status --config /etc/sentinel/sentinel.yaml
+    """
+    import dataclasses
+    import json
+
+    from sentinel import config
+    from sentinel.actions.forward.outbox import read_status
+
+    rows = read_status(config.load(config_path).outbox_path)
+    if as_json:
+        click.echo(json.dumps([dataclasses.asdict(row) for row in rows], indent=2))
+        return
+    click.echo("%-24s %12s %12s %10s %8s" % ("output", "cursor", "head", "backlog", "lost"))
+    for row in rows:
+        click.echo("%-24s %12d %12d %10d %8d" % (row.output, row.cursor, row.head, row.backlog, row.lost))
 
 
 @main.group()
