@@ -196,7 +196,7 @@ class Sensor:
         """Records the kernel could not queue (ring buffer full), per opcode."""
         if self._bpf is None:
             return {}
-        table = self._bpf["sentinel_lost"]
+        table = self._bpf[b"sentinel_lost"]
         counts = {}
         for op in range(abi.OP_SLOTS):
             total = sum(int(v) for v in table[ctypes.c_uint(op)])
@@ -210,7 +210,7 @@ class Sensor:
 
     # ---- internals
     def _fill_env_keep(self, keys: list[bytes]) -> None:
-        trie = self._bpf["sentinel_env_keep"]
+        trie = self._bpf[b"sentinel_env_keep"]
         for key_bytes in keys:
             key = trie.Key()
             key.prefixlen = len(key_bytes) * 8

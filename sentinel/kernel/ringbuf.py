@@ -37,7 +37,7 @@ class RingBufferReader:
             pending_append(string_at(data, size))
 
         self._callback = on_record  # bcc keeps only a weak reference to the ctypes callback
-        bpf[map_name].open_ring_buffer(on_record)
+        bpf[map_name.encode()].open_ring_buffer(on_record)
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="sentinel-ringbuf", daemon=True)

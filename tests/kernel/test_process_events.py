@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from sentinel.config import Config
+from sentinel.config import Config, SensorConfig
 from sentinel.events import abi
 from sentinel.events.interest import Interest
 from sentinel.sensor import PROGRAMS, Sensor
@@ -384,3 +384,37 @@ def test_pid_namespace_view(collector):
     assert proc.vpid == 1 and proc.pid != 1
     assert proc.vpgid == 0  # its process group belongs to the parent namespace
     assert proc.is_vpgid_leader is False
+
+
+def _program_ids_held_here() -> set[int]:
+    """BPF program ids this process holds a file descriptor of (from /proc/self/fdinfo)."""
+    ids = set()
+    for fd in os.listdir("/proc/self/fdinfo"):
+        try:
+            with open("/proc/self/fdinfo/" + fd) as info:
+                ids.update(int(line.split()[1]) for line in info if line.startswith("prog_id:"))
+        except OSError:
+            continue
+    return ids
+
+
+def _loaded_program_ids() -> set[int]:
+    shown = subprocess.run(["bpftool", "-j", "prog", "show"], capture_output=True, text=True, check=True).stdout
+    return {p["id"] for p in json.loads(shown or "[]")}
+
+
+def test_full_ring_buffer_counts_lost_records_and_close_detaches(sensor):
+    """A one-page ring buffer: an exec record with 4 KB of argv cannot fit, and the kernel
+    counts it as lost (bcc has no lost-record callback)."""
+    before = _program_ids_held_here()
+    small = Sensor(Config().replace(sensor=SensorConfig(ringbuf_pages=1)), Interest())
+    small.start(bootstrap=False)
+    try:
+        loaded = _program_ids_held_here() - before
+        assert len(loaded) == len(PROGRAMS) and loaded <= _loaded_program_ids()
+        for _ in range(3):
+            subprocess.run(["/bin/true", "x" * abi.ARGS_MAX], check=True)
+        assert small.lost().get(abi.OP_EXEC, 0) >= 3
+    finally:
+        small.close()
+    assert not (_loaded_program_ids() & loaded)  # detached and freed by the kernel
