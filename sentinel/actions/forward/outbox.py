@@ -210,3 +210,32 @@ class Outbox:
             db.execute("ROLLBACK")
             raise
         return losses
+
+
+@dataclass(frozen=True)
+class CursorStatus:
+    """One output's position in the outbox, as `sentinel forward status` shows it."""
+
+    output: str
+    cursor: int
+    head: int
+    backlog: int  # records after the cursor (before the output's own filter)
+    lost: int
+
+
+def read_status(path: str | Path) -> list[CursorStatus]:
+    """Cursors of every output, read-only (safe while the agent runs)."""
+    if not Path(path).exists():
+        raise OutboxError("no outbox at %s (nothing has been forwarded yet)" % path)
+    db = sqlite3.connect("file:%s?mode=ro" % Path(path).resolve(), uri=True, timeout=10)
+    try:
+        row = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'records'").fetchone()
+        head = row[0] if row else 0
+        return [
+            CursorStatus(name, seq, head, db.execute("SELECT COUNT(*) FROM records WHERE seq > ?", (seq,)).fetchone()[0], lost)
+            for name, seq, lost in db.execute("SELECT output, seq, lost FROM cursors ORDER BY output").fetchall()
+        ]
+    except sqlite3.Error as exc:
+        raise OutboxError("cannot read outbox %s: %s" % (path, exc)) from None
+    finally:
+        db.close()
