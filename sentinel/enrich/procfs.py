@@ -13,9 +13,10 @@ identities from the two sources are compared with `same_start` at tick precision
 from __future__ import annotations
 
 import os
+import re
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from sentinel.enrich.container import CgroupInfo, parse_cgroup_cached
 from sentinel.enrich.procio import read_at, readlink_at
@@ -226,6 +227,13 @@ class ProcFS:
                 proc.exe_mtime_ns = st.st_mtime_ns
                 proc.exe_ctime_ns = st.st_ctime_ns
                 proc.exe_writable = exe_writable(st.st_mode, st.st_uid, st.st_gid, proc.euid, proc.egid, proc.cap_effective)
+                # overlayfs files have an anonymous device (major 0): only then is the
+                # mount table worth reading
+                if os.major(st.st_dev) == 0:
+                    mountinfo = read_at(dir_fd, "mountinfo")
+                    if mountinfo:
+                        text = mountinfo.decode("utf-8", "surrogateescape")
+                        proc.exe_upper_layer = exe_on_upper_layer(text, exepath)
         cwd = readlink_at(dir_fd, "cwd")
         if cwd:
             proc.cwd = sys.intern(strip_deleted(cwd)[0])
@@ -238,6 +246,48 @@ class ProcFS:
             if sep and name in self.env_keep:
                 kept.append(entry)
         return tuple(kept)
+
+
+_OCTAL_ESCAPE = re.compile(r"\\([0-7]{3})")
+
+
+def _unescape_mount_field(field: str) -> str:
+    """mountinfo escapes space, tab, newline and backslash as \\ooo octal."""
+    if "\\" not in field:
+        return field
+    return _OCTAL_ESCAPE.sub(lambda match: chr(int(match.group(1), 8)), field)
+
+
+def exe_on_upper_layer(mountinfo: str, exepath: str, exists: Callable[[str], bool] = os.path.lexists) -> bool:
+    """Whether `exepath` (as the process sees it) is on the upper layer of an overlay mount
+    (Falco's proc.is_exe_upper_layer: written or modified in the container, not in its image).
+
+    The mount holding the path is the one with the longest mount point above it (the last
+    listed wins: it is mounted over the others); when that is an overlay, the file is on the
+    upper layer if it exists below `upperdir`.
+    """
+    best_point = ""
+    best_fstype = ""
+    best_options = ""
+    for line in mountinfo.splitlines():
+        fields = line.split(" ")
+        try:
+            separator = fields.index("-", 6)
+            point = _unescape_mount_field(fields[4])
+            fstype, options = fields[separator + 1], fields[separator + 3]
+        except (ValueError, IndexError):
+            continue
+        inside = exepath == point or exepath.startswith(point.rstrip("/") + "/")
+        if inside and len(point) >= len(best_point):
+            best_point, best_fstype, best_options = point, fstype, options
+    if best_fstype != "overlay":
+        return False
+    for option in best_options.split(","):
+        if option.startswith("upperdir="):
+            upper = _unescape_mount_field(option[len("upperdir=") :])
+            relative = exepath[len(best_point.rstrip("/")) :].lstrip("/")
+            return exists(os.path.join(upper, relative))
+    return False  # a read-only overlay (lower layers only)
 
 
 def read_cgroup_at(dir_fd: int) -> CgroupInfo | None:

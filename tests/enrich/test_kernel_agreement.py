@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import fcntl
 import os
+import shutil
+import signal
 import subprocess
 import termios
 import time
@@ -46,13 +48,23 @@ def sensor(table):
     sensor.close()
 
 
-def wait_for_exec(sensor: Sensor, mark: str, timeout: float = 10.0):
+def wait_for_execs(sensor: Sensor, *marks: str, timeout: float = 10.0) -> dict:
+    """The exec event of each mark (found among the arguments)."""
+    found = {}
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline and len(found) < len(marks):
         for event in sensor.poll(0.1):
-            if event.type in ("execve", "execveat") and mark in event.proc.args:
-                return event
-    raise AssertionError("no exec with %s within %.0fs" % (mark, timeout))
+            if event.type in ("execve", "execveat"):
+                for mark in marks:
+                    if mark in event.proc.args:
+                        found[mark] = event
+    missing = [mark for mark in marks if mark not in found]
+    assert not missing, "no exec with %s within %.0fs" % (missing, timeout)
+    return found
+
+
+def wait_for_exec(sensor: Sensor, mark: str, timeout: float = 10.0):
+    return wait_for_execs(sensor, mark, timeout=timeout)[mark]
 
 
 def spawn_on_a_terminal(argv: list[str], cwd: str) -> subprocess.Popen:
@@ -123,3 +135,32 @@ def test_kernel_exec_is_enriched_and_linked_to_pid_1(sensor, table):
         sensor.poll(0.1)
     assert proc.exited and proc.exit_signal == 9
     assert table.lookup(child.pid, proc.start_ns) is proc
+
+
+def test_upper_layer_exe_agrees_with_the_kernel(sensor, tmp_path):
+    """An overlay mounted in a private mount namespace (nothing leaks to the host): a binary
+    from the image (lower layer) and one written into the container (upper layer)."""
+    layers = {name: tmp_path / name for name in ("lower", "upper", "work", "merged")}
+    for directory in layers.values():
+        directory.mkdir()
+    shutil.copy(os.path.realpath(shutil.which("sleep")), layers["lower"] / "image-sleep")
+    in_image, dropped = "0.%d" % uuid.uuid4().int, "0.%d" % uuid.uuid4().int
+    merged = layers["merged"]
+    script = (
+        "mount -t overlay overlay -o lowerdir={lower},upperdir={upper},workdir={work} {merged} && "
+        "cp {merged}/image-sleep {merged}/dropped-sleep && "
+        "{{ {merged}/image-sleep 300 {in_image} & exec {merged}/dropped-sleep 300 {dropped}; }}"
+    ).format(in_image=in_image, dropped=dropped, **layers)
+    child = subprocess.Popen(["unshare", "--mount", "--propagation", "private", "sh", "-c", script], start_new_session=True)
+    try:
+        events = wait_for_execs(sensor, in_image, dropped)
+        procfs = ProcFS()
+        for mark, expected in ((in_image, False), (dropped, True)):
+            from_kernel = events[mark].proc
+            from_proc = procfs.read(from_kernel.pid)
+            assert from_proc is not None
+            assert from_proc.exepath == from_kernel.exepath == str(merged / ("image-sleep" if mark == in_image else "dropped-sleep"))
+            assert (from_kernel.exe_upper_layer, from_proc.exe_upper_layer) == (expected, expected)
+    finally:
+        os.killpg(child.pid, signal.SIGKILL)
+        child.wait()

@@ -10,6 +10,7 @@ from fakeproc import TICK_NS
 
 from sentinel.enrich.procfs import (
     ProcFS,
+    exe_on_upper_layer,
     kernel_dev,
     parse_stat,
     same_start,
@@ -169,3 +170,33 @@ def test_small_helpers():
     assert strip_deleted("/x (deleted)") == ("/x", True)
     assert strip_deleted("/x") == ("/x", False)
     assert kernel_dev(os.makedev(259, 1)) == (259 << 20) | 1
+
+
+MOUNTINFO = """\
+22 27 0:21 / /proc rw,relatime - proc proc rw
+27 1 8:1 / / rw,relatime - ext4 /dev/sda1 rw
+300 27 0:60 / /var/lib/docker/overlay2/abc/merged rw - overlay overlay rw,lowerdir=/l1:/l2,upperdir=/up/abc,workdir=/w
+301 27 0:61 / / rw,relatime - overlay overlay rw,lowerdir=/img,upperdir=/var/lib/docker/overlay2/def/diff,workdir=/wd
+302 301 0:62 / /opt/my\\040dir rw - overlay overlay rw,lowerdir=/x,upperdir=/up\\040space,workdir=/w2
+303 301 0:63 / /usr/share rw - tmpfs tmpfs rw
+304 301 0:64 / /ro rw - overlay overlay ro,lowerdir=/a:/b
+"""
+
+
+@pytest.mark.parametrize(
+    "exepath,upper_files,expected",
+    [
+        ("/bin/dropped", {"/var/lib/docker/overlay2/def/diff/bin/dropped"}, True),  # the last "/" mount wins
+        ("/bin/ls", set(), False),  # only in the image (lower layers)
+        ("/opt/my dir/tool", {"/up space/tool"}, True),  # escaped spaces in both fields
+        ("/usr/share/x", {"/var/lib/docker/overlay2/def/diff/usr/share/x"}, False),  # tmpfs over it
+        ("/ro/bin/x", {"/ro/bin/x"}, False),  # no upper layer at all
+    ],
+)
+def test_exe_on_upper_layer(exepath, upper_files, expected):
+    assert exe_on_upper_layer(MOUNTINFO, exepath, exists=upper_files.__contains__) is expected
+
+
+def test_exe_not_on_overlay():
+    assert not exe_on_upper_layer("27 1 8:1 / / rw - ext4 /dev/sda1 rw\n", "/bin/ls", exists=lambda path: True)
+    assert not exe_on_upper_layer("garbage line\n", "/bin/ls", exists=lambda path: True)
