@@ -39,7 +39,7 @@ import sqlite_utils
 from sentinel.actions import record
 from sentinel.actions.store_schema import MIGRATIONS, SCHEMA_VERSION, migrate
 from sentinel.config import Config, StoreConfig
-from sentinel.errors import SourceLocation, StoreError
+from sentinel.errors import ConfigError, SourceLocation, StoreError
 from sentinel.events.model import Event, Process
 from sentinel.log import get_logger
 
@@ -216,6 +216,21 @@ def _prepare_location(path: str, group: str) -> int | None:
     return gid
 
 
+def check_config(config: StoreConfig) -> None:
+    """Values the types allow but the store cannot work with."""
+    problems = []
+    if config.batch_size < 1:
+        problems.append("store.batch_size must be at least 1")
+    if config.flush_seconds <= 0:
+        problems.append("store.flush_seconds must be more than 0")
+    if config.retention_days <= 0:
+        problems.append("store.retention_days must be more than 0")
+    if config.max_bytes < 0:
+        problems.append("store.max_bytes must be 0 (no limit) or more")
+    if problems:
+        raise ConfigError("; ".join(problems))
+
+
 class Store:
     """One read-write connection to the store; single writer. Not thread-safe: the agent
     uses it through StoreWriter (one thread) or the store process."""
@@ -230,6 +245,7 @@ class Store:
     ) -> None:
         self.path = path
         self.config = config
+        check_config(config)
         self._gid = _prepare_location(path, config.group)
         try:
             self.conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=10.0)

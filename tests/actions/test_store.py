@@ -550,3 +550,20 @@ def test_alert_records_of_the_alert_module_are_stored_with_their_id_and_time(db_
         store.add_alert(produced, None, [])  # delivered twice: stored once
     (row,) = rows(db_path, "SELECT * FROM alerts")
     assert (row["id"], row["time"], row["priority"], row["hostname"]) == (produced["id"], when, "critical", "h1")
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"batch_size": 0}, "batch_size"),
+        ({"flush_seconds": 0.0}, "flush_seconds"),
+        ({"retention_days": -1.0}, "retention_days"),
+        ({"max_bytes": -5}, "max_bytes"),
+    ],
+)
+def test_unusable_store_settings_are_config_errors(db_path, change, message):
+    from sentinel.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=message):
+        Store(db_path, StoreConfig(**change))
+    assert not os.path.exists(db_path)  # refused before anything is created
