@@ -41,6 +41,12 @@ class Validation:
                 "ok" if self.ok else "invalid", len(self.files), counts.get("rules", 0), counts.get("enabled_rules", 0),
                 counts.get("macros", 0), counts.get("lists", 0), counts.get("raw_rules", 0), counts.get("raw_macros", 0),
                 counts.get("raw_lists", 0), len(self.errors), len(self.warnings)))
+        if "sigma_rules" in counts:
+            reasons = ", ".join(
+                "%d %s" % (n, key.split(".", 1)[1]) for key, n in sorted(counts.items()) if key.startswith("sigma_skipped.")
+            )
+            lines.append("sigma: %d rules loaded, %d skipped%s" % (
+                counts["sigma_rules"], counts["sigma_skipped"], " (%s)" % reasons if reasons else ""))
         return "\n".join(lines)
 
 
@@ -60,6 +66,8 @@ def validate(paths: Sequence[str]) -> Validation:
         result.errors = exc.errors
         result.warnings = exc.warnings
         return result
+    finally:
+        result.counts.update(collection.sigma_counts)  # Sigma files: loaded / skipped per reason
     result.warnings = ruleset.warnings
     interest = ruleset.interest
     result.interest = {
