@@ -16,9 +16,10 @@ enforcement maps keyed by (pid, start) see the kernel's own numbers.
 Lifetime and memory. An exited process stays in the table for `process_exit_grace_seconds`
 (late events from other CPUs still resolve) and for as long as it has live children.
 Past `process_table_max` entries, the oldest exited entries are evicted first, then the
-oldest live ones, childless first (they come back from /proc on their next lookup). A dropped exited entry
-with no live children lets go of its own parent, so chains of exited ancestors (double
-forks) cannot grow without bound; ancestry of live processes is kept by reference.
+oldest live ones, childless first (they come back from /proc on their next lookup). A
+dropped exited entry with no live children lets go of its own parent, so chains of exited
+ancestors (double forks) cannot grow without bound; ancestry of live processes is kept by
+reference.
 
 Absent processes. When a process is neither in the table nor in /proc (it exited before we
 looked), `lookup` returns a placeholder that is not stored: empty strings for names and
@@ -35,10 +36,12 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable, Iterator
+
 from sentinel.config import SensorConfig
 from sentinel.enrich.container import HOST, CgroupResolver
 from sentinel.enrich.procfs import ProcFS, same_start
 from sentinel.enrich.users import UserResolver
+from sentinel.errors import ConfigError
 from sentinel.events.model import Event, Process
 
 UNKNOWN_ID = 0xFFFFFFFF
@@ -80,7 +83,7 @@ class ProcessTable:
     ) -> None:
         config = config if config is not None else SensorConfig()
         if config.process_table_max < 1:
-            raise ValueError("process_table_max must be at least 1")
+            raise ConfigError("sensor.process_table_max must be at least 1, not %d" % config.process_table_max)
         self.max_entries = config.process_table_max
         self.exit_grace_seconds = config.process_exit_grace_seconds
         self.reconcile_seconds = config.proc_reconcile_seconds

@@ -6,6 +6,7 @@ import pytest
 from fakeproc import TICK_NS, make_root, make_table
 
 from sentinel.enrich.proctable import is_placeholder
+from sentinel.errors import ConfigError
 from sentinel.events.model import Event, Process
 
 
@@ -311,5 +312,5 @@ def test_overflow_of_live_processes_evicts_the_oldest_which_come_back_from_proc(
 
 
 def test_table_max_must_be_positive(fake_proc, fake_clock):
-    with pytest.raises(ValueError, match="process_table_max"):
+    with pytest.raises(ConfigError, match="process_table_max"):
         make_table(fake_proc, fake_clock, process_table_max=0)
