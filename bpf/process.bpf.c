@@ -16,21 +16,21 @@ struct sentinel_enter {
 	u64 flags;      /* execveat flags / clone flags */
 };
 
-BPF_TABLE("lru_hash", u32, struct sentinel_enter, sentinel_enter, 16384);
+BPF_TABLE("lru_hash", u32, struct sentinel_enter, snt_enter, 16384);
 
 /* Environment variables kept from an exec: "NAME=" prefixes, filled from configuration. */
 struct sentinel_env_key {
 	u32 prefixlen;
 	char data[SENTINEL_ENV_NAME_MAX];
 };
-BPF_LPM_TRIE(sentinel_env_keep, struct sentinel_env_key, u8, 256);
+BPF_LPM_TRIE(snt_env_keep, struct sentinel_env_key, u8, 256);
 
 /* One environment entry being examined; its first bytes double as the trie lookup key. */
 struct sentinel_env_scratch {
 	u32 prefixlen;
 	char data[SENTINEL_ENV_VAR_MAX];
 };
-BPF_PERCPU_ARRAY(sentinel_env_buf, struct sentinel_env_scratch, 1);
+BPF_PERCPU_ARRAY(snt_env_buf, struct sentinel_env_scratch, 1);
 
 static __always_inline void sentinel_remember(u32 syscall, s32 dirfd, u64 filename, u64 argv,
 					      u64 flags)
@@ -42,29 +42,29 @@ static __always_inline void sentinel_remember(u32 syscall, s32 dirfd, u64 filena
 	enter.filename = filename;
 	enter.argv = argv;
 	enter.flags = flags;
-	sentinel_enter.update(&tid, &enter);
+	snt_enter.update(&tid, &enter);
 }
 
-int sentinel_execve_enter(struct sentinel_sys_enter_args *args)
+int snt_execve_enter(struct sentinel_sys_enter_args *args)
 {
 	sentinel_remember(SENTINEL_SYSCALL_EXECVE, -100, args->args[0], args->args[1], 0);
 	return 0;
 }
 
-int sentinel_execveat_enter(struct sentinel_sys_enter_args *args)
+int snt_execveat_enter(struct sentinel_sys_enter_args *args)
 {
 	sentinel_remember(SENTINEL_SYSCALL_EXECVEAT, (s32)args->args[0], args->args[1],
 			  args->args[2], args->args[4]);
 	return 0;
 }
 
-int sentinel_clone_enter(struct sentinel_sys_enter_args *args)
+int snt_clone_enter(struct sentinel_sys_enter_args *args)
 {
 	sentinel_remember(SENTINEL_SYSCALL_CLONE, 0, 0, 0, args->args[0]);
 	return 0;
 }
 
-int sentinel_clone3_enter(struct sentinel_sys_enter_args *args)
+int snt_clone3_enter(struct sentinel_sys_enter_args *args)
 {
 	u64 flags = 0;  /* struct clone_args starts with its u64 flags */
 	bpf_probe_read_user(&flags, sizeof(flags), (void *)args->args[0]);
@@ -72,13 +72,13 @@ int sentinel_clone3_enter(struct sentinel_sys_enter_args *args)
 	return 0;
 }
 
-int sentinel_fork_enter(struct sentinel_sys_enter_args *args)
+int snt_fork_enter(struct sentinel_sys_enter_args *args)
 {
 	sentinel_remember(SENTINEL_SYSCALL_FORK, 0, 0, 0, 17 /* SIGCHLD */);
 	return 0;
 }
 
-int sentinel_vfork_enter(struct sentinel_sys_enter_args *args)
+int snt_vfork_enter(struct sentinel_sys_enter_args *args)
 {
 	/* CLONE_VFORK | CLONE_VM | SIGCHLD */
 	sentinel_remember(SENTINEL_SYSCALL_VFORK, 0, 0, 0, 0x00004000 | 0x00000100 | 17);
@@ -147,12 +147,12 @@ static __always_inline void sentinel_exe_inode(struct sentinel_exec *e, struct f
 #endif
 }
 
-/* Copy the kept environment entries ("NAME=value" whose "NAME=" is in sentinel_env_keep). */
+/* Copy the kept environment entries ("NAME=value" whose "NAME=" is in snt_env_keep). */
 static __always_inline void sentinel_put_env(char *tail, struct sentinel_cursor *cur,
 					     unsigned long start, unsigned long end)
 {
 	u32 zero = 0;
-	struct sentinel_env_scratch *var = sentinel_env_buf.lookup(&zero);
+	struct sentinel_env_scratch *var = snt_env_buf.lookup(&zero);
 	if (!var)
 		return;
 	unsigned long p = start;
@@ -169,7 +169,7 @@ static __always_inline void sentinel_put_env(char *tail, struct sentinel_cursor 
 		}
 		p += n;
 		var->prefixlen = SENTINEL_ENV_NAME_MAX * 8;
-		if (!sentinel_env_keep.lookup((struct sentinel_env_key *)var))
+		if (!snt_env_keep.lookup((struct sentinel_env_key *)var))
 			continue;
 		u32 off = cur->off;
 		if (off >= SENTINEL_TAIL_MAX) {
@@ -184,7 +184,7 @@ static __always_inline void sentinel_put_env(char *tail, struct sentinel_cursor 
 		cur->flags |= SENTINEL_F_ENV_TRUNC;
 }
 
-int sentinel_exec(struct bpf_raw_tracepoint_args *ctx)
+int snt_exec(struct bpf_raw_tracepoint_args *ctx)
 {
 	struct task_struct *task = (struct task_struct *)ctx->args[0];
 	u32 old_pid = (u32)ctx->args[1];
@@ -197,11 +197,11 @@ int sentinel_exec(struct bpf_raw_tracepoint_args *ctx)
 	sentinel_fill_header(&e->hdr, SENTINEL_OP_EXEC, task);
 	e->old_pid = old_pid;
 
-	struct sentinel_enter *enter = sentinel_enter.lookup(&old_pid);
+	struct sentinel_enter *enter = snt_enter.lookup(&old_pid);
 	if (enter) {
 		if (enter->syscall == SENTINEL_SYSCALL_EXECVEAT)
 			e->flags |= SENTINEL_F_EXECVEAT;
-		sentinel_enter.delete(&old_pid);
+		snt_enter.delete(&old_pid);
 	} else {
 		e->flags |= SENTINEL_F_NO_ENTER;
 	}
@@ -309,11 +309,11 @@ int sentinel_exec(struct bpf_raw_tracepoint_args *ctx)
 static __always_inline int sentinel_exec_exit(struct sentinel_sys_exit_args *args)
 {
 	u32 tid = (u32)bpf_get_current_pid_tgid();
-	struct sentinel_enter *enter = sentinel_enter.lookup(&tid);
+	struct sentinel_enter *enter = snt_enter.lookup(&tid);
 	if (!enter)
 		return 0;
 	struct sentinel_enter saved = *enter;
-	sentinel_enter.delete(&tid);
+	snt_enter.delete(&tid);
 	if (args->ret >= 0)
 		return 0;
 	char *rec = sentinel_record();
@@ -351,17 +351,17 @@ static __always_inline int sentinel_exec_exit(struct sentinel_sys_exit_args *arg
 	return 0;
 }
 
-int sentinel_execve_exit(struct sentinel_sys_exit_args *args)
+int snt_execve_exit(struct sentinel_sys_exit_args *args)
 {
 	return sentinel_exec_exit(args);
 }
 
-int sentinel_execveat_exit(struct sentinel_sys_exit_args *args)
+int snt_execveat_exit(struct sentinel_sys_exit_args *args)
 {
 	return sentinel_exec_exit(args);
 }
 
-int sentinel_fork(struct bpf_raw_tracepoint_args *ctx)
+int snt_fork(struct bpf_raw_tracepoint_args *ctx)
 {
 	struct task_struct *parent = (struct task_struct *)ctx->args[0];
 	struct task_struct *child = (struct task_struct *)ctx->args[1];
@@ -379,18 +379,18 @@ int sentinel_fork(struct bpf_raw_tracepoint_args *ctx)
 	struct pid *thread_pid = SENTINEL_FIELD(child, thread_pid);
 	e->vpid = sentinel_pid_nr_at(thread_pid, SENTINEL_FIELD(thread_pid, level));
 	u32 tid = e->parent_tid;
-	struct sentinel_enter *enter = sentinel_enter.lookup(&tid);
+	struct sentinel_enter *enter = snt_enter.lookup(&tid);
 	if (enter && enter->syscall >= SENTINEL_SYSCALL_CLONE && enter->syscall <= SENTINEL_SYSCALL_VFORK) {
 		e->syscall = enter->syscall;
 		e->clone_flags = enter->flags;
 		e->flags |= SENTINEL_F_CLONE_FLAGS;
-		sentinel_enter.delete(&tid);
+		snt_enter.delete(&tid);
 	}
 	sentinel_submit(rec, sizeof(*e), 0);
 	return 0;
 }
 
-int sentinel_exit(struct bpf_raw_tracepoint_args *ctx)
+int snt_exit(struct bpf_raw_tracepoint_args *ctx)
 {
 	struct task_struct *task = (struct task_struct *)ctx->args[0];
 	struct signal_struct *signal = SENTINEL_FIELD(task, signal);
@@ -433,12 +433,12 @@ static __always_inline int sentinel_cwd_changed(struct sentinel_sys_exit_args *a
 	return 0;
 }
 
-int sentinel_chdir_exit(struct sentinel_sys_exit_args *args)
+int snt_chdir_exit(struct sentinel_sys_exit_args *args)
 {
 	return sentinel_cwd_changed(args, 0);
 }
 
-int sentinel_fchdir_exit(struct sentinel_sys_exit_args *args)
+int snt_fchdir_exit(struct sentinel_sys_exit_args *args)
 {
 	return sentinel_cwd_changed(args, SENTINEL_F_FCHDIR);
 }

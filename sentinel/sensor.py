@@ -48,19 +48,19 @@ class Program:
 _EXEC = frozenset({"execve", "execveat"})
 _CLONE = frozenset({"clone", "clone3", "fork", "vfork"})
 PROGRAMS: tuple[Program, ...] = (
-    Program("sentinel_exec", RAW_TRACEPOINT, "sched_process_exec", _EXEC),
-    Program("sentinel_execve_enter", TRACEPOINT, "syscalls:sys_enter_execve", _EXEC),
-    Program("sentinel_execveat_enter", TRACEPOINT, "syscalls:sys_enter_execveat", _EXEC),
-    Program("sentinel_execve_exit", TRACEPOINT, "syscalls:sys_exit_execve", _EXEC),
-    Program("sentinel_execveat_exit", TRACEPOINT, "syscalls:sys_exit_execveat", _EXEC),
-    Program("sentinel_fork", RAW_TRACEPOINT, "sched_process_fork", _CLONE),
-    Program("sentinel_clone_enter", TRACEPOINT, "syscalls:sys_enter_clone", _CLONE),
-    Program("sentinel_clone3_enter", TRACEPOINT, "syscalls:sys_enter_clone3", _CLONE),
-    Program("sentinel_fork_enter", TRACEPOINT, "syscalls:sys_enter_fork", _CLONE),
-    Program("sentinel_vfork_enter", TRACEPOINT, "syscalls:sys_enter_vfork", _CLONE),
-    Program("sentinel_exit", RAW_TRACEPOINT, "sched_process_exit", frozenset({"procexit"})),
-    Program("sentinel_chdir_exit", TRACEPOINT, "syscalls:sys_exit_chdir", frozenset({"chdir"})),
-    Program("sentinel_fchdir_exit", TRACEPOINT, "syscalls:sys_exit_fchdir", frozenset({"fchdir"})),
+    Program("snt_exec", RAW_TRACEPOINT, "sched_process_exec", _EXEC),
+    Program("snt_execve_enter", TRACEPOINT, "syscalls:sys_enter_execve", _EXEC),
+    Program("snt_execveat_enter", TRACEPOINT, "syscalls:sys_enter_execveat", _EXEC),
+    Program("snt_execve_exit", TRACEPOINT, "syscalls:sys_exit_execve", _EXEC),
+    Program("snt_execveat_exit", TRACEPOINT, "syscalls:sys_exit_execveat", _EXEC),
+    Program("snt_fork", RAW_TRACEPOINT, "sched_process_fork", _CLONE),
+    Program("snt_clone_enter", TRACEPOINT, "syscalls:sys_enter_clone", _CLONE),
+    Program("snt_clone3_enter", TRACEPOINT, "syscalls:sys_enter_clone3", _CLONE),
+    Program("snt_fork_enter", TRACEPOINT, "syscalls:sys_enter_fork", _CLONE),
+    Program("snt_vfork_enter", TRACEPOINT, "syscalls:sys_enter_vfork", _CLONE),
+    Program("snt_exit", RAW_TRACEPOINT, "sched_process_exit", frozenset({"procexit"})),
+    Program("snt_chdir_exit", TRACEPOINT, "syscalls:sys_exit_chdir", frozenset({"chdir"})),
+    Program("snt_fchdir_exit", TRACEPOINT, "syscalls:sys_exit_fchdir", frozenset({"fchdir"})),
 )
 
 
@@ -196,7 +196,7 @@ class Sensor:
         """Records the kernel could not queue (ring buffer full), per opcode."""
         if self._bpf is None:
             return {}
-        table = self._bpf[b"sentinel_lost"]
+        table = self._bpf[b"snt_lost"]
         counts = {}
         for op in range(abi.OP_SLOTS):
             total = sum(int(v) for v in table[ctypes.c_uint(op)])
@@ -210,7 +210,7 @@ class Sensor:
 
     # ---- internals
     def _fill_env_keep(self, keys: list[bytes]) -> None:
-        trie = self._bpf[b"sentinel_env_keep"]
+        trie = self._bpf[b"snt_env_keep"]
         for key_bytes in keys:
             key = trie.Key()
             key.prefixlen = len(key_bytes) * 8

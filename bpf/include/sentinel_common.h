@@ -5,6 +5,9 @@
  * relying on bcc's rewriting of `a->b`, which does not follow pointers taken from raw
  * tracepoint arguments. Kernel differences are handled with SENTINEL_HAVE_* macros that
  * userspace probes from BTF and passes as cflags.
+ *
+ * Programs and maps are named snt_* (the convention sentinel.kernel.hygiene recognises in
+ * bpftool's output); C helpers and types keep the sentinel_ prefix.
  */
 #ifndef SENTINEL_COMMON_H
 #define SENTINEL_COMMON_H
@@ -44,11 +47,11 @@ struct sentinel_record_buf {
 };
 _Static_assert(SENTINEL_RECORD_MAX <= SENTINEL_RECORD_BUF, "scratch record too small");
 
-BPF_RINGBUF_OUTPUT(sentinel_events, SENTINEL_RINGBUF_PAGES);
+BPF_RINGBUF_OUTPUT(snt_events, SENTINEL_RINGBUF_PAGES);
 /* Records the ring buffer refused (full), per opcode; summed over CPUs by userspace. */
-BPF_PERCPU_ARRAY(sentinel_lost, u64, SENTINEL_OP_SLOTS);
+BPF_PERCPU_ARRAY(snt_lost, u64, SENTINEL_OP_SLOTS);
 /* Where a record is built before it is copied into the ring buffer with its real size. */
-BPF_PERCPU_ARRAY(sentinel_scratch, struct sentinel_record_buf, 1);
+BPF_PERCPU_ARRAY(snt_scratch, struct sentinel_record_buf, 1);
 
 /* Syscall tracepoint contexts: the layout every kernel since 4.x uses for syscalls:*. */
 struct sentinel_sys_enter_args {
@@ -68,7 +71,7 @@ struct sentinel_sys_exit_args {
 static __always_inline char *sentinel_record(void)
 {
 	u32 zero = 0;
-	struct sentinel_record_buf *buf = sentinel_scratch.lookup(&zero);
+	struct sentinel_record_buf *buf = snt_scratch.lookup(&zero);
 	return buf ? buf->data : 0;
 }
 
@@ -106,8 +109,8 @@ static __always_inline void sentinel_submit(char *rec, u32 body_size, u32 tail_l
 	/* the mask in asm so the verifier sees it on the register passed to the helper */
 	asm volatile("%[size] &= 0x7fff" : [size] "+r"(size));
 	u32 op = hdr->op;
-	if (sentinel_events.ringbuf_output(rec, size, 0) != 0) {
-		u64 *lost = sentinel_lost.lookup(&op);
+	if (snt_events.ringbuf_output(rec, size, 0) != 0) {
+		u64 *lost = snt_lost.lookup(&op);
 		if (lost)
 			__sync_fetch_and_add(lost, 1);
 	}
@@ -120,12 +123,12 @@ struct sentinel_cursor {
 	u32 off;
 	u32 flags;
 };
-BPF_PERCPU_ARRAY(sentinel_cursors, struct sentinel_cursor, 1);
+BPF_PERCPU_ARRAY(snt_cursors, struct sentinel_cursor, 1);
 
 static __always_inline struct sentinel_cursor *sentinel_cursor_reset(void)
 {
 	u32 zero = 0;
-	struct sentinel_cursor *cur = sentinel_cursors.lookup(&zero);
+	struct sentinel_cursor *cur = snt_cursors.lookup(&zero);
 	if (cur) {
 		cur->off = 0;
 		cur->flags = 0;

@@ -3,7 +3,7 @@
 The bcc callback only copies the record's bytes into a batch (about 1 us each); the batch
 is handed to the consumer after each poll, so the per-record cost on the kernel side of
 the queue stays minimal and a slow consumer never stalls the ring buffer callback.
-bcc 0.26 has no lost-record callback: drops are counted in the kernel (sentinel_lost).
+bcc 0.26 has no lost-record callback: drops are counted in the kernel (snt_lost).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ log = get_logger("sentinel.kernel.ringbuf")
 class RingBufferReader:
     """Polls `map_name` of a loaded bcc.BPF; `take()` returns the records seen so far."""
 
-    def __init__(self, bpf, map_name: str = "sentinel_events", poll_ms: int = 100) -> None:
+    def __init__(self, bpf, map_name: str = "snt_events", poll_ms: int = 100) -> None:
         self._bpf = bpf
         self._poll_ms = poll_ms
         self._batches: deque[list[bytes]] = deque()

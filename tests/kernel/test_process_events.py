@@ -25,6 +25,7 @@ import pytest
 from sentinel.config import Config, SensorConfig
 from sentinel.events import abi
 from sentinel.events.interest import Interest
+from sentinel.kernel import hygiene
 from sentinel.sensor import PROGRAMS, Sensor
 
 pytestmark = pytest.mark.kernel
@@ -386,21 +387,35 @@ def test_pid_namespace_view(collector):
     assert proc.is_vpgid_leader is False
 
 
-def _program_ids_held_here() -> set[int]:
-    """BPF program ids this process holds a file descriptor of (from /proc/self/fdinfo)."""
+def _program_ids_held_here(kind: str = "prog") -> set[int]:
+    """BPF program (or map) ids this process holds a file descriptor of (/proc/self/fdinfo)."""
     ids = set()
     for fd in os.listdir("/proc/self/fdinfo"):
         try:
             with open("/proc/self/fdinfo/" + fd) as info:
-                ids.update(int(line.split()[1]) for line in info if line.startswith("prog_id:"))
+                ids.update(int(line.split()[1]) for line in info if line.startswith(kind + "_id:"))
         except OSError:
             continue
     return ids
 
 
+def _bpftool_show(kind: str = "prog") -> dict[int, str]:
+    shown = subprocess.run(["bpftool", "-j", kind, "show"], capture_output=True, text=True, check=True).stdout
+    return {p["id"]: p.get("name", "") for p in json.loads(shown or "[]")}
+
+
 def _loaded_program_ids() -> set[int]:
-    shown = subprocess.run(["bpftool", "-j", "prog", "show"], capture_output=True, text=True, check=True).stdout
-    return {p["id"] for p in json.loads(shown or "[]")}
+    return set(_bpftool_show("prog"))
+
+
+def test_every_program_and_map_is_named_as_sentinel_s(sensor):
+    """What bpftool shows of the loaded object passes the hygiene naming convention."""
+    names = []
+    for kind in ("prog", "map"):
+        shown = _bpftool_show(kind)
+        names += [shown[i] for i in _program_ids_held_here(kind) if i in shown]
+    assert len(names) >= len(PROGRAMS) + 4
+    assert hygiene.names_breaking_convention(names) == []
 
 
 def test_full_ring_buffer_counts_lost_records_and_close_detaches(sensor):
