@@ -9,8 +9,13 @@ the test removes).
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
+import signal
+import socket
 import subprocess
+import sys
 import time
 import uuid
 from dataclasses import dataclass
@@ -185,3 +190,59 @@ def test_a_failed_exec_raises_no_process_creation_alert(ruleset, sensor, workdir
     assert not [rule.name for rule in ruleset.match(failed) if rule.source == "sigma"]
     succeeded = Event("execve", failed.proc, res=0)
     assert "Bash Interactive Shell" in {rule.name for rule in ruleset.match(succeeded)}
+
+
+def test_sentinel_run_with_sigma_rules_writes_sigma_alerts(workdir):
+    """`sentinel run --rules <Sigma folder> --rules <Falco file>`: a real alert line, source sigma."""
+    repo = Path(__file__).resolve().parents[2]
+    notify_path = workdir / "notify.sock"
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(str(notify_path))
+    notify.settimeout(1.0)
+    alerts_path = workdir / "alerts.json"
+    config_path = workdir / "sentinel.yaml"
+    config_path.write_text("control:\n  socket: %s\n" % (workdir / "control.sock"))
+    command = [
+        sys.executable, "-m", "sentinel.cli", "run", "--config", str(config_path), "--db", str(workdir / "events.db"),
+        "--alerts-file", str(alerts_path), "--rules", str(CORPUS), "--rules", str(repo / "rules" / "sentinel_rules.yaml"),
+    ]
+    log_path = workdir / "agent.log"
+    with open(log_path, "wb") as log:
+        agent = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=repo,
+                                 env=dict(os.environ, NOTIFY_SOCKET=str(notify_path)))
+    try:
+        deadline = time.monotonic() + 120
+        notifications = ""
+        while "READY=1" not in notifications:
+            assert agent.poll() is None and time.monotonic() < deadline, log_path.read_text()[-3000:]
+            try:
+                notifications += notify.recv(4096).decode()
+            except TimeoutError:
+                pass
+        target = workdir / ("immutable-" + uuid.uuid4().hex)
+        target.write_text("x")
+        subprocess.run(["chattr", "-i", str(target)], executable="/usr/bin/chattr", check=False,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        alert = None
+        deadline = time.monotonic() + WAIT_SECONDS
+        while alert is None and time.monotonic() < deadline:
+            lines = alerts_path.read_text().splitlines() if alerts_path.exists() else []
+            for line in lines:
+                record = json.loads(line)
+                if record["rule"] == "Remove Immutable File Attribute" and str(target) in record["output"]:
+                    alert = record
+            time.sleep(0.1)
+        assert alert is not None, log_path.read_text()[-3000:]
+        assert alert["source"] == "sigma"
+        assert alert["priority"] == "Warning"  # Sigma level medium
+        assert {"attack.t1222.002", "sigma"} <= set(alert["tags"])
+        assert alert["output_fields"]["proc.exepath"] == "/usr/bin/chattr"
+        assert alert["output"].startswith("Remove Immutable File Attribute (sigma 34979410-e4b5-4e5d-8cfb-389fdff05c12) ")
+    finally:
+        agent.send_signal(signal.SIGTERM)
+        try:
+            agent.wait(60)
+        except subprocess.TimeoutExpired:
+            agent.kill()
+            agent.wait()
+        notify.close()
