@@ -178,44 +178,42 @@ class Decoder:
         position += args_len
         env = _strings(data, position, env_len)
         syscall = "execveat" if flags & abi.F_EXECVEAT else "execve"
-        proc = Process(
-            pid,
-            start_ns,
-            tid=old_pid,
-            ppid=ppid,
-            vpid=vpid,
-            pgid=pgid,
-            vpgid=vpgid,
-            sid=sid,
-            comm=_text(comm.split(b"\0", 1)[0]),
-            exe=argv[0] if argv else filename,
-            exepath=exepath,
-            filename=filename,
-            interpreter=interp if interp != filename else "",
-            args=tuple(argv[1:]),
-            args_truncated=bool(flags & abi.F_ARGS_TRUNC),
-            env=tuple(env),
-            cwd=cwd,
-            tty=tty,
-            uid=uid,
-            gid=gid,
-            euid=euid,
-            egid=egid,
-            loginuid=loginuid,
-            cap_permitted=cap_permitted,
-            cap_effective=cap_effective,
-            cap_inheritable=cap_inheritable,
-            cgroup_id=cgroup_id,
-            exe_ino=exe_ino,
-            exe_dev=exe_dev,
-            exe_mtime_ns=exe_mtime_ns,
-            exe_ctime_ns=exe_ctime_ns,
-            exe_from_memfd=bool(flags & abi.F_EXE_MEMFD),
-            exe_upper_layer=bool(flags & abi.F_EXE_UPPER),
-            exe_writable=exe_writable(exe_mode, exe_uid, exe_gid, euid, egid, cap_effective),
-            is_vpgid_leader=vpid == vpgid,
-            exec_syscall=syscall,
-        )
+        # attribute stores, not keyword arguments: half the cost on the busiest record type
+        proc = Process(pid, start_ns)
+        proc.tid = old_pid
+        proc.ppid = ppid
+        proc.vpid = vpid
+        proc.pgid = pgid
+        proc.vpgid = vpgid
+        proc.sid = sid
+        proc.comm = _text(comm.split(b"\0", 1)[0])
+        proc.exe = argv[0] if argv else filename
+        proc.exepath = exepath
+        proc.filename = filename
+        proc.interpreter = interp if interp != filename else ""
+        proc.args = tuple(argv[1:])
+        proc.args_truncated = bool(flags & abi.F_ARGS_TRUNC)
+        proc.env = tuple(env)
+        proc.cwd = cwd
+        proc.tty = tty
+        proc.uid = uid
+        proc.gid = gid
+        proc.euid = euid
+        proc.egid = egid
+        proc.loginuid = loginuid
+        proc.cap_permitted = cap_permitted
+        proc.cap_effective = cap_effective
+        proc.cap_inheritable = cap_inheritable
+        proc.cgroup_id = cgroup_id
+        proc.exe_ino = exe_ino
+        proc.exe_dev = exe_dev
+        proc.exe_mtime_ns = exe_mtime_ns
+        proc.exe_ctime_ns = exe_ctime_ns
+        proc.exe_from_memfd = bool(flags & abi.F_EXE_MEMFD)
+        proc.exe_upper_layer = bool(flags & abi.F_EXE_UPPER)
+        proc.exe_writable = exe_writable(exe_mode, exe_uid, exe_gid, euid, egid, cap_effective)
+        proc.is_vpgid_leader = vpid == vpgid
+        proc.exec_syscall = syscall
         event = Event(
             syscall,
             proc,
