@@ -774,5 +774,6 @@ def _anchored_regex(flags: str, body: str) -> str:
 
 
 def _search_regex(flags: str, pattern: str) -> str:
-    """A regex that may match anywhere in the value (Sigma `|re` is a search)."""
-    return ("(?%s)" % flags if flags else "") + pattern
+    """A regex that may match anywhere in the value (Sigma `|re` is a search); the engine's
+    `regex` matches the whole value, as Falco's does, so the pattern is wrapped."""
+    return ("(?%s)" % flags if flags else "") + "(?s:.*?)(?:%s)(?s:.*)" % pattern
