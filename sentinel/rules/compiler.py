@@ -533,7 +533,8 @@ class BucketCodegen:
             return "(%s is not None and %s(%s) is not None)" % (first, matcher, later)
         if op == "regex":
             try:
-                matcher = self.ns.add(re.compile(constant).search, "g")
+                # Falco anchors regexes at both ends (RE2 ANCHOR_BOTH)
+                matcher = self.ns.add(re.compile(constant).fullmatch, "g")
             except re.error as exc:
                 raise CompileError("invalid regular expression %r: %s" % (constant, exc)) from None
             return "(%s is not None and %s(%s) is not None)" % (first, matcher, later)

@@ -280,14 +280,38 @@ _field("evt.rawtime", "abstime", "event time, ns since the epoch", "bpf_ktime_ge
 _field("evt.res", "string", "result: SUCCESS, or the errno name (ENOENT...)", "syscall return value at sys_exit", lambda e: render.errno_name(e.res))
 _field("evt.rawres", "int", "result as a number", "syscall return value at sys_exit", lambda e: e.res)
 _field("evt.failed", "bool", "the syscall returned an error", "syscall return value < 0 at sys_exit", lambda e: e.res < 0)
-_field("evt.is_open_read", "bool", "an open for reading (O_RDONLY or O_RDWR)", "open flags read at sys_enter, kept until exit; absent for non-open events",
-       lambda e: render.is_open_read(e.args.get("flags", 0)) if e.type in OPEN_EVENT_TYPES else None)
-_field("evt.is_open_write", "bool", "an open for writing (O_WRONLY or O_RDWR)", "open flags read at sys_enter; absent for non-open events",
-       lambda e: render.is_open_write(e.args.get("flags", 0)) if e.type in OPEN_EVENT_TYPES else None)
-_field("evt.is_open_create", "bool", "an open that created the file", "FMODE_CREATED in file->f_mode at sys_exit; absent for non-open events",
-       lambda e: bool(e.fd is not None and e.fd.created) if e.type in OPEN_EVENT_TYPES else None)
-_field("evt.is_open_exec", "bool", "an open that creates a file with an execute bit", "open flags and mode read at sys_enter; absent for non-open events",
-       lambda e: bool(e.args.get("flags", 0) & render.O_CREAT and e.args.get("mode", 0) & 0o111) if e.type in OPEN_EVENT_TYPES else None)
+_OPEN_FLAG_TYPES = frozenset({"open", "openat", "openat2", "open_by_handle_at"})  # creat has no flags argument
+
+
+def _open_flags(event: Event) -> int:
+    return event.args.get("flags", 0) if event.type in _OPEN_FLAG_TYPES else 0
+
+
+def _is_open_exec(event: Event) -> bool:
+    if event.type == "creat":
+        return bool(event.args.get("mode", 0) & 0o111)
+    if event.type not in _OPEN_FLAG_TYPES or event.type == "open_by_handle_at":
+        return False
+    flags = event.args.get("flags", 0)
+    if flags & (render.O_CREAT | render.O_TMPFILE):
+        return bool(event.args.get("mode", 0) & 0o111)
+    return False
+
+
+def _is_open_create(event: Event) -> bool:
+    if event.type not in _OPEN_FLAG_TYPES:
+        return False
+    if event.fd is not None and event.fd.created:
+        return True
+    return bool(_open_flags(event) & render.O_TMPFILE == render.O_TMPFILE and event.res >= 0)
+
+
+_field("evt.is_open_read", "bool", "an open for reading (O_RDONLY or O_RDWR); false for other events", "open flags read at sys_enter, kept until exit",
+       lambda e: e.type in _OPEN_FLAG_TYPES and render.is_open_read(_open_flags(e)))
+_field("evt.is_open_write", "bool", "an open for writing (O_WRONLY or O_RDWR); false for other events", "open flags read at sys_enter, kept until exit",
+       lambda e: e.type in _OPEN_FLAG_TYPES and render.is_open_write(_open_flags(e)))
+_field("evt.is_open_exec", "bool", "an open or creat that creates a file with an execute bit in its mode", "open flags and mode read at sys_enter", _is_open_exec)
+_field("evt.is_open_create", "bool", "an open that created the file", "FMODE_CREATED on the new file at sys_exit (or O_TMPFILE and success)", _is_open_create)
 
 
 def _render_arg(event: Event, name: str, value: Any) -> str:
