@@ -25,7 +25,7 @@ import pytest
 from sentinel.config import Config, SensorConfig
 from sentinel.events import abi
 from sentinel.events.interest import Interest
-from sentinel.kernel import hygiene
+from sentinel.kernel import hygiene, probe
 from sentinel.sensor import PROGRAMS, Sensor
 
 pytestmark = pytest.mark.kernel
@@ -83,6 +83,18 @@ def token() -> str:
     return uuid.uuid4().hex
 
 
+def _status_hex(field: str) -> int:
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1], 16) for line in status if line.startswith(field + ":"))
+
+
+def _cgroup2_id() -> int:
+    """cgroup v2 id of this process: the inode of its unified-hierarchy directory."""
+    with open("/proc/self/cgroup") as f:
+        path = next(line.split("::", 1)[1].strip() for line in f if line.startswith("0::"))
+    return os.stat(probe.cgroup2_mount() + path).st_ino
+
+
 def exec_of(args_token: str, comm: str | None = None):
     """A successful exec with `args_token` among its arguments (and that comm, if given)."""
     return (
@@ -119,7 +131,12 @@ def test_exec_with_unique_argv(collector, tmp_path):
     assert (proc.uid, proc.euid, proc.gid, proc.egid) == (os.getuid(), os.geteuid(), os.getgid(), os.getegid())
     assert proc.pgid == os.getpgid(0) and proc.sid == os.getsid(0)
     assert proc.vpid == proc.pid  # no pid namespace here
-    assert proc.cap_effective == proc.cap_permitted != 0  # root
+    # root exec: the new permitted and effective sets are the bounding set
+    assert proc.cap_permitted == proc.cap_effective == _status_hex("CapBnd")
+    assert proc.cap_inheritable == _status_hex("CapInh")
+    with open("/proc/self/loginuid") as f:
+        assert proc.loginuid == int(f.read())
+    assert proc.cgroup_id == _cgroup2_id()
     assert proc.parent is not None and proc.parent.pid == os.getpid()
     assert abs(event.time_ns - time.time_ns()) < 30 * 10**9
     assert proc.exe_from_memfd is False and proc.args_truncated is False
@@ -433,3 +450,9 @@ def test_full_ring_buffer_counts_lost_records_and_close_detaches(sensor):
     finally:
         small.close()
     assert not (_loaded_program_ids() & loaded)  # detached and freed by the kernel
+
+
+def test_loginuid_set_by_a_login_is_reported(collector):
+    mark = token()
+    subprocess.run(["/bin/sh", "-c", "echo 1234 > /proc/self/loginuid && exec /bin/true %s" % mark], check=True)
+    assert collector.wait_for(exec_of(mark)).proc.loginuid == 1234
