@@ -128,6 +128,38 @@ def trace(event_types: tuple[str, ...], as_json: bool, config_path: str | None) 
     sys.exit(tracing.run(config.load(config_path), event_types, as_json, sys.stdout))
 
 
+@main.command()
+@click.option("--container", metavar="ID", help="Only the processes of this container (its id, or 'host').")
+@click.option("--pid", type=int, metavar="PID", help="Only this process and its ancestors.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line, with every field.")
+@click.option("--config", "config_path", metavar="FILE", type=click.Path(dir_okay=False), help="Configuration file.")
+def ps(container: str | None, pid: int | None, as_json: bool, config_path: str | None) -> None:
+    """Show running processes as rules will see them: ancestry, user names resolved in each
+    process's own root, container ids. Reads /proc only; nothing is loaded into the kernel.
+
+    Example: sudo sentinel ps --container 3f4c2b1a0e9d
+    """
+    import json
+    import shutil
+
+    from sentinel import config
+    from sentinel.enrich import pstree
+    from sentinel.enrich.proctable import ProcessTable
+
+    table = ProcessTable(config.load(config_path).sensor)
+    table.bootstrap()
+    procs = pstree.select(table.processes(), container=container, pid=pid)
+    if pid is not None and not procs:
+        raise click.ClickException("no process %d" % pid)
+    if as_json:
+        lines = (json.dumps(pstree.process_record(proc)) for proc in procs)
+    else:
+        width = shutil.get_terminal_size().columns if sys.stdout.isatty() else None
+        lines = pstree.format_tree(procs, width)
+    for line in lines:
+        click.echo(line)
+
+
 # --- reading the event store ------------------------------------------------------------------
 
 _db_option = click.option(
