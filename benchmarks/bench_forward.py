@@ -17,7 +17,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from sentinel.actions.forward import Forwarder, HostIdentity, alert_record
+from sentinel.actions.alert import HostIdentity, alert_record
+from sentinel.actions.forward import Forwarder
 from sentinel.actions.forward.outbox import Outbox
 from sentinel.actions.forward.settings import parse_output
 
@@ -31,7 +32,8 @@ def make_records(count: int) -> list[dict]:
     fields = {"proc.name": "cat", "proc.pid": 4242, "proc.cmdline": "cat /etc/shadow", "fd.name": "/etc/shadow",
               "user.name": "root", "container.id": "host", "proc.pname": "bash", "proc.exepath": "/usr/bin/cat"}
     return [
-        alert_record(IDENTITY, rule="Read sensitive file untrusted", priority="warning",
+        alert_record(host=IDENTITY, ruleset_version="bench", time_ns=time.time_ns(),
+                     rule="Read sensitive file untrusted", priority="warning",
                      output="Sensitive file opened for reading by non-trusted program (file=/etc/shadow n=%d)" % n,
                      output_fields=dict(fields, n=n), tags=("filesystem", "mitre_credential_access"))
         for n in range(count)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -11,9 +12,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from receivers import HTTPReceiver, Rsyslog, make_test_pki  # noqa: E402
 
-from sentinel.actions.forward import HostIdentity, alert_record  # noqa: E402
+from sentinel.actions.alert import HostIdentity, alert_record  # noqa: E402
 
-IDENTITY = HostIdentity(hostname="test-host", machine_id="m" * 32, boot_id="b-o-o-t", ruleset_version="r1")
+IDENTITY = HostIdentity(hostname="test-host", machine_id="m" * 32, boot_id="b-o-o-t")
 
 
 def make_alert(number: int = 0, **changes) -> dict:
@@ -22,7 +23,7 @@ def make_alert(number: int = 0, **changes) -> dict:
     values = dict(rule="Read sensitive file", priority="warning", output="alert number %d" % number,
                   output_fields=fields, tags=("filesystem", "mitre_credential_access"))
     values.update(changes)
-    return alert_record(IDENTITY, **values)
+    return alert_record(host=IDENTITY, ruleset_version="r1", time_ns=time.time_ns(), **values)
 
 
 @pytest.fixture(scope="session")

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import sys
 
-from sentinel.actions.forward import Forwarder, HostIdentity, alert_record
+import time
+
+from sentinel.actions.alert import HostIdentity, alert_record
+from sentinel.actions.forward import Forwarder
 from sentinel.actions.forward.settings import parse_output
 
 
@@ -20,7 +23,8 @@ def main() -> None:
     forwarder = Forwarder([output], outbox, identity=identity)
     forwarder.start()
     forwarder.submit_many(
-        alert_record(identity, rule="r", priority="warning", output="n=%d" % n, output_fields={"n": n}) for n in range(count)
+        alert_record(host=identity, ruleset_version="", time_ns=time.time_ns(), rule="r", priority="warning",
+                     output="n=%d" % n, output_fields={"n": n}, tags=()) for n in range(count)
     )
     forwarder.flush(30)
     print("submitted", flush=True)

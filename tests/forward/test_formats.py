@@ -10,7 +10,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from sentinel.actions.forward import formats
-from sentinel.actions.forward.records import event_record, rfc3339_ns, parse_rfc3339_ns
+from sentinel.actions.alert import rfc3339_ns
+from sentinel.actions.forward.records import event_record, parse_rfc3339_ns
 from conftest import IDENTITY
 
 HOSTILE = "line1\nline2\r\x1b[31mred\x1b[0m | pipe = eq \\ back ] bracket \" quote \x9b csi \x7f del"

@@ -127,6 +127,8 @@ def test_tcp_receiver_restart_is_detected_before_the_next_batch(tmp_path, rsyslo
     try:
         forwarder.submit_many(make_alert(n) for n in range(5))
         assert forwarder.wait_delivered(20)
+        # plain TCP has no acknowledgement: let rsyslog write them before stopping it
+        assert wait_for(lambda: len(received_ids(rsyslog, "tcp")) == 5)
         rsyslog.stop()
         rsyslog.start()
         later = [make_alert(n) for n in range(5, 10)]

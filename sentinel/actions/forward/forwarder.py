@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Callable, Iterable
 
 from sentinel.actions.forward.outbox import Outbox
-from sentinel.actions.forward.records import HostIdentity, alert_record
+from sentinel.actions.alert import HostIdentity, alert_record
 from sentinel.actions.forward.settings import CommonSettings, parse_output
 from sentinel.actions.forward.transports import DeliveryError, Transport, make_transport
 from sentinel.config import Config, OutputConfig
@@ -151,6 +151,7 @@ class Forwarder:
         flush_seconds: float = 0.05,
         trim_seconds: float = 5.0,
         identity: HostIdentity | None = None,
+        ruleset_version: str = "",
         on_loss: Callable[[str, int], None] | None = None,
         max_pending: int = 200_000,
     ) -> None:
@@ -164,7 +165,8 @@ class Forwarder:
         self.outbox = Outbox(outbox_path, max_rows=max_rows, max_age_seconds=max_age_seconds)
         self.flush_seconds = flush_seconds
         self.trim_seconds = trim_seconds
-        self.identity = identity or HostIdentity.detect()
+        self.identity = identity or HostIdentity.current()
+        self.ruleset_version = ruleset_version
         self.on_loss = on_loss or self._submit_loss_alert
         self._pending: deque[dict] = deque()
         self.max_pending = max_pending
@@ -307,7 +309,9 @@ class Forwarder:
     def _submit_loss_alert(self, output: str, count: int) -> None:
         self.submit(
             alert_record(
-                self.identity,
+                host=self.identity,
+                ruleset_version=self.ruleset_version,
+                time_ns=time.time_ns(),
                 rule=LOSS_RULE,
                 priority="error",
                 output="sentinel lost %d records for output %s before delivery (outbox bound reached)" % (count, output),

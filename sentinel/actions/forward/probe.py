@@ -12,8 +12,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from sentinel.actions.alert import HostIdentity, alert_record
 from sentinel.actions.forward.forwarder import Forwarder
-from sentinel.actions.forward.records import HostIdentity, alert_record
 from sentinel.actions.forward.settings import parse_output
 from sentinel.config import Config
 from sentinel.errors import ConfigError
@@ -40,9 +40,11 @@ def send_test_alert(config: Config, name: str, timeout: float = 10.0) -> ProbeRe
     settings = parse_output(chosen[0].name, chosen[0].type, chosen[0].options)
     # The filter must not hide the test alert; everything else stays as configured.
     settings = dataclasses.replace(settings, min_priority="debug", rules=(), tags=(), backoff_initial=0.2, backoff_max=1.0)
-    identity = HostIdentity.detect()
+    identity = HostIdentity.current()
     record = alert_record(
-        identity,
+        host=identity,
+        ruleset_version="",
+        time_ns=time.time_ns(),
         rule=TEST_RULE,
         priority="emergency",
         output="sentinel forwarding test to output %s (not a real alert)" % name,
