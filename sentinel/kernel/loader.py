@@ -7,7 +7,6 @@ same C builds on kernels with real headers (Debian 6.1) and on header-less ones.
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
