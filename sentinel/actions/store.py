@@ -557,6 +557,9 @@ class _ProcessSink:
         self.path = path
         self.config = config
         self.restarts = 0
+        # The common failures, found here without the cost of a process start.
+        check_config(config)
+        _prepare_location(path, config.group)
         self._start()
 
     def _start(self) -> None:

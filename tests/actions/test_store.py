@@ -567,3 +567,12 @@ def test_unusable_store_settings_are_config_errors(db_path, change, message):
     with pytest.raises(ConfigError, match=message):
         Store(db_path, StoreConfig(**change))
     assert not os.path.exists(db_path)  # refused before anything is created
+
+
+def test_store_process_that_cannot_open_the_store_reports_why(tmp_path):
+    blocked = tmp_path / "file-not-dir"
+    blocked.write_text("")
+    path = str(blocked / "events.db")
+    with pytest.raises(StoreError, match="is not a directory") as error:
+        StoreWriter(path, StoreConfig(), separate_process=True)
+    assert error.value.location.path == path
