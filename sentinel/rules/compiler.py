@@ -278,6 +278,66 @@ def _operand_items(value: ast.Operand) -> tuple[str, ...]:
     return value.items
 
 
+_MERGEABLE = {"startswith": "startswith", "endswith": "endswith", "=": "in", "==": "in", "in": "in", "intersects": "in"}
+
+
+def merge_alternatives(node: ast.Expr, interner: Interner, bind: Callable[[ast.FieldRef], BoundField],
+                       memo: dict[int, ast.Expr]) -> ast.Expr:
+    """`a startswith x or a startswith y` -> one check with both prefixes; `a = x or a in (y, z)`
+    -> `a in (x, y, z)`: one field read and one C-level call instead of a chain."""
+    cached = memo.get(id(node))
+    if cached is not None:
+        return cached
+    if isinstance(node, ast.And):
+        result = interner.and_(merge_alternatives(c, interner, bind, memo) for c in node.children)
+    elif isinstance(node, ast.Not):
+        result = interner.not_(merge_alternatives(node.child, interner, bind, memo))
+    elif isinstance(node, ast.Or):
+        children = [merge_alternatives(c, interner, bind, memo) for c in node.children]
+        groups: dict[tuple, list[ast.BinaryCheck]] = {}
+        for child in children:
+            key = _merge_key(child, bind)
+            if key is not None:
+                groups.setdefault(key, []).append(child)  # type: ignore[arg-type]
+        merged: list[ast.Expr] = []
+        done: set[tuple] = set()
+        for child in children:
+            key = _merge_key(child, bind)
+            if key is None or len(groups[key]) < 2:
+                merged.append(child)
+                continue
+            if key in done:
+                continue
+            done.add(key)
+            items: list[str] = []
+            for check in groups[key]:
+                items.extend(item for item in _operand_items(check.value) if item not in items)
+            first = groups[key][0]
+            merged.append(interner.leaf(ast.BinaryCheck(first.field, key[1], ast.ValueList(tuple(items)), first.pos)))
+        result = interner.or_(merged)
+    else:
+        result = node
+    memo[id(node)] = result
+    return result
+
+
+def _merge_key(node: ast.Expr, bind: Callable[[ast.FieldRef], BoundField]) -> tuple | None:
+    if not isinstance(node, ast.BinaryCheck) or node.field.transformers:
+        return None
+    merged_op = _MERGEABLE.get(node.op)
+    if merged_op is None or not isinstance(node.value, (ast.Value, ast.ValueList)):
+        return None
+    if merged_op != "in" and not isinstance(node.value, ast.Value) and node.op not in ("startswith", "endswith"):
+        return None
+    try:
+        bound = bind(node.field)
+    except CompileError:
+        return None
+    if bound.kind != "single" or (merged_op != "in" and bound.type != "string"):
+        return None
+    return (bound.key, merged_op)
+
+
 def mentioned_event_types(node: ast.Expr) -> set[str]:
     return {item for n in ast.walk(node) if _is_event_type_check(n) for item in _operand_items(n.value)}
 
@@ -479,6 +539,10 @@ class BucketCodegen:
             return self.field_compare(node, bound, first, later)
         if isinstance(value, ast.ListRef):  # unresolved bare word: a one-item list
             value = ast.ValueList((value.name,))
+        if op in ("startswith", "endswith") and isinstance(value, ast.ValueList) and bound.kind == "single":
+            # several prefixes of one field merged by `merge_alternatives`: one str method call
+            self.check_operator(node, op, bound)
+            return "(%s is not None and %s.%s(%s))" % (first, later, op, repr(tuple(value.items)))
         if op in ast.LIST_OPS or isinstance(value, ast.ValueList):
             items = _operand_items(value)
             try:
@@ -550,7 +614,10 @@ class BucketCodegen:
         if op == "pmatch":
             prefixes = self.ns.add(tuple(items), "p")
             if bound.kind == "single":
-                return "_pmatch(%s, %s)" % (first, prefixes)
+                # the path is a prefix itself, or lies below one: a set lookup and one startswith
+                below = tuple(item if item.endswith("/") else item + "/" for item in items)
+                return "(%s in %s or (%s is not None and %s.startswith(%s)))" % (
+                    first, _literal(frozenset(items)), later, later, repr(below))
             return "_any(%s, lambda _a: _pmatch(_a, %s))" % (first, prefixes)
         if op not in ("in", "intersects"):
             raise CompileError("operator '%s' takes one value, not a list" % op, node.pos)

@@ -45,6 +45,7 @@ _OPEN_FLAG_ORDER = (
 _ACCESS_MODES = {0: "O_RDONLY", 1: "O_WRONLY", 2: "O_RDWR", 3: "O_RDWR"}
 
 
+@lru_cache(maxsize=1024)
 def open_flags(flags: int) -> str:
     """`O_TRUNC|O_CREAT|O_WRONLY`: Falco's rendering of open(2) flags (its table order)."""
     names = []

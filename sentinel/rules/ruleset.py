@@ -29,6 +29,7 @@ from sentinel.rules.compiler import (
     plan_indexes,
     bind_field,
     mentioned_event_types,
+    merge_alternatives,
     minimal_prefixes,
     narrowing,
     specialize,
@@ -469,6 +470,9 @@ def _build(rules: list[Rule], lists: dict, macros: dict, warnings: list[Problem]
     for rule in enabled:
         mentioned |= mentioned_event_types(interned[id(rule)])
     bucket_types = sorted(mentioned) + [_OTHER]
+    bound_fields: dict[str, BoundField] = {}
+    binder = BucketCodegen(_Namespace(), bound_fields)
+    merge_memo: dict[int, ast.Expr] = {}
     per_bucket: dict[str, list[tuple[Rule, ast.Expr]]] = {}
     rule_types: dict[int, set[str]] = {id(rule): set() for rule in enabled}
     for event_type in bucket_types:
@@ -476,6 +480,7 @@ def _build(rules: list[Rule], lists: dict, macros: dict, warnings: list[Problem]
         entries = []
         for rule in enabled:
             specialised = specialize(interned[id(rule)], None if event_type == _OTHER else event_type, interner, memo)
+            specialised = merge_alternatives(specialised, interner, binder.bound, merge_memo)
             if specialised is not interner.false:
                 entries.append((rule, specialised))
                 rule_types[id(rule)].add(event_type)
@@ -495,7 +500,6 @@ def _build(rules: list[Rule], lists: dict, macros: dict, warnings: list[Problem]
             rule.event_types = frozenset(types)
 
     namespace = _Namespace()
-    bound_fields: dict[str, BoundField] = {}
     buckets: dict[str, Callable[[Event], list[Rule]]] = {}
     sources: dict[str, str] = {}
     for number, (event_type, entries) in enumerate(per_bucket.items()):
