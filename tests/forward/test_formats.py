@@ -243,3 +243,14 @@ def test_time_round_trip_keeps_nanoseconds():
 def test_the_one_pass_serializer_matches_clean_then_dump(value):
     record = {"output": value, "tags": ("a", "b")}
     assert formats.clean_json(record) == formats.to_json(formats.clean(record))
+
+
+def test_fit_with_cef_payload_keeps_one_parseable_record():
+    record = formats.clean(make_alert(output="=|\\\n" * 16384, output_fields={"proc.cmdline": "x=" * 30000}))
+    render = lambda r: formats.rfc5424(r, facility=16, app_name="sentinel", payload=formats.cef)  # noqa: E731
+    message = formats.fit(record, render, 8192)
+    assert len(message) <= 8192
+    parts = split_5424(message)
+    header, fields = parse_cef(parts["msg"])
+    assert fields["externalId"] == record["id"] and fields["cn1"] == "1" and fields["cn1Label"] == "truncated"
+    assert fields["msg"].startswith("=|\\\n=|\\\n") and fields["msg"].endswith(" bytes]")

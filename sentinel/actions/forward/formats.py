@@ -83,19 +83,17 @@ def to_json(record: dict, ascii_only: bool = False) -> str:
 
 
 # ---------------------------------------------------------------- truncation
-def _largest_string(value: Any, path: tuple = ()) -> tuple[int, tuple]:
-    """(utf-8 size, path) of the largest string leaf; the `id` never counts."""
-    best = (-1, ())
+def _string_leaves(value: Any, path: tuple = ()) -> list[tuple[int, tuple]]:
+    """(utf-8 size, path) of every string leaf; the record's own keys (id, ...) never count."""
     if isinstance(value, str):
-        return (len(value.encode("utf-8", "surrogatepass")), path)
+        return [(len(value.encode("utf-8", "surrogatepass")), path)]
     items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    leaves = []
     for key, item in items:
         if path == () and key in ("id", "kind", "time", "truncated"):
             continue
-        candidate = _largest_string(item, path + (key,))
-        if candidate[0] > best[0]:
-            best = candidate
-    return best
+        leaves.extend(_string_leaves(item, path + (key,)))
+    return leaves
 
 
 def _cut(text: str, drop: int) -> str:
@@ -106,30 +104,41 @@ def _cut(text: str, drop: int) -> str:
     return kept + TRUNCATION_MARK % removed
 
 
-def fit(record: dict, render: Callable[[dict], bytes], limit: int) -> bytes:
-    """render(record), shrinking its largest strings with a marker until it fits `limit`.
+def _replace(record: dict, path: tuple, drop: int) -> None:
+    parent = record
+    for key in path[:-1]:
+        parent = parent[key]
+    parent[path[-1]] = _cut(parent[path[-1]], drop)
 
-    The record itself is not modified. Raises ValueError if it cannot fit (a limit too
-    small for the fixed parts), which the caller counts as a dropped record.
+
+def fit(record: dict, render: Callable[[dict], bytes], limit: int) -> bytes:
+    """render(record), shrinking its large strings with a marker until it fits `limit`.
+
+    A first pass shrinks every large string by the same ratio (each keeps its beginning);
+    then the largest one is cut until the rendering fits. The record itself is not
+    modified. Raises ValueError if it cannot fit (a limit too small for the fixed parts),
+    which the caller counts as a dropped record.
     """
     data = render(record)
     if len(data) <= limit:
         return data
     record = json.loads(json.dumps(record))  # private deep copy
     record["truncated"] = True
+    ratio = limit / len(data)
+    for size, path in _string_leaves(record):
+        if size > 512:
+            _replace(record, path, size - int(size * ratio * 0.8))
     for _attempt in range(64):
         data = render(record)
         excess = len(data) - limit
         if excess <= 0:
             return data
-        size, path = _largest_string(record)
+        leaves = _string_leaves(record)
+        size, path = max(leaves, key=lambda leaf: leaf[0]) if leaves else (0, ())
         if size <= 0:
             break
-        parent = record
-        for key in path[:-1]:
-            parent = parent[key]
         # Escaping can expand a string (CEF, syslog): cut a bit more than the excess.
-        parent[path[-1]] = _cut(parent[path[-1]], max(excess + 32, size // 8 if size > 4 * excess else excess + 32))
+        _replace(record, path, min(size, excess + 32))
     raise ValueError("record %s cannot fit in %d bytes" % (record.get("id"), limit))
 
 
