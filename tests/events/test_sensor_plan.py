@@ -1,0 +1,39 @@
+"""What the sensor attaches for an interest, and its configuration checks (no kernel needed)."""
+
+from __future__ import annotations
+
+import pytest
+
+from sentinel.config import Config, SensorConfig
+from sentinel.errors import ConfigError
+from sentinel.events.interest import PROCESS_LIFECYCLE, Interest
+from sentinel.sensor import PROGRAMS, Sensor, env_keep_keys, programs_for
+
+
+def test_the_process_lifecycle_is_always_attached():
+    always = {p.name for p in programs_for(frozenset())}
+    assert always == {p.name for p in PROGRAMS if p.event_types & PROCESS_LIFECYCLE}
+    assert "snt_exec" in always and "snt_exit" in always
+
+
+def test_every_program_serves_an_event_type_and_is_named_for_bpftool():
+    for program in PROGRAMS:
+        assert program.event_types, program.name
+        assert program.name.startswith("snt_")
+        assert program.kind in ("raw_tracepoint", "tracepoint")
+
+
+def test_env_keep_names_become_trie_prefixes():
+    assert env_keep_keys(("LD_PRELOAD", "PATH")) == [b"LD_PRELOAD=", b"PATH="]
+
+
+@pytest.mark.parametrize("bad", ["", "A=B", "X" * 64, "NUL\0"])
+def test_env_keep_names_that_cannot_match_are_errors(bad):
+    with pytest.raises(ConfigError, match="sensor.env_keep"):
+        env_keep_keys((bad,))
+
+
+def test_ring_buffer_size_must_be_a_power_of_two_pages():
+    sensor = Sensor(Config().replace(sensor=SensorConfig(ringbuf_pages=3)), Interest(), table=object())
+    with pytest.raises(ConfigError, match="power of two"):
+        sensor.start()
