@@ -118,3 +118,22 @@ def test_shared_macros_are_evaluated_once_per_event(upstream):
     # open_read and friends are memoised: assigned once, then read by name
     assert re.search(r"_m\d+ if _m\d+ is not None else \(_m\d+ := ", source)
     assert "evt.type" not in source  # event-type checks were decided when the bucket was built
+
+
+def test_later_files_replace_earlier_definitions(upstream):
+    import yaml
+
+    seen: dict[tuple[str, str], int] = {}
+    for path in UPSTREAM:
+        for item in yaml.load(Path(path).read_text(), Loader=yaml.CSafeLoader):
+            for kind in ("rule", "macro", "list"):
+                if kind in item:
+                    seen[(kind, item[kind])] = seen.get((kind, item[kind]), 0) + 1
+    assert sum(1 for count in seen.values() if count > 1) == 62
+    # falco_rules.yaml lists uv; the incubating and sandbox files, loaded later, do not
+    assert upstream.lists["python_package_managers"] == ("pip", "pip3", "conda")
+
+
+def test_expanded_condition_of_an_upstream_rule(upstream):
+    assert upstream.rule("PTRACE anti-debug attempt").expanded_condition == (
+        "evt.type = ptrace and evt.arg.request contains PTRACE_TRACEME and not proc.name in (<NA>, N/A)")
