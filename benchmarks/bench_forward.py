@@ -12,6 +12,7 @@ Run: .venv/bin/python -m benchmarks.bench_forward
 
 from __future__ import annotations
 
+import os
 import sys
 import tempfile
 import time
@@ -74,6 +75,7 @@ def bench_output(directory: Path, name: str, settings, count: int) -> float:
 
 
 def main() -> None:
+    print("host load average at start: %.1f (2 cores: figures drop when others run)" % os.getloadavg()[0])
     with tempfile.TemporaryDirectory(prefix="bench-forward-") as scratch:
         directory = Path(scratch)
         bench_submit(directory)
