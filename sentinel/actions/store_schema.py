@@ -167,10 +167,23 @@ def _v3_fields_of_falco_macros(db: sqlite_utils.Database) -> None:
         db.execute("ALTER TABLE events ADD COLUMN " + definition)
 
 
+def _v4_open_flags_false_outside_opens(db: sqlite_utils.Database) -> None:
+    """evt.is_open_read/write are false (not absent) for events other than opens, and creat
+    (which has no flags argument) is not an open with flags: the rule engine's meaning."""
+    for name, excluded_mode in (("evt_is_open_read", 1), ("evt_is_open_write", 0)):
+        db.execute("ALTER TABLE events DROP COLUMN " + name)
+        db.execute(
+            "ALTER TABLE events ADD COLUMN %s INTEGER GENERATED ALWAYS AS ("
+            "evt_type IN ('open', 'openat', 'openat2', 'open_by_handle_at') "
+            "AND (coalesce(json_extract(extra, '$.args.flags'), 0) & 3) != %d) VIRTUAL" % (name, excluded_mode)
+        )
+
+
 MIGRATIONS: tuple[Callable[[sqlite_utils.Database], None], ...] = (
     _v1_events_alerts_processes,
     _v2_actions_and_alert_state,
     _v3_fields_of_falco_macros,
+    _v4_open_flags_false_outside_opens,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -58,6 +58,7 @@ def sample_events() -> list[Event]:
         Event("connect", curl, 0, {}, sock(False), time_ns=8),
         Event("accept", curl, 5, {}, sock(True), time_ns=9),
         Event("openat", curl, 3, {}, file("/tmp/é日本/x"), time_ns=10),
+        Event("creat", curl, 3, {"mode": 0o755}, file("/tmp/new.sh", O_WRONLY | O_CREAT), time_ns=11),
     ]
 
 
@@ -115,3 +116,4 @@ def test_sql_selects_the_events_the_rule_engine_matches(stored, condition):
     found = sorted(row[0] for row in conn.execute("SELECT time FROM events WHERE " + where, params))
     assert found == expected
     assert expected  # every condition selects something, so the comparison means something
+
