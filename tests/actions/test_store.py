@@ -299,12 +299,18 @@ def test_old_v1_database_is_migrated_and_keeps_its_rows(db_path):
     conn.execute(
         "INSERT INTO alerts (id, time, rule, priority, source) VALUES ('a1', 1, 'Old rule', 'error', 'syscall')"
     )
+    conn.execute(
+        "INSERT INTO events (id, time, matched, evt_type, fd_type, fd_name, extra) "
+        "VALUES ('e1', 1, 1, 'openat', 'file', '/etc/shadow', '{\"args\":{\"flags\":2}}')"
+    )
     conn.close()
     with Store(db_path) as store:
         assert store.conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
         store.add_action("reload", "rules")
     (row,) = rows(db_path, "SELECT rule, acknowledged, enforcement FROM alerts")
     assert tuple(row) == ("Old rule", 0, None)
+    (row,) = rows(db_path, "SELECT evt_dir, evt_is_open_read, evt_is_open_write, fd_directory FROM events")
+    assert tuple(row) == ("<", 1, 1, "/etc")
     assert rows(db_path, "SELECT kind FROM actions")[0][0] == "reload"
 
 
