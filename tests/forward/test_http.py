@@ -143,7 +143,7 @@ def test_a_refused_record_is_isolated_dropped_and_counted(tmp_path, http_receive
     forwarder = run_forwarder(tmp_path, [output], records)
     delivered = [e["event"]["id"] for body in receiver.bodies() for e in split_concatenated_json(body)]
     assert delivered == [r["id"] for n, r in enumerate(records) if n != 7]
-    assert forwarder.workers[0].status.dropped == 1
+    assert forwarder.workers[0].status.dropped == 1 and forwarder.workers[0].status.delivered == 19
 
 
 def test_https_webhook_checks_ca_and_name(tmp_path, http_receiver, pki):
