@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable
 
 from sentinel.enrich.container import CgroupInfo, parse_cgroup_cached
 from sentinel.enrich.procio import read_at, readlink_at
-from sentinel.events.abi import EXEC_ID_CLOCK
+from sentinel.events.abi import ARGS_MAX, EXEC_ID_CLOCK
 from sentinel.events.decode import exe_writable
 from sentinel.events.model import Process
 
@@ -206,7 +206,12 @@ class ProcFS:
         proc.is_vpgid_leader = proc.vpid == proc.vpgid
 
     def _fill_cmdline(self, proc: Process, dir_fd: int) -> None:
-        argv = split_nul(read_at(dir_fd, "cmdline") or b"")
+        # The same bound as the kernel side, so a process reads the same from both sources.
+        data = read_at(dir_fd, "cmdline", limit=ARGS_MAX) or b""
+        if len(data) > ARGS_MAX:
+            data = data[:ARGS_MAX]
+            proc.args_truncated = True
+        argv = split_nul(data)
         if argv:
             proc.exe = argv[0]
             proc.args = tuple(argv[1:])

@@ -28,7 +28,7 @@ from sentinel.sensor import Sensor
 pytestmark = pytest.mark.kernel
 
 COMPARED = (
-    "pid", "ppid", "pgid", "sid", "vpid", "vpgid", "comm", "exe", "exepath", "args", "cwd", "tty",
+    "pid", "ppid", "pgid", "sid", "vpid", "vpgid", "comm", "exe", "exepath", "args", "args_truncated", "cwd", "tty",
     "uid", "euid", "gid", "egid", "loginuid", "cap_permitted", "cap_effective", "cap_inheritable",
     "exe_ino", "exe_dev", "exe_mtime_ns", "exe_ctime_ns", "exe_from_memfd", "exe_writable",
     "is_vpgid_leader", "env", "cgroup", "container_id", "user_name", "group_name", "login_name",
@@ -163,4 +163,19 @@ def test_upper_layer_exe_agrees_with_the_kernel(sensor, tmp_path):
             assert (from_kernel.exe_upper_layer, from_proc.exe_upper_layer) == (expected, expected)
     finally:
         os.killpg(child.pid, signal.SIGKILL)
+        child.wait()
+
+
+def test_long_argv_is_cut_at_the_same_byte(sensor):
+    mark = "0.%d" % uuid.uuid4().int
+    filler = ["%04d-" % n + "x" * 40 for n in range(200)]  # ~9 kB of arguments
+    child = subprocess.Popen(["sleep", "300", mark, *filler])
+    try:
+        from_kernel = wait_for_exec(sensor, mark).proc
+        from_proc = ProcFS().read(child.pid)
+        assert from_kernel.args_truncated and from_proc.args_truncated
+        assert from_kernel.args == from_proc.args
+        assert from_proc.args[-1] != filler[len(from_proc.args) - 3]  # cut inside an argument
+    finally:
+        child.kill()
         child.wait()

@@ -95,6 +95,19 @@ def test_deleted_exe_and_memfd_exe(fake_proc):
     assert fileless.exepath == "/memfd:payload" and fileless.exe_from_memfd
 
 
+def test_long_cmdline_is_cut_like_the_kernel_does(fake_proc):
+    from sentinel.events.abi import ARGS_MAX
+
+    argv = ("tool",) + tuple("arg%05d" % n for n in range(1000))  # 9 kB
+    fake_proc.add(19, argv=argv)
+    proc = fake_proc.procfs().read(19)
+    assert proc.args_truncated
+    assert len("\0".join((proc.exe,) + proc.args)) == ARGS_MAX
+    assert proc.args[:-1] == argv[1 : len(proc.args)]
+    fake_proc.add(18, argv=argv[:10])
+    assert not fake_proc.procfs().read(18).args_truncated
+
+
 def test_environ_keeps_only_configured_names(fake_proc):
     fake_proc.add(13, environ=("PATH=/bin", "AWS_SECRET_ACCESS_KEY=hunter2", "LD_PRELOAD=/x.so", "weird"))
     proc = fake_proc.procfs(env_keep=("PATH", "LD_PRELOAD")).read(13)
