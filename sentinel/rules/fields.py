@@ -330,6 +330,18 @@ def _render_arg(event: Event, name: str, value: Any) -> str:
             return render.open_flags(value)
         if event_type in EXEC_EVENT_TYPES:
             return _exe_flags(event)
+        if event_type in ("clone", "clone3", "fork", "vfork", "unshare"):
+            return render.flag_names(render.CLONE_FLAGS, value)
+        if event_type == "memfd_create":
+            return render.flag_names(render.MEMFD_FLAGS, value)
+        if event_type == "unlinkat":
+            return render.flag_names(render.UNLINKAT_FLAGS, value)
+    elif name == "nstype" and event_type == "setns":
+        return render.flag_names(render.CLONE_FLAGS, value)
+    elif name == "prot" and event_type in ("mmap", "mprotect"):
+        return render.flag_names(render.PROT_FLAGS, value, none="PROT_NONE")
+    elif name == "type" and event_type == "socket":
+        return render.socket_type(value)
     elif name == "mode":
         if event_type in CHMOD_EVENT_TYPES:
             return render.mode_bits(value)
@@ -395,7 +407,7 @@ def _event_rawarg(arg: str) -> Extractor:
 _MISSING = object()
 
 _field("evt.arg", "string", "an argument by name (evt.arg.flags, evt.arg[flags]) or position (evt.arg[0]), rendered as Falco renders it "
-       "(open flags O_RDONLY|O_CLOEXEC, chmod modes S_ISUID..., uids as user names, ptrace requests, bpf commands, socket families)",
+       "(open flags O_RDONLY|O_CLOEXEC, clone/unshare/setns CLONE_*, memfd MFD_*, mmap PROT_*, chmod modes S_ISUID..., uids as user names, ptrace requests, bpf commands, socket families and types)",
        "syscall arguments read at sys_enter and merged into the exit record; paths resolved at exit",
        _event_arg, arg="required")
 _field("evt.rawarg", "string", "an argument by name, raw (numbers stay numbers)", "syscall arguments read at sys_enter", _event_rawarg, arg="required")

@@ -165,6 +165,37 @@ def capabilities(mask: int) -> str:
     return " ".join(name for bit, name in enumerate(CAPABILITIES) if mask >> bit & 1)
 
 
+# clone/unshare/setns flags in Falco's clone_flags table order (kernel bit values).
+CLONE_FLAGS = (
+    ("CLONE_FILES", 0x400), ("CLONE_FS", 0x200), ("CLONE_IO", 0x80000000), ("CLONE_NEWIPC", 0x8000000),
+    ("CLONE_NEWNET", 0x40000000), ("CLONE_NEWNS", 0x20000), ("CLONE_NEWPID", 0x20000000), ("CLONE_NEWUTS", 0x4000000),
+    ("CLONE_PARENT", 0x8000), ("CLONE_PARENT_SETTID", 0x100000), ("CLONE_PTRACE", 0x2000), ("CLONE_SIGHAND", 0x800),
+    ("CLONE_SYSVSEM", 0x40000), ("CLONE_THREAD", 0x10000), ("CLONE_UNTRACED", 0x800000), ("CLONE_VM", 0x100),
+    ("CLONE_NEWUSER", 0x10000000), ("CLONE_CHILD_CLEARTID", 0x200000), ("CLONE_CHILD_SETTID", 0x1000000),
+    ("CLONE_SETTLS", 0x80000), ("CLONE_VFORK", 0x4000), ("CLONE_NEWCGROUP", 0x2000000),
+)
+MEMFD_FLAGS = (("MFD_CLOEXEC", 1), ("MFD_ALLOW_SEALING", 2), ("MFD_HUGETLB", 4))
+UNLINKAT_FLAGS = (("AT_REMOVEDIR", 0x200),)
+PROT_FLAGS = (("PROT_READ", 1), ("PROT_WRITE", 2), ("PROT_EXEC", 4))
+SOCKET_TYPES = {1: "SOCK_STREAM", 2: "SOCK_DGRAM", 3: "SOCK_RAW", 4: "SOCK_RDM", 5: "SOCK_SEQPACKET", 6: "SOCK_DCCP",
+                10: "SOCK_PACKET"}
+
+
+def flag_names(table: tuple[tuple[str, int], ...], value: int, none: str = "") -> str:
+    """Names of the bits set, in the table's order, joined by `|` (`none` when no bit is)."""
+    names = [name for name, bit in table if value & bit == bit]
+    return "|".join(names) if names else none
+
+
+def socket_type(value: int) -> str:
+    names = [SOCKET_TYPES.get(value & 0xF, str(value & 0xF))]
+    if value & 0o4000:
+        names.append("SOCK_NONBLOCK")
+    if value & 0o2000000:
+        names.append("SOCK_CLOEXEC")
+    return "|".join(names)
+
+
 def enum_name(table: dict[int, str], value: object) -> str:
     if isinstance(value, int):
         return table.get(value, str(value))

@@ -125,6 +125,11 @@ def test_errors_and_other_enums_render_by_name():
     assert holds("evt.arg.domain = AF_INET6", {"type": "socket", "args": {"domain": 10}, "proc": {"name": "x"}})
     assert holds("evt.arg.mode contains S_ISUID", {"type": "chmod", "args": {"mode": 0o4755}, "proc": {"name": "x"}})
     assert holds("evt.arg.uid = root", {"type": "setuid", "args": {"uid": 0}, "proc": {"name": "x"}})
+    assert holds("evt.arg.flags = CLONE_NEWNS|CLONE_NEWPID|CLONE_NEWUSER", {"type": "unshare", "args": {"flags": 0x30020000}, "proc": {"name": "x"}})
+    assert holds("evt.arg.nstype contains CLONE_NEWNET", {"type": "setns", "args": {"nstype": 0x40000000}, "proc": {"name": "x"}})
+    assert holds("evt.arg.prot = PROT_READ|PROT_EXEC", {"type": "mprotect", "args": {"prot": 5}, "proc": {"name": "x"}})
+    assert holds("evt.arg.type = SOCK_STREAM|SOCK_CLOEXEC", {"type": "socket", "args": {"type": 0o2000001}, "proc": {"name": "x"}})
+    assert holds("evt.arg.flags = MFD_CLOEXEC", {"type": "memfd_create", "args": {"flags": 1}, "proc": {"name": "x"}})
     execve = {"type": "execve", "proc": {"name": "x", "exe_writable": True, "exe_upper_layer": True}}
     assert holds("evt.arg.flags = EXE_WRITABLE|EXE_UPPER_LAYER", execve)
 
