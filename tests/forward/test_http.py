@@ -37,12 +37,15 @@ def run_forwarder(tmp_path, outputs, records, timeout: float = 20) -> Forwarder:
 def test_webhook_posts_each_record_in_falco_json(tmp_path, http_receiver):
     receiver = http_receiver("webhook")
     records = [make_alert(n, output=HOSTILE) for n in range(3)]
-    output = parse_output("hook", "webhook", {"url": receiver.url + "/falco", "headers": {"X-Team": "soc"}, **FAST_RETRY})
+    (tmp_path / "bearer").write_text("bearer-777\n")
+    output = parse_output("hook", "webhook", {"url": receiver.url + "/falco", "headers": {"X-Team": "soc"},
+                                              "bearer_token_file": str(tmp_path / "bearer"), **FAST_RETRY})
     run_forwarder(tmp_path, [output], records)
     assert [r["path"] for r in receiver.requests] == ["/falco"] * 3
     for request, record in zip(receiver.requests, records):
         assert request["headers"]["Content-Type"] == "application/json"
         assert request["headers"]["X-Team"] == "soc"
+        assert request["headers"]["Authorization"] == "Bearer bearer-777"
         body = json.loads(request["body"])
         assert body == formats.clean(record)
         assert set(body) >= {"time", "rule", "priority", "source", "hostname", "output", "tags", "output_fields", "id"}

@@ -122,6 +122,7 @@ class HTTPSettings(CommonSettings, TLSSettings):
 @dataclass(frozen=True)
 class WebhookSettings(HTTPSettings):
     batch_size: int = 1  # falcosidekick takes one event per request
+    bearer_token: SecretRef = SecretRef()  # sent as `Authorization: Bearer ...`
 
 
 @dataclass(frozen=True)
@@ -174,7 +175,6 @@ _CHOICES = {
     "protocol": ("udp", "tcp", "tls", "relp", "relp-tls"),
     "format": ("rfc5424", "rfc3164"),
     "payload": ("json", "cef"),
-    "min_priority": PRIORITIES,
 }
 SYSLOG_FACILITIES = {
     "kern": 0, "user": 1, "mail": 2, "daemon": 3, "auth": 4, "syslog": 5, "lpr": 6, "news": 7,
@@ -182,7 +182,7 @@ SYSLOG_FACILITIES = {
     **{"local%d" % n: 16 + n for n in range(8)},
 }
 # Inline secrets are refused with a hint: they would land in ps output and config backups.
-_INLINE_SECRETS = ("token", "password", "api_key", "tls_key_password")
+_INLINE_SECRETS = ("token", "password", "api_key", "tls_key_password", "bearer_token")
 
 
 def _where(options: Mapping, key: str, default: SourceLocation | None) -> SourceLocation | None:
@@ -249,12 +249,13 @@ def parse_output(name: str, type_name: str, options: Mapping[str, Any], location
             known = sorted((fields - secret_fields) | {"%s_%s" % (s, k) for s in secret_fields for k in ("file", "env")})
             raise ConfigError("output %r: unknown option %r for type %s (known: %s)" % (name, key, type_name, ", ".join(known)), where)
         value = _coerce(key, hints[key], value, where)
-        if key in _CHOICES and (value.lower() if key == "min_priority" else value) not in _CHOICES[key] + (
-            ("info", "warn", "err", "crit", "emerg") if key == "min_priority" else ()
-        ):
-            raise ConfigError("%s: expected one of %s, got %r" % (key, ", ".join(_CHOICES[key]), value), where)
         if key == "min_priority":
-            value = normalize_priority(value)
+            try:
+                value = normalize_priority(value)
+            except ValueError:
+                raise ConfigError("%s: expected one of %s, got %r" % (key, ", ".join(PRIORITIES), value), where) from None
+        elif key in _CHOICES and value not in _CHOICES[key]:
+            raise ConfigError("%s: expected one of %s, got %r" % (key, ", ".join(_CHOICES[key]), value), where)
         if key == "facility" and value not in SYSLOG_FACILITIES:
             raise ConfigError("facility: expected one of %s" % ", ".join(SYSLOG_FACILITIES), where)
         if key in ("batch_size", "max_message_bytes", "max_body_bytes", "max_record_bytes", "relp_window", "port") and value <= 0:

@@ -26,6 +26,7 @@ from sentinel.actions.forward.settings import (
     Secret,
     SecretRef,
     SplunkHECSettings,
+    WebhookSettings,
 )
 from sentinel.actions.forward.transports.base import Batch, DeliveryError, Transport
 from sentinel.actions.forward.transports.tls import client_context
@@ -214,6 +215,21 @@ class HTTPBatchTransport(Transport):
 
 class WebhookTransport(HTTPBatchTransport):
     """POST of each record as Falco JSON (falcosidekick's input), one record per request."""
+
+    settings: WebhookSettings
+
+    def __init__(self, settings: WebhookSettings) -> None:
+        super().__init__(settings)
+        self._auth: Secret | None = None
+        if settings.bearer_token:
+            token = settings.bearer_token.resolve(settings.location)
+            self._auth = Secret("Bearer " + token.reveal(), token.origin)
+
+    def headers(self) -> dict[str, str]:
+        headers = {"Content-Type": "application/json"}
+        if self._auth:
+            headers["Authorization"] = self._auth.reveal()
+        return headers
 
     def encode(self, record: dict) -> bytes:
         return formats.to_json(record).encode("utf-8")
