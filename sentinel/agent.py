@@ -131,6 +131,7 @@ class Agent:
             host=self.host,
             ruleset_version=self.ruleset_version,
             source=getattr(rule, "source", "syscall") or "syscall",
+            extra=getattr(rule, "extra", None) or None,
         )
         self.alerts.write(record)
         if self.store is not None:

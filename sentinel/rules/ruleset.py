@@ -85,6 +85,7 @@ class RuleSpec:
     mode: str | None = None  # enforce | audit
     location: SourceLocation = SourceLocation("<memory>")
     warn_evttypes: bool = True
+    extra: dict[str, Any] = field(default_factory=dict)  # front-end keys for alerts (Sigma: id, references)
 
 
 @dataclass(eq=False)
@@ -105,6 +106,7 @@ class Rule:
     location: SourceLocation
     index: int
     event_types: frozenset[str] | None  # None: every event type
+    extra: dict[str, Any] = field(default_factory=dict)  # added to every alert record of the rule
 
     @property
     def priority_level(self) -> int:
@@ -355,34 +357,35 @@ def compile_collection(collection: Collection, extra: Iterable[RuleSpec] = (), m
             problems.errors.append(Problem(error.message, _locate(macro.text, macro.condition, error.pos, macro.location), label))
         macro_trees[name] = tree
 
-    specs: list[tuple[RuleSpec, Text | None, int]] = []
+    # (spec, its YAML text or None, index, its parsed and validated tree or None)
+    specs: list[tuple[RuleSpec, Text | None, int, ast.Expr | None]] = []
     for rule in collection.rules.values():
-        spec = _rule_spec(rule, lists, used_lists, set(collection.macros), problems)
-        if spec is not None:
-            specs.append((spec, rule.condition_text, rule.index))
+        parsed = _rule_spec(rule, lists, used_lists, set(collection.macros), problems)
+        if parsed is not None:
+            specs.append((parsed[0], rule.condition_text, rule.index, parsed[1]))
     base = len(collection.rules) + 1
     if collection.sigma_sources:
         from sentinel.rules.sigma import sigma_rule_specs  # imported here: sigma builds on RuleSpec
 
         extra = list(extra) + sigma_rule_specs(collection, problems.errors, problems.warnings)
     for offset, spec in enumerate(extra):
-        specs.append((spec, None, base + offset))
+        specs.append((spec, None, base + offset, None))
 
     compiled: list[Rule] = []
-    for spec, text, index in specs:
+    for spec, text, index, parsed_tree in specs:
         label = "rule '%s'" % spec.name
         condition_text = spec.condition if isinstance(spec.condition, str) else ast.render(spec.condition)
-        if isinstance(spec.condition, str) and text is None:
+        if parsed_tree is not None:
+            tree = parsed_tree
+        elif isinstance(spec.condition, str):
             try:
                 tree = _resolve_values(grammar.parse(spec.condition), lists, used_lists)
             except grammar.ConditionSyntaxError as exc:
                 problems.errors.append(Problem("syntax error: %s" % exc.message, spec.location, label))
                 continue
-        elif isinstance(spec.condition, str):
-            tree = spec.condition_tree  # type: ignore[attr-defined]
         else:
             tree = _resolve_values(spec.condition, lists, used_lists)
-        if text is None:
+        if parsed_tree is None:
             errors = _validate_leaves(tree, set(macro_trees))
             if errors:
                 problems.errors.extend(Problem(e.message, spec.location, label) for e in errors)
@@ -406,6 +409,7 @@ def compile_collection(collection: Collection, extra: Iterable[RuleSpec] = (), m
             name=spec.name, desc=spec.desc, condition=condition_text, expanded=expanded, output=template,
             priority=spec.priority, tags=tuple(spec.tags), enabled=spec.enabled, source=spec.source,
             action=spec.action, mode=spec.mode, location=spec.location, index=index, event_types=None,
+            extra=dict(spec.extra),
         ))
 
     for name, definition in collection.lists.items():
@@ -418,7 +422,9 @@ def compile_collection(collection: Collection, extra: Iterable[RuleSpec] = (), m
     return ruleset
 
 
-def _rule_spec(rule: RuleDef, lists: dict, used_lists: set, macro_names: set, problems: _Problems) -> RuleSpec | None:
+def _rule_spec(rule: RuleDef, lists: dict, used_lists: set, macro_names: set,
+               problems: _Problems) -> tuple[RuleSpec, ast.Expr] | None:
+    """A YAML rule as a RuleSpec and its validated condition tree (exceptions included)."""
     label = "rule '%s'" % rule.name
     condition = rule.condition
     try:
@@ -446,18 +452,12 @@ def _rule_spec(rule: RuleDef, lists: dict, used_lists: set, macro_names: set, pr
         tree = ast.And((tree, ast.Not(exceptions)))
     if failed:
         return None
-    spec = _TreeSpec(
+    spec = RuleSpec(
         name=rule.name, condition=condition, output=rule.output, priority=rule.priority, desc=rule.desc,
         tags=tuple(rule.tags), enabled=rule.enabled, source=rule.source, action=rule.action, mode=rule.mode,
         location=rule.location, warn_evttypes=rule.warn_evttypes,
     )
-    object.__setattr__(spec, "condition_tree", tree)
-    return spec
-
-
-@dataclass(frozen=True)
-class _TreeSpec(RuleSpec):
-    """A RuleSpec from YAML whose condition text was already parsed (with list names expanded)."""
+    return spec, tree
 
 
 def _build(rules: list[Rule], lists: dict, macros: dict, warnings: list[Problem], match: str, collection: Collection | None) -> Ruleset:
@@ -645,6 +645,7 @@ def compile_rules(specs: Iterable[RuleSpec], base: Ruleset | None = None, match:
             name=spec.name, desc=spec.desc, condition=ast.render(tree), expanded=expanded, output=template,
             priority=spec.priority, tags=tuple(spec.tags), enabled=spec.enabled, source=spec.source,
             action=spec.action, mode=spec.mode, location=spec.location, index=next_index + offset, event_types=None,
+            extra=dict(spec.extra),
         ))
     if problems.errors:
         raise RuleLoadError(problems.errors)

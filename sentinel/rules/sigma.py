@@ -15,9 +15,10 @@ Sigma semantics kept here (they differ from Falco's):
 - keywords (values without a field) are substrings of the category's keyword fields;
 - the log source category decides the event types (see sentinel.rules.sigma_fields).
 
-Relies on three small additions to the rule engine (marked in those files): the fields
-`proc.pexeline` and `evt.is_open_create` (sentinel.rules.fields), and rule source "sigma"
-accepted beside "syscall" when a ruleset is compiled (sentinel.rules.ruleset).
+The rule engine's loader sends files whose documents have top-level `detection`/`logsource`
+here (`is_sigma_text`, then `sigma_rule_specs` at compile time). The engine has two fields for
+Sigma (`proc.pexeline`, `evt.is_open_create`), accepts the rule source "sigma", and copies a
+rule's `extra` (here: the Sigma id, level and references) into its alert records.
 
 A rule the host cannot evaluate (unknown or unavailable field, unsupported log source or
 modifier) is skipped with its reason and location, and counted; it is never loaded as a rule
@@ -114,11 +115,6 @@ class SigmaRuleSpec(RuleSpec):
     level: str = DEFAULT_LEVEL
     references: tuple[str, ...] = ()
     category: str = ""
-
-    @property
-    def alert_fields(self) -> dict[str, Any]:
-        """Extra keys for the alert record: the Sigma identity an analyst looks up."""
-        return {"sigma": {"id": self.sigma_id, "level": self.level, "references": list(self.references)}}
 
 
 @dataclass
@@ -383,6 +379,8 @@ def _translate_rule(rule: SigmaRule, location: SourceLocation, names: _NameAlloc
         category=logsource.category,
         location=location,
         source=SIGMA_SOURCE,
+        # every alert of the rule carries the Sigma identity an analyst looks up
+        extra={"sigma": {"id": rule_id, "level": level, "references": [str(r) for r in rule.references]}},
     )
 
 

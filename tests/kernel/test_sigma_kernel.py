@@ -237,6 +237,8 @@ def test_sentinel_run_with_sigma_rules_writes_sigma_alerts(workdir):
         assert alert["priority"] == "Warning"  # Sigma level medium
         assert {"attack.t1222.002", "sigma"} <= set(alert["tags"])
         assert alert["output_fields"]["proc.exepath"] == "/usr/bin/chattr"
+        assert alert["sigma"]["id"] == "34979410-e4b5-4e5d-8cfb-389fdff05c12" and alert["sigma"]["level"] == "medium"
+        assert alert["sigma"]["references"] and all(url.startswith("https://") for url in alert["sigma"]["references"])
         assert alert["output"].startswith("Remove Immutable File Attribute (sigma 34979410-e4b5-4e5d-8cfb-389fdff05c12) ")
     finally:
         agent.send_signal(signal.SIGTERM)

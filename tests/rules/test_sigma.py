@@ -370,6 +370,7 @@ def test_rule_metadata_level_tags_references_output():
     assert spec.sigma_id == "11111111-2222-3333-4444-555555555555"
     assert spec.tags == ("attack.execution", "attack.t1059", "sigma")
     assert spec.references == ("https://example.org/a",)
+    assert spec.extra == {"sigma": {"id": spec.sigma_id, "level": "critical", "references": ["https://example.org/a"]}}
     assert spec.desc == "Detects curl."
     assert "%proc.exeline" in spec.output and "11111111-2222-3333-4444-555555555555" in spec.output
 
