@@ -7,6 +7,8 @@ import time
 
 import pytest
 from fakeproc import TICK_NS
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from sentinel.enrich.procfs import (
     ProcFS,
@@ -213,3 +215,18 @@ def test_exe_on_upper_layer(exepath, upper_files, expected):
 def test_exe_not_on_overlay():
     assert not exe_on_upper_layer("27 1 8:1 / / rw - ext4 /dev/sda1 rw\n", "/bin/ls", exists=lambda path: True)
     assert not exe_on_upper_layer("garbage line\n", "/bin/ls", exists=lambda path: True)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    name=st.sampled_from(["stat", "status", "cmdline", "environ", "loginuid", "cgroup", "mountinfo"]),
+    content=st.one_of(
+        st.binary(max_size=300),
+        st.text(alphabet="0123456789 ()-SZ\n:\tUidGNSpg=/", max_size=300).map(str.encode),
+    ),
+)
+def test_garbage_in_any_file_never_raises(fake_proc, name, content):
+    directory = fake_proc.add(33, environ=("PATH=/bin",))
+    (directory / name).write_bytes(content)
+    proc = fake_proc.procfs(env_keep=("PATH",)).read(33)
+    assert proc is None or proc.pid == 33
