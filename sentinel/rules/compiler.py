@@ -19,7 +19,7 @@ from functools import lru_cache
 from typing import Any, Callable, Iterable
 
 from sentinel.rules import ast
-from sentinel.rules.fields import OPEN_EVENT_TYPES, TRANSFORMERS, FieldDef, lookup, transformed_type
+from sentinel.rules.fields import TRANSFORMERS, FieldDef, lookup, transformed_type
 
 NUMERIC_TYPES = ("int", "port", "reltime", "abstime")
 _STRINGISH = ("string", "ipaddr", "bytes")
@@ -834,7 +834,3 @@ def minimal_prefixes(prefixes: Iterable[str]) -> tuple[str, ...]:
         if not any(prefix.startswith(kept) for kept in result):
             result.append(prefix)
     return tuple(result)
-
-
-def open_types(types: Iterable[str]) -> list[str]:
-    return sorted(set(types) & OPEN_EVENT_TYPES)

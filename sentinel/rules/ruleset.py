@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Sequence
 
 from sentinel.errors import SourceLocation
-from sentinel.events.interest import PROCESS_LIFECYCLE, Interest
+from sentinel.events.interest import Interest
 from sentinel.events.model import Event
 from sentinel.log import get_logger
 from sentinel.rules import ast, grammar
@@ -271,7 +271,7 @@ def exception_condition(exceptions: Sequence[ExceptionDef]) -> tuple[ast.Expr | 
             comps = exc.comps if isinstance(exc.comps, list) else ["="] * len(exc.fields)
             for value in exc.values:
                 checks = []
-                for field_name, comp, item in zip(exc.fields, comps, value):
+                for field_name, comp, item in zip(exc.fields, comps, value, strict=True):
                     checks.append(_exception_check(field_name, str(comp), item, exc, problems))
                 if all(c is not None for c in checks):
                     alternatives.append(ast.all_of(*checks))  # type: ignore[arg-type]
