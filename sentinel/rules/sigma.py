@@ -67,6 +67,7 @@ from sigma.types import (
 from sentinel.errors import RuleError, SourceLocation
 from sentinel.rules import ast
 from sentinel.rules.grammar import parse as parse_condition
+from sentinel.rules.loader import Problem, expand_paths
 from sentinel.rules.ruleset import RuleSpec
 from sentinel.rules.sigma_fields import (
     DEFAULT_LEVEL,
@@ -194,28 +195,17 @@ def is_sigma_text(text: str) -> bool:
     )
 
 
-def sigma_files(paths: Iterable[str | Path]) -> list[Path]:
-    """Files given, and the `*.yml`/`*.yaml` files under folders given, in a stable order."""
-    found: list[Path] = []
-    for path in map(Path, paths):
-        if path.is_dir():
-            found.extend(sorted(p for p in path.rglob("*") if p.suffix in (".yml", ".yaml") and p.is_file()))
-        else:
-            found.append(path)
-    return found
-
-
 def load_sigma(paths: Iterable[str | Path], taken_names: Iterable[str] = ()) -> SigmaLoad:
     """Read and translate Sigma files and folders; never raises for one bad rule (see `errors`)."""
     result = SigmaLoad()
     names = _NameAllocator(taken_names)
-    for path in sigma_files(paths):
+    for path in expand_paths(list(paths)):
         try:
-            text = path.read_text()
-        except OSError as exc:
-            result.errors.append(RuleError("cannot read: %s" % exc.strerror, SourceLocation(str(path))))
+            text = Path(path).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            result.errors.append(RuleError("cannot read: %s" % exc, SourceLocation(path)))
             continue
-        load_sigma_text(text, str(path), result, names)
+        load_sigma_text(text, path, result, names)
     return result
 
 
@@ -226,8 +216,6 @@ def sigma_rule_specs(collection: Any, errors: list[Any], warnings: list[Any]) ->
     the counts of loaded and skipped rules go into `collection.sigma_counts`. Sigma rule names
     never replace Falco rules: a title already used gets the Sigma id appended.
     """
-    from sentinel.rules.loader import Problem
-
     result = SigmaLoad()
     names = _NameAllocator(collection.rules)
     for path, text in collection.sigma_sources:
@@ -248,24 +236,33 @@ def load_sigma_text(
     result = result if result is not None else SigmaLoad()
     names = names if names is not None else _NameAllocator(())
     try:
-        nodes = [node for node in yaml.compose_all(text, Loader=yaml.CSafeLoader)]
-        documents = list(yaml.load_all(text, Loader=yaml.CSafeLoader))
+        nodes = list(yaml.compose_all(text, Loader=yaml.CSafeLoader))
+        constructor = yaml.constructor.SafeConstructor()  # per file: it caches what it built
+        documents = [constructor.construct_object(node, deep=True) for node in nodes]
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark
         where = (mark.line + 1, mark.column + 1) if mark else (0, 0)
         result.errors.append(RuleError("invalid YAML: %s" % exc.problem, SourceLocation(path, *where)))
+        return result
+    except yaml.YAMLError as exc:
+        result.errors.append(RuleError("invalid YAML: %s" % exc, SourceLocation(path)))
         return result
     try:
         collection = SigmaCollection.from_dicts(documents, collect_errors=True)
     except SigmaError as exc:  # collection-level errors (unknown action, alias bombs)
         result.errors.append(RuleError("invalid Sigma: %s" % _sigma_message(exc), SourceLocation(path, 1, 1)))
         return result
-    marks = [_Marks(node) for node in nodes if node is not None and not _is_control_node(node)]
-    for index, rule in enumerate(collection.rules):
-        rule_marks = marks[index] if index < len(marks) else _Marks(None)
-        location = SourceLocation(path, *rule_marks.rule_start)
+    # where each rule was written, found by (title, id): the collection may reorder its rules
+    marks = {
+        (str(document.get("title", "")), str(document.get("id", "")).lower()): _Marks(node)
+        for node, document in zip(nodes, documents)
+        if isinstance(document, dict) and document.get("action") not in ("global", "reset")
+    }
+    for rule in collection.rules:
         title = str(getattr(rule, "title", "") or "")
         rule_id = str(getattr(rule, "id", "") or "")
+        rule_marks = marks.get((title, rule_id.lower())) or _Marks(None)
+        location = SourceLocation(path, *rule_marks.rule_start)
         if not isinstance(rule, SigmaRule):
             result.skipped.append(
                 SigmaSkip(title, rule_id, "unsupported-rule-type", "%s documents are not evaluated" % type(rule).__name__, location)
@@ -288,16 +285,6 @@ def load_sigma_text(
 def _sigma_message(error: SigmaError) -> str:
     """pySigma's message without its own ' in <path>' suffix (we print file:line:col first)."""
     return str(error.args[0]) if error.args else type(error).__name__
-
-
-def _is_control_node(node: yaml.Node) -> bool:
-    """Collection control documents (`action: global|reset`) produce no rule of their own."""
-    if not isinstance(node, yaml.MappingNode):
-        return False
-    for key, value in node.value:
-        if key.value == "action" and getattr(value, "value", None) in ("global", "reset"):
-            return True
-    return False
 
 
 class _Marks:

@@ -461,3 +461,32 @@ def test_invalid_sigma_is_an_error_with_its_location():
     with pytest.raises(SigmaLoadError) as caught:
         load_sigma_text("title: x\ndetection: [\n", "broken.yml").raise_errors()
     assert "broken.yml:3" in str(caught.value)
+
+
+def test_collection_with_a_global_document_and_locations_per_rule():
+    text = textwrap.dedent("""\
+        action: global
+        logsource:
+            product: linux
+            category: process_creation
+        level: low
+        ---
+        title: First
+        id: 6f1e2d3c-0000-4000-8000-000000000001
+        detection:
+            sel:
+                Image|endswith: /id
+            condition: sel
+        ---
+        title: Second
+        id: 6f1e2d3c-0000-4000-8000-000000000002
+        detection:
+            sel:
+                Hashes|contains: abc
+            condition: sel
+        """)
+    result = load_sigma_text(text, "collection.yml")
+    result.raise_errors()
+    assert [(spec.name, spec.priority, spec.location.line) for spec in result.rules] == [("First", "notice", 7)]
+    (skip,) = result.skipped
+    assert (skip.title, skip.reason, skip.location.line, skip.location.col) == ("Second", "unavailable-field", 18, 9)
