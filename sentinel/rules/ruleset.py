@@ -107,6 +107,7 @@ class Rule:
     index: int
     event_types: frozenset[str] | None  # None: every event type
     extra: dict[str, Any] = field(default_factory=dict)  # added to every alert record of the rule
+    warn_evttypes: bool = True  # False: no warning when the condition does not restrict evt.type
 
     @property
     def priority_level(self) -> int:
@@ -409,7 +410,7 @@ def compile_collection(collection: Collection, extra: Iterable[RuleSpec] = (), m
             name=spec.name, desc=spec.desc, condition=condition_text, expanded=expanded, output=template,
             priority=spec.priority, tags=tuple(spec.tags), enabled=spec.enabled, source=spec.source,
             action=spec.action, mode=spec.mode, location=spec.location, index=index, event_types=None,
-            extra=dict(spec.extra),
+            extra=dict(spec.extra), warn_evttypes=spec.warn_evttypes,
         ))
 
     for name, definition in collection.lists.items():
@@ -492,7 +493,7 @@ def _build(rules: list[Rule], lists: dict, macros: dict, warnings: list[Problem]
             continue
         if _OTHER in types:
             rule.event_types = None
-            if rule.source == "syscall":
+            if rule.source == "syscall" and rule.warn_evttypes:
                 warnings.append(Problem(
                     "rule does not restrict evt.type: it is evaluated for every event (add an evt.type condition)",
                     rule.location, "rule '%s'" % rule.name))

@@ -313,6 +313,11 @@ def test_unrestricted_rule_goes_everywhere_with_a_warning():
     assert "execve" in ruleset.interest.event_types and "openat" in ruleset.interest.event_types
 
 
+def test_warn_evttypes_false_silences_the_warning():
+    text = "- rule: Any\n  desc: d\n  condition: proc.name = bash\n  output: x\n  priority: debug\n  warn_evttypes: false\n"
+    assert not any("does not restrict evt.type" in str(w) for w in load(text).warnings)
+
+
 def test_first_match_option():
     text = "- rule: Second\n  desc: d\n  condition: evt.type = execve and proc.name = bash\n  output: x\n  priority: debug\n"
     assert names(load(BASE, text), execve("bash")) == ["Shell", "Second"]
