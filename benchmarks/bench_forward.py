@@ -24,7 +24,7 @@ from sentinel.actions.forward.outbox import Outbox
 from sentinel.actions.forward.settings import parse_output
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "forward"))
-from receivers import HTTPReceiver, Rsyslog, make_test_pki  # noqa: E402  (the test harness's receivers)
+from forward_harness import HTTPReceiver, Rsyslog, make_test_pki  # noqa: E402  (the test harness's receivers)
 
 IDENTITY = HostIdentity("bench-host", "m" * 32, "boot")
 

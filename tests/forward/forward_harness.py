@@ -1,4 +1,5 @@
-"""Real receivers on loopback for the forwarding tests: rsyslog, an HTTP SIEM, a Loki API.
+"""Test harness for forwarding: sample and hostile records, reference parsers for CEF and
+RFC 5424 structured data, and real receivers on loopback (rsyslog, an HTTP SIEM, a Loki API).
 
 Every receiver is started by a fixture and stopped by PID (or server shutdown) in teardown.
 """
@@ -8,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import ssl
@@ -17,6 +19,63 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
+
+from sentinel.actions.alert import HostIdentity, alert_record
+
+
+IDENTITY = HostIdentity(hostname="test-host", machine_id="m" * 32, boot_id="b-o-o-t")
+
+
+def make_alert(number: int = 0, **changes) -> dict:
+    fields = {"proc.name": "bash", "proc.pid": 1000 + number, "fd.name": "/etc/shadow", "user.name": "root"}
+    fields.update(changes.pop("output_fields", {}))
+    values = dict(rule="Read sensitive file", priority="warning", output="alert number %d" % number,
+                  output_fields=fields, tags=("filesystem", "mitre_credential_access"))
+    values.update(changes)
+    return alert_record(host=IDENTITY, ruleset_version="r1", time_ns=time.time_ns(), **values)
+
+
+HOSTILE = "line1\nline2\r\x1b[31mred\x1b[0m | pipe = eq \\ back ] bracket \" quote \x9b csi \x7f del"
+INJECT_JSON = '","rule":"fake","x":"'
+INJECT_LINE = "\n<13>1 2026-01-01T00:00:00Z evil app - - - forged record"
+
+
+# ------------------------------------------------------------------ a CEF reader (spec)
+def parse_cef(line: str) -> tuple[list[str], dict[str, str]]:
+    """Split a CEF line as a SIEM does: 7 header fields on unescaped `|`, then key=value."""
+    header, index, current = [], 0, ""
+    assert line.startswith("CEF:")
+    while len(header) < 7:
+        char = line[index]
+        if char == "\\" and line[index + 1] in "\\|":
+            current += line[index + 1]
+            index += 2
+            continue
+        if char == "|":
+            header.append(current)
+            current = ""
+        else:
+            current += char
+        index += 1
+    extension = line[index:]
+    # keys are [A-Za-z0-9]+ followed by an unescaped '='; a value runs to the next key.
+    tokens = list(re.finditer(r"(?:^| )([A-Za-z0-9]+)=", extension))
+    fields = {}
+    for position, token in enumerate(tokens):
+        start = token.end()
+        end = tokens[position + 1].start() if position + 1 < len(tokens) else len(extension)
+        raw = extension[start:end]
+        assert not re.search(r"(?<!\\)(?:\\\\)*=", raw.replace("\\\\", "")), "unescaped = in %r" % raw
+        value = re.sub(r"\\(.)", lambda m: {"n": "\n", "r": "\r"}.get(m.group(1), m.group(1)), raw)
+        fields[token.group(1)] = value
+    return header, fields
+
+
+def parse_sd_params(sd: str) -> dict[str, str]:
+    """SD-PARAMs of one SD-ELEMENT, unescaping \\" \\\\ \\] (RFC 5424 6.3.3)."""
+    match = re.fullmatch(r'\[sentinel@32473((?: \w+="(?:[^"\\\]]|\\["\\\]])*")*)\]', sd)
+    assert match, "malformed SD %r" % sd
+    return {k: re.sub(r'\\(["\\\]])', r"\1", v) for k, v in re.findall(r'(\w+)="((?:[^"\\\]]|\\["\\\]])*)"', match.group(1))}
 
 
 def free_port(kind: int = socket.SOCK_STREAM) -> int:
@@ -107,7 +166,7 @@ class Rsyslog:
 
     def start(self) -> None:
         self.process = subprocess.Popen(
-            ["rsyslogd", "-n", "-f", str(self.conf), "-i", str(self.pidfile)],
+            [shutil.which("rsyslogd") or "/usr/sbin/rsyslogd", "-n", "-f", str(self.conf), "-i", str(self.pidfile)],
             stdout=subprocess.DEVNULL, stderr=open(self.directory / "rsyslogd.err", "ab"),
         )
         for port in self.ports.values():

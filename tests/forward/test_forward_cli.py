@@ -5,8 +5,7 @@ from __future__ import annotations
 import json
 
 from click.testing import CliRunner
-from conftest import IDENTITY, make_alert
-from receivers import free_port
+from forward_harness import IDENTITY, free_port, make_alert
 
 from sentinel import config
 from sentinel.actions.forward import Forwarder

@@ -5,49 +5,13 @@ from __future__ import annotations
 import json
 import re
 
-from conftest import make_alert
+from forward_harness import HOSTILE, IDENTITY, INJECT_JSON, INJECT_LINE, make_alert, parse_cef, parse_sd_params
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sentinel.actions.forward import formats
 from sentinel.actions.alert import rfc3339_ns
+from sentinel.actions.forward import formats
 from sentinel.actions.forward.records import event_record, parse_rfc3339_ns
-from conftest import IDENTITY
-
-HOSTILE = "line1\nline2\r\x1b[31mred\x1b[0m | pipe = eq \\ back ] bracket \" quote \x9b csi \x7f del"
-INJECT_JSON = '","rule":"fake","x":"'
-INJECT_LINE = "\n<13>1 2026-01-01T00:00:00Z evil app - - - forged record"
-
-
-# ------------------------------------------------------------------ a CEF reader (spec)
-def parse_cef(line: str) -> tuple[list[str], dict[str, str]]:
-    """Split a CEF line as a SIEM does: 7 header fields on unescaped `|`, then key=value."""
-    header, index, current = [], 0, ""
-    assert line.startswith("CEF:")
-    while len(header) < 7:
-        char = line[index]
-        if char == "\\" and line[index + 1] in "\\|":
-            current += line[index + 1]
-            index += 2
-            continue
-        if char == "|":
-            header.append(current)
-            current = ""
-        else:
-            current += char
-        index += 1
-    extension = line[index:]
-    # keys are [A-Za-z0-9]+ followed by an unescaped '='; a value runs to the next key.
-    tokens = list(re.finditer(r"(?:^| )([A-Za-z0-9]+)=", extension))
-    fields = {}
-    for position, token in enumerate(tokens):
-        start = token.end()
-        end = tokens[position + 1].start() if position + 1 < len(tokens) else len(extension)
-        raw = extension[start:end]
-        assert not re.search(r"(?<!\\)(?:\\\\)*=", raw.replace("\\\\", "")), "unescaped = in %r" % raw
-        value = re.sub(r"\\(.)", lambda m: {"n": "\n", "r": "\r"}.get(m.group(1), m.group(1)), raw)
-        fields[token.group(1)] = value
-    return header, fields
 
 
 def test_cef_header_escapes_pipe_and_backslash_but_not_equals():
@@ -124,13 +88,6 @@ def test_json_payload_for_syslog_is_ascii_so_c1_and_del_cannot_reach_a_terminal(
 
 
 # ------------------------------------------------------------------ RFC 5424 / 3164
-def parse_sd_params(sd: str) -> dict[str, str]:
-    """SD-PARAMs of one SD-ELEMENT, unescaping \\" \\\\ \\] (RFC 5424 6.3.3)."""
-    match = re.fullmatch(r'\[sentinel@32473((?: \w+="(?:[^"\\\]]|\\["\\\]])*")*)\]', sd)
-    assert match, "malformed SD %r" % sd
-    return {k: re.sub(r'\\(["\\\]])', r"\1", v) for k, v in re.findall(r'(\w+)="((?:[^"\\\]]|\\["\\\]])*)"', match.group(1))}
-
-
 def split_5424(message: bytes) -> dict:
     text = message.decode("utf-8")
     match = re.fullmatch(r"<(\d+)>1 (\S+) (\S+) (\S+) (\S+) (\S+) (\[.*?(?<!\\)\]) (.*)", text, re.S)

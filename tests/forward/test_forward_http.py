@@ -12,10 +12,8 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
-from conftest import IDENTITY, make_alert
-from receivers import HTTPReceiver, split_concatenated_json, wait_for
+from forward_harness import HOSTILE, IDENTITY, HTTPReceiver, make_alert, split_concatenated_json, wait_for
 from structlog.testing import capture_logs
-from test_formats import HOSTILE
 
 from sentinel.actions.forward import Forwarder, formats
 from sentinel.actions.forward.records import parse_rfc3339_ns

@@ -9,7 +9,7 @@ import threading
 import time
 
 import pytest
-from conftest import IDENTITY, make_alert
+from forward_harness import IDENTITY, make_alert
 from structlog.testing import capture_logs
 
 from sentinel.actions.forward import Forwarder, Outbox, RecordFilter, event_record

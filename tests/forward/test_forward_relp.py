@@ -7,7 +7,7 @@ import socket
 import threading
 
 import pytest
-from conftest import IDENTITY, make_alert
+from forward_harness import IDENTITY, make_alert
 
 from sentinel.actions.forward import Forwarder
 from sentinel.actions.forward.settings import parse_output

@@ -7,9 +7,7 @@ import re
 import socket
 
 import pytest
-from conftest import IDENTITY, make_alert
-from receivers import free_port, wait_for
-from test_formats import HOSTILE, parse_cef, parse_sd_params
+from forward_harness import HOSTILE, IDENTITY, free_port, make_alert, make_test_pki, parse_cef, parse_sd_params, wait_for
 
 from sentinel.actions.forward import Forwarder
 from sentinel.actions.forward.settings import parse_output
@@ -77,8 +75,6 @@ def test_tls_refuses_a_server_with_the_wrong_name(rsyslog, pki):
 
 def test_tls_refuses_an_unknown_ca(rsyslog, pki, tmp_path):
     other = tmp_path / "other-ca"
-    from receivers import make_test_pki
-
     other_pki = make_test_pki(other)
     settings = syslog_output("tls", rsyslog, "tls", pki, tls_ca_file=str(other_pki["ca.pem"]))
     with pytest.raises(DeliveryError, match="certificate verify failed"):
