@@ -61,6 +61,7 @@ from sigma.types import (
     SigmaRegularExpression,
     SigmaRegularExpressionFlag,
     SigmaString,
+    SigmaTimestampPart,
     SpecialChars,
 )
 
@@ -346,6 +347,9 @@ def _translate_rule(rule: SigmaRule, location: SourceLocation, names: _NameAlloc
     status = getattr(rule.status, "name", "") if rule.status is not None else ""
     if status.lower() == "unsupported":
         raise _Skip("unsupported-status", "status 'unsupported': the rule cannot be used as written")
+    for condition in rule.detection.parsed_condition:
+        if "|" in condition.condition:
+            raise _Skip("unsupported-rule-type", "aggregation (`| count() ...`) conditions are correlations, not evaluated")
     translator = _ConditionTranslator(logsource)
     conditions = [translator.translate(condition.parse()) for condition in rule.detection.parsed_condition]
     detection = conditions[0] if len(conditions) == 1 else _any_of(conditions)
@@ -494,6 +498,8 @@ class _ConditionTranslator:
             if mapping.kind == "number":
                 raise _Skip("unsupported-value", "regular expression on a numeric field")
             return _compare(name, "regex", sigma_regex_pattern(value))
+        if isinstance(value, SigmaTimestampPart):
+            raise _Skip("unsupported-value", "timestamp part modifiers (minute, hour, ...) have no event time field here")
         if isinstance(value, SigmaNumber):
             if mapping.kind == "number":
                 return _compare(name, "=", _number(value))

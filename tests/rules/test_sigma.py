@@ -442,6 +442,12 @@ def test_unsupported_logsources_skip(logsource):
     assert skip_of(text).reason == "unsupported-logsource"
 
 
+def test_unsupported_constructs_skip():
+    assert skip_of(sigma("sel:\n    CommandLine|expand: '%admin%'\ncondition: sel")).reason == "unsupported-value"
+    assert skip_of(sigma("sel:\n    ProcessId|minute: 5\ncondition: sel")).reason == "unsupported-value"
+    assert skip_of(sigma("sel:\n    Image: /x\ncondition: sel | count() > 5")).reason == "unsupported-rule-type"
+
+
 def test_values_without_meaning_for_the_field_skip():
     assert skip_of(sigma("sel:\n    ProcessId|fieldref: Image\ncondition: sel")).reason == "unsupported-value"
     assert skip_of(sigma("sel:\n    ProcessId: true\ncondition: sel")).reason == "unsupported-value"
