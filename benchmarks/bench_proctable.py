@@ -25,7 +25,9 @@ from sentinel.enrich.proctable import ProcessTable
 from sentinel.events.model import Event, Process
 
 SECOND_NS = 1_000_000_000
-EXEPATHS = ["/usr/bin/%s" % name for name in ("bash", "python3", "sleep", "cat", "grep", "sed", "awk", "curl", "git", "make")]
+EXEPATHS = [
+    "/usr/bin/%s" % name for name in ("bash", "python3", "sleep", "cat", "grep", "sed", "awk", "curl", "git", "make")
+]
 CWDS = ["/", "/root", "/home/alice", "/srv/app", "/tmp"]
 
 
@@ -100,9 +102,14 @@ def main() -> None:
     procs = populate(table, count)
     started = time.perf_counter()
     gc.collect()
-    print("full gc pass over the table: %.0f ms (a pipeline pause whenever gen 2 runs)" % ((time.perf_counter() - started) * 1e3))
+    print(
+        "full gc pass over the table: %.0f ms (a pipeline pause whenever gen 2 runs)"
+        % ((time.perf_counter() - started) * 1e3)
+    )
     sample = procs[count // 2]
-    print("lookup hit (pid, start):   %.2f us" % per_op_us(lambda i: table.lookup(sample.pid, sample.start_ns), 200_000))
+    print(
+        "lookup hit (pid, start):   %.2f us" % per_op_us(lambda i: table.lookup(sample.pid, sample.start_ns), 200_000)
+    )
     print("lookup hit (pid only):     %.2f us" % per_op_us(lambda i: table.lookup(sample.pid), 200_000))
 
     base = 1_000_000
@@ -127,7 +134,8 @@ def main() -> None:
     started = time.perf_counter()
     events = fresh.bootstrap()
     bootstrap_ms = (time.perf_counter() - started) * 1e3
-    print("bootstrap of this machine: %.1f ms for %d processes (%.0f us each)" % (bootstrap_ms, len(events), bootstrap_ms * 1e3 / len(events)))
+    each_us = bootstrap_ms * 1e3 / len(events)
+    print("bootstrap of this machine: %.1f ms for %d processes (%.0f us each)" % (bootstrap_ms, len(events), each_us))
     started = time.perf_counter()
     fresh.reconcile()
     print("reconcile of this machine: %.1f ms" % ((time.perf_counter() - started) * 1e3))

@@ -4,8 +4,9 @@ Runtimes name the cgroup of a container after its id; the layouts differ by runt
 cgroup driver (cgroupfs vs systemd) and hosts may be hybrid (v1 controllers plus the v2
 `0::` line), so every line is tried against one table of patterns. The first pattern that
 matches any line wins; within a line the LAST match is taken, so nested layouts
-(docker-in-docker) resolve to the innermost container, the one the process runs in. Ids are shortened to 12 characters as Falco does; LXC containers are
-named, not hashed, and keep their name.
+(docker-in-docker) resolve to the innermost container, the one the process runs in. Ids
+are shortened to 12 characters as Falco does; LXC containers are named, not hashed, and
+keep their name.
 """
 
 from __future__ import annotations
@@ -73,11 +74,9 @@ def container_from_paths(paths: list[str]) -> tuple[str, str] | None:
     """(runtime, full id) of the first pattern matching any of `paths`, else None."""
     for runtime, pattern in CONTAINER_PATTERNS:
         for path in paths:
-            last = None
-            for last in pattern.finditer(path):
-                pass
-            if last is not None:
-                return runtime, last.group(1)
+            matches = pattern.findall(path)
+            if matches:
+                return runtime, matches[-1]
     return None
 
 

@@ -231,7 +231,9 @@ class ProcFS:
                 proc.exe_dev = kernel_dev(st.st_dev)
                 proc.exe_mtime_ns = st.st_mtime_ns
                 proc.exe_ctime_ns = st.st_ctime_ns
-                proc.exe_writable = exe_writable(st.st_mode, st.st_uid, st.st_gid, proc.euid, proc.egid, proc.cap_effective)
+                proc.exe_writable = exe_writable(
+                    st.st_mode, st.st_uid, st.st_gid, proc.euid, proc.egid, proc.cap_effective
+                )
                 # overlayfs files have an anonymous device (major 0): only then is the
                 # mount table worth reading
                 if os.major(st.st_dev) == 0:

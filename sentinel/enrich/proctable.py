@@ -173,7 +173,9 @@ class ProcessTable:
         pid = proc.pid
         now = self._clock()
         previous = self._live.get(pid)
-        if previous is not None and not (previous.start_ns == proc.start_ns or same_start(previous.start_ns, proc.start_ns)):
+        if previous is not None and not (
+            previous.start_ns == proc.start_ns or same_start(previous.start_ns, proc.start_ns)
+        ):
             self._retire(previous, now)  # the pid was reused: its exit was missed
             previous = None
         if previous is not None and proc.from_proc:

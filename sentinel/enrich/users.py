@@ -79,7 +79,16 @@ class _RootUsers:
 class UserResolver:
     """Names for the credentials of a process, in that process's root."""
 
-    __slots__ = ("proc_root", "host_root", "recheck_seconds", "max_roots", "_host_key", "_roots", "_nss_cache", "_clock")
+    __slots__ = (
+        "proc_root",
+        "host_root",
+        "recheck_seconds",
+        "max_roots",
+        "_host_key",
+        "_roots",
+        "_nss_cache",
+        "_clock",
+    )
 
     def __init__(
         self,

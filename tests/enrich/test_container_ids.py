@@ -14,7 +14,13 @@ POD_SYSTEMD = "pod8f2e6d1c_1b2a_4c3d_9e8f_7a6b5c4d3e2f"
 LAYOUTS = [
     # (case, /proc/<pid>/cgroup text, runtime, full id, stored path)
     ("docker v1 cgroupfs", "4:memory:/docker/%s\n1:pids:/docker/%s\n0::/\n" % (ID, ID), "docker", ID, "/docker/" + ID),
-    ("docker v2 systemd", "0::/system.slice/docker-%s.scope\n" % ID, "docker", ID, "/system.slice/docker-%s.scope" % ID),
+    (
+        "docker v2 systemd",
+        "0::/system.slice/docker-%s.scope\n" % ID,
+        "docker",
+        ID,
+        "/system.slice/docker-%s.scope" % ID,
+    ),
     (
         "docker hybrid systemd",
         "8:pids:/system.slice/docker-%s.scope\n1:name=systemd:/system.slice/docker-%s.scope\n0::/\n" % (ID, ID),
@@ -29,14 +35,21 @@ LAYOUTS = [
         ID,
         "/kubepods/besteffort/%s/%s" % (POD, ID),
     ),
-    ("kubernetes cgroupfs (guaranteed)", "0::/kubepods/%s/%s\n" % (POD, ID), "kubernetes", ID, "/kubepods/%s/%s" % (POD, ID)),
+    (
+        "kubernetes cgroupfs (guaranteed)",
+        "0::/kubepods/%s/%s\n" % (POD, ID),
+        "kubernetes",
+        ID,
+        "/kubepods/%s/%s" % (POD, ID),
+    ),
     (
         "containerd systemd (kubernetes)",
         "0::/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-%s.slice/cri-containerd-%s.scope\n"
         % (POD_SYSTEMD, ID),
         "containerd",
         ID,
-        "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-%s.slice/cri-containerd-%s.scope" % (POD_SYSTEMD, ID),
+        "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-%s.slice/cri-containerd-%s.scope"
+        % (POD_SYSTEMD, ID),
     ),
     (
         "cri-o systemd",
@@ -45,10 +58,28 @@ LAYOUTS = [
         ID,
         "/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-%s.slice/crio-%s.scope" % (POD_SYSTEMD, ID),
     ),
-    ("cri-o cgroupfs", "0::/kubepods/burstable/%s/crio-%s\n" % (POD, ID), "cri-o", ID, "/kubepods/burstable/%s/crio-%s" % (POD, ID)),
-    ("podman systemd", "0::/machine.slice/libpod-%s.scope/container\n" % ID, "podman", ID, "/machine.slice/libpod-%s.scope/container" % ID),
+    (
+        "cri-o cgroupfs",
+        "0::/kubepods/burstable/%s/crio-%s\n" % (POD, ID),
+        "cri-o",
+        ID,
+        "/kubepods/burstable/%s/crio-%s" % (POD, ID),
+    ),
+    (
+        "podman systemd",
+        "0::/machine.slice/libpod-%s.scope/container\n" % ID,
+        "podman",
+        ID,
+        "/machine.slice/libpod-%s.scope/container" % ID,
+    ),
     ("podman cgroupfs", "0::/libpod_parent/libpod-%s\n" % ID, "podman", ID, "/libpod_parent/libpod-%s" % ID),
-    ("nerdctl systemd", "0::/system.slice/nerdctl-%s.scope\n" % ID, "containerd", ID, "/system.slice/nerdctl-%s.scope" % ID),
+    (
+        "nerdctl systemd",
+        "0::/system.slice/nerdctl-%s.scope\n" % ID,
+        "containerd",
+        ID,
+        "/system.slice/nerdctl-%s.scope" % ID,
+    ),
     ("containerd cgroupfs", "0::/default/%s\n" % ID, "containerd", ID, "/default/" + ID),
     ("lxc v1", "5:pids:/lxc/web01\n0::/\n", "lxc", "web01", "/lxc/web01"),
     ("lxc 4 payload", "0::/lxc.payload.web01/init.scope\n", "lxc", "web01", "/lxc.payload.web01/init.scope"),
@@ -72,7 +103,11 @@ def test_container_layouts(text, runtime, full_id, path):
 
 
 HOST_LAYOUTS = [
-    ("v2 user session", "0::/user.slice/user-1000.slice/session-2.scope\n", "/user.slice/user-1000.slice/session-2.scope"),
+    (
+        "v2 user session",
+        "0::/user.slice/user-1000.slice/session-2.scope\n",
+        "/user.slice/user-1000.slice/session-2.scope",
+    ),
     ("v2 docker daemon itself", "0::/system.slice/docker.service\n", "/system.slice/docker.service"),
     ("podman conmon", "0::/machine.slice/libpod-conmon-%s.scope\n" % ID, "/machine.slice/libpod-conmon-%s.scope" % ID),
     ("cri-o conmon", "0::/system.slice/crio-conmon-%s.scope\n" % ID, "/system.slice/crio-conmon-%s.scope" % ID),

@@ -151,7 +151,9 @@ def test_upper_layer_exe_agrees_with_the_kernel(sensor, tmp_path):
         "cp {merged}/image-sleep {merged}/dropped-sleep && "
         "{{ {merged}/image-sleep 300 {in_image} & exec {merged}/dropped-sleep 300 {dropped}; }}"
     ).format(in_image=in_image, dropped=dropped, **layers)
-    child = subprocess.Popen(["unshare", "--mount", "--propagation", "private", "sh", "-c", script], start_new_session=True)
+    child = subprocess.Popen(
+        ["unshare", "--mount", "--propagation", "private", "sh", "-c", script], start_new_session=True
+    )
     try:
         events = wait_for_execs(sensor, in_image, dropped)
         procfs = ProcFS()
@@ -159,7 +161,8 @@ def test_upper_layer_exe_agrees_with_the_kernel(sensor, tmp_path):
             from_kernel = events[mark].proc
             from_proc = procfs.read(from_kernel.pid)
             assert from_proc is not None
-            assert from_proc.exepath == from_kernel.exepath == str(merged / ("image-sleep" if mark == in_image else "dropped-sleep"))
+            name = "image-sleep" if mark == in_image else "dropped-sleep"
+            assert from_proc.exepath == from_kernel.exepath == str(merged / name)
             assert (from_kernel.exe_upper_layer, from_proc.exe_upper_layer) == (expected, expected)
     finally:
         os.killpg(child.pid, signal.SIGKILL)

@@ -161,10 +161,14 @@ def test_exec_of_an_unknown_parent_reads_it_from_proc(table, host):
 
 
 def test_exec_in_a_container_resolves_container_and_users(table, host, tmp_path):
-    root = make_root(tmp_path / "ctr", "root:x:0:0::/:/bin/sh\nweb:x:1000:1000::/:/bin/sh\n", "root:x:0:\nweb:x:1000:\n")
+    root = make_root(
+        tmp_path / "ctr", "root:x:0:0::/:/bin/sh\nweb:x:1000:1000::/:/bin/sh\n", "root:x:0:\nweb:x:1000:\n"
+    )
     cid = "ab" * 32
     host.add(900, ppid=1, comm="nginx", start_ticks=4000, root=root, cgroup="0::/system.slice/docker-%s.scope\n" % cid)
-    proc = table.on_exec(kernel_exec(900, 4000 * TICK_NS, 1, "nginx", euid=1000, egid=1000, uid=1000, gid=1000, cgroup_id=77))
+    proc = table.on_exec(
+        kernel_exec(900, 4000 * TICK_NS, 1, "nginx", euid=1000, egid=1000, uid=1000, gid=1000, cgroup_id=77)
+    )
     assert proc.container_id == cid[:12]
     assert proc.cgroup == "/system.slice/docker-%s.scope" % cid
     assert (proc.user_name, proc.group_name) == ("web", "web")  # "alice" on the host

@@ -97,9 +97,9 @@ class TableMachine(RuleBasedStateMachine):
         for pid, proc in table._live.items():
             assert proc.pid == pid and not proc.exited
         for (pid, start), (proc, _when) in table._exited.items():
-            assert proc.exited and proc.pid == pid
+            assert proc.exited and (proc.pid, proc.start_ns) == (pid, start)
         for pid, proc in table._last_exited.items():
-            assert (proc.pid, proc.start_ns) in table._exited
+            assert proc.pid == pid and (proc.pid, proc.start_ns) in table._exited
         stored = set(map(id, table._live.values())) | {id(p) for p, _ in table._exited.values()}
         for parent, children in table._children.items():
             assert id(parent) in stored

@@ -15,7 +15,9 @@ from sentinel.events.model import Process
 def family() -> list[Process]:
     init = Process(1, 1, comm="init", exepath="/sbin/init", user_name="root")
     shell = Process(50, 5, comm="bash", exepath="/bin/bash", user_name="alice", uid=1000, parent=init)
-    job = Process(60, 6, comm="evil", exepath="/tmp/\x1b[2Jevil", args=("-x",), parent=shell, container_id="3f4c2b1a0e9d")
+    job = Process(
+        60, 6, comm="evil", exepath="/tmp/\x1b[2Jevil", args=("-x",), parent=shell, container_id="3f4c2b1a0e9d"
+    )
     daemon = Process(40, 4, comm="sshd", exepath="/usr/sbin/sshd", user_name="root", parent=init)
     return [job, daemon, init, shell]
 
