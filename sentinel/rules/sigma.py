@@ -90,7 +90,7 @@ SKIP_REASONS = {
     "unavailable-field": "a field the rule needs cannot be known on a host",
     "unknown-field": "a field outside the log source's mapping",
     "unsupported-value": "a value or modifier that has no meaning for the mapped field",
-    "unsupported-rule-type": "correlation rules and filters are not evaluated",
+    "unsupported-rule-type": "correlation rules, filters and aggregation conditions are not evaluated",
     "unsupported-status": "the rule's status says it cannot be used as is",
 }
 
