@@ -144,8 +144,6 @@ def fit(record: dict, render: Callable[[dict], bytes], limit: int) -> bytes:
 
 # ---------------------------------------------------------------- syslog
 _SD_ESCAPE = re.compile(r'["\\\]]')
-
-
 _SD_SAFE = re.compile(r'[^"\\\]\x00-\x1f\x7f-\x9f]*')
 _PRINTUSASCII = re.compile(r"[!-~]+")
 _NOT_PRINTUSASCII = re.compile(r"[^!-~]")
