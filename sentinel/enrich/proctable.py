@@ -38,6 +38,7 @@ import time
 from collections.abc import Callable, Iterator
 
 from sentinel.config import SensorConfig
+from sentinel.enrich.clock import wall_clock
 from sentinel.enrich.container import HOST, CgroupResolver
 from sentinel.enrich.procfs import ProcFS, same_start
 from sentinel.enrich.users import UserResolver
@@ -296,16 +297,18 @@ class ProcessTable:
     def bootstrap(self) -> list[Event]:
         """Install every running process, oldest first so that parents precede children.
 
-        Returns the synthetic exec events (type "execve", `proc.from_proc` set) in the order
-        they were applied, for a pipeline that wants to record the starting state.
+        Returns the synthetic exec events (type "execve", `proc.from_proc` set, stamped with
+        the process's start time) in the order they were applied, for a pipeline that wants
+        to record the starting state.
         """
+        to_utc_ns = wall_clock().boot_to_utc_ns
         fresh = [proc for proc in map(self.procfs.read, self.procfs.pids()) if proc is not None]
         fresh.sort(key=lambda proc: (proc.start_ns, proc.pid))
         events = []
         self._reading_proc = True
         try:
             for proc in fresh:
-                event = Event("execve", proc, boot_ns=proc.start_ns)
+                event = Event("execve", proc, boot_ns=proc.start_ns, time_ns=to_utc_ns(proc.start_ns))
                 self.on_exec(event)
                 events.append(event)
         finally:

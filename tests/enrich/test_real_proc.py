@@ -40,6 +40,7 @@ def test_bootstrap_finds_a_process_with_exact_fields(sleeper):
     table = ProcessTable()
     events = table.bootstrap()
     assert all(event.type == "execve" and event.proc.from_proc for event in events)
+    assert all(event.time_ns < time.time_ns() for event in events)
     (found,) = [e.proc for e in events if marker in e.proc.args]
     assert found.pid == child.pid
     assert found.ppid == os.getpid()
@@ -54,6 +55,8 @@ def test_bootstrap_finds_a_process_with_exact_fields(sleeper):
     assert found.exe_ino == st.st_ino
     assert found.exe_dev == (os.major(st.st_dev) << 20) | os.minor(st.st_dev)
     assert 0 <= spawned_at - found.start_ns < 1_000_000_000  # /proc truncates to the tick
+    (event,) = [e for e in events if e.proc is found]
+    assert abs(event.time_ns - time.time_ns()) < 10 * 10**9  # started moments ago
     assert found.parent is table.lookup(os.getpid())
     assert found.parent.exepath == os.path.realpath("/proc/self/exe")
 
