@@ -19,6 +19,7 @@ from typing import Any
 
 from sentinel import __version__, notify
 from sentinel.actions.alert import AlertWriter, HostIdentity, alert_record
+from sentinel.actions.record import ancestry_of
 from sentinel.config import Config
 from sentinel.control import ControlServer
 from sentinel.errors import SentinelError, StoreError
@@ -29,6 +30,7 @@ from sentinel.selfprotect import self_protection_rules
 
 log = get_logger("sentinel.agent")
 
+EXEC_TYPES = frozenset({"execve", "execveat"})
 PRIORITY_ORDER = ("emergency", "alert", "critical", "error", "warning", "notice", "informational", "debug")
 
 
@@ -112,6 +114,8 @@ class Agent:
             event_id = self.store.add_event(event, matched=bool(matches))
             if event_id is not None:
                 self.counters["stored_events"] += 1
+            if event.type in EXEC_TYPES and event.res >= 0:
+                self.store.upsert_process(event.proc)
         for rule in matches:
             self.raise_alert(rule, event, event_id)
 
@@ -135,7 +139,7 @@ class Agent:
         )
         self.alerts.write(record)
         if self.store is not None:
-            self.store.add_alert(record, event_id, _ancestry(event))
+            self.store.add_alert(record, event_id, ancestry_of(event.proc))
 
     def _internal_alert(self, rule: str, priority: str, output: str, fields: dict[str, Any] | None = None) -> None:
         """Alerts about the agent itself (drops, failed reloads): never silent."""
@@ -309,11 +313,6 @@ class Watchdog:
         if self.interval is not None and now >= self._next:
             self._next = now + self.interval
             notify.notify("WATCHDOG=1")
-
-
-def _ancestry(event: Event) -> list[dict[str, Any]]:
-    chain = [event.proc, *event.proc.ancestors()]
-    return [{"pid": p.pid, "comm": p.comm, "exepath": p.exepath, "cmdline": p.cmdline} for p in chain]
 
 
 def _normal_priority(priority: str) -> str:

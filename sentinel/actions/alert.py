@@ -8,16 +8,15 @@ identity and the agent and rule-set versions.
 from __future__ import annotations
 
 import json
-import os
 import socket
 import sys
 import threading
 import time
-import uuid
 from dataclasses import dataclass
 from typing import IO, Any
 
 from sentinel import __version__
+from sentinel.actions.record import new_id
 
 
 def rfc3339_ns(epoch_ns: int) -> str:
@@ -49,14 +48,6 @@ class HostIdentity:
         )
 
 
-def new_record_id() -> str:
-    """Time-ordered unique id (UUIDv7 layout): sortable in the store, unique across hosts."""
-    ms = time.time_ns() // 1_000_000
-    rand = int.from_bytes(os.urandom(10), "big")
-    value = (ms & ((1 << 48) - 1)) << 80 | 0x7 << 76 | (rand >> 68 & 0xFFF) << 64 | 0b10 << 62 | (rand & ((1 << 62) - 1))
-    return str(uuid.UUID(int=value))
-
-
 def alert_record(
     *,
     rule: str,
@@ -80,7 +71,7 @@ def alert_record(
         "output": output,
         "tags": sorted(tags),
         "output_fields": output_fields,
-        "id": record_id or new_record_id(),
+        "id": record_id or new_id(),
         "kind": "alert",
         "host": {"machine_id": host.machine_id, "boot_id": host.boot_id},
         "agent_version": __version__,

@@ -13,7 +13,8 @@ import time
 from dataclasses import dataclass
 from typing import Any, Iterable
 
-from sentinel.actions.alert import HostIdentity, new_record_id, rfc3339_ns
+from sentinel.actions.alert import HostIdentity, rfc3339_ns
+from sentinel.actions.record import new_id
 
 # Falco's priorities, most severe first; the index is the syslog severity (RFC 5424 6.2.1).
 PRIORITIES = ("emergency", "alert", "critical", "error", "warning", "notice", "informational", "debug")
@@ -54,7 +55,7 @@ def event_record(
 ) -> dict:
     """A raw event for outputs that ask for events too."""
     return {
-        "id": record_id or new_record_id(),
+        "id": record_id or new_id(),
         "kind": "event",
         "time": rfc3339_ns(time.time_ns() if time_ns is None else time_ns),
         "hostname": host.hostname,
