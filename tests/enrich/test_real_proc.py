@@ -109,3 +109,18 @@ def test_start_ns_from_proc_agrees_with_the_boot_clock():
         ticks = int(handle.read().rsplit(")", 1)[1].split()[19])
     assert start == ticks * TICK_NS
     assert 0 < start < now
+
+
+def test_a_proc_directory_fd_never_shows_another_process():
+    """What ProcFS.read relies on: once /proc/<pid> is open, reads through it fail after the
+    process is gone instead of showing whoever gets the pid next."""
+    child = subprocess.Popen(["sleep", "300"])
+    dir_fd = os.open("/proc/%d" % child.pid, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.close(os.open("stat", os.O_RDONLY, dir_fd=dir_fd))
+        child.kill()
+        child.wait()
+        with pytest.raises(OSError):
+            os.close(os.open("stat", os.O_RDONLY, dir_fd=dir_fd))
+    finally:
+        os.close(dir_fd)
