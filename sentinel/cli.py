@@ -99,7 +99,8 @@ def reload(config_path: str | None) -> None:
 
 @main.command()
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
-def doctor(as_json: bool) -> None:
+@click.option("--config", "config_path", metavar="FILE", type=click.Path(dir_okay=False), help="Configuration file (for the BTF cache directory).")
+def doctor(as_json: bool, config_path: str | None) -> None:
     """Try each kernel feature sentinel uses and show what enforcement gets here.
 
     Exit status 1 when the agent cannot run (no way to compile, no ring buffer or no
@@ -107,9 +108,10 @@ def doctor(as_json: bool) -> None:
     """
     import json
 
+    from sentinel import config
     from sentinel.kernel import probe
 
-    report = probe.doctor_report()
+    report = probe.doctor_report(config.load(config_path).sensor.btf_cache_dir)
     click.echo(json.dumps(report) if as_json else probe.format_report(report))
     sys.exit(0 if report["can_run"] else 1)
 

@@ -66,3 +66,22 @@ def test_doctor_exits_non_zero_when_the_agent_cannot_run(monkeypatch, failing, r
     table = CliRunner().invoke(main, ["doctor"])
     assert table.exit_code == 1
     assert "CANNOT run" in table.output and reason in table.output
+
+
+def test_doctor_says_when_it_is_not_root(monkeypatch):
+    monkeypatch.setattr(probe, "run_probes", _fake_probes("none"))
+    monkeypatch.setattr(probe.headers, "btf_feature_cflags", lambda configured_cache_dir=None: [])
+    monkeypatch.setattr(probe.os, "geteuid", lambda: 1000)
+    result = CliRunner().invoke(main, ["doctor", "--json"])
+    assert result.exit_code == 1
+    assert json.loads(result.output)["cannot_run_because"] == ["not running as root: loading BPF programs needs root"]
+
+
+def test_doctor_uses_the_configured_btf_cache(monkeypatch, tmp_path):
+    seen = []
+    monkeypatch.setattr(probe, "run_probes", lambda configured_cache_dir=None: seen.append(configured_cache_dir) or [])
+    monkeypatch.setattr(probe.headers, "btf_feature_cflags", lambda configured_cache_dir=None: [])
+    config = tmp_path / "sentinel.yaml"
+    config.write_text("sensor:\n  btf_cache_dir: %s\n" % (tmp_path / "cache"))
+    CliRunner().invoke(main, ["doctor", "--config", str(config)])
+    assert seen == [str(tmp_path / "cache")]

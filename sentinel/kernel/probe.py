@@ -416,6 +416,8 @@ def doctor_report(configured_cache_dir: str | None = None) -> dict[str, object]:
         features = headers.btf_feature_cflags(configured_cache_dir)
     except (KernelError, OSError) as exc:
         features = ["(unavailable: %s)" % exc]
+    if os.geteuid() != 0:
+        reasons.append("not running as root: loading BPF programs needs root")
     return {
         "can_run": not reasons,
         "cannot_run_because": reasons,
