@@ -213,6 +213,7 @@ class HTTPReceiver:
         self.tls = tls  # (certificate, key): serve HTTPS
         self.port = free_port()
         self.requests: list[dict] = []
+        self.attempts: list[float] = []  # monotonic time of every POST, refused ones too
         self.bulk_ids: set[str] = set()
         self.loki_entries: list[tuple[dict, str, str]] = []
         self.status: int | object = 200
@@ -272,10 +273,13 @@ class HTTPReceiver:
         handler.send_response(status)
         handler.send_header("Content-Type", "application/json")
         handler.send_header("Content-Length", str(len(body)))
+        if status == 429:
+            handler.send_header("Retry-After", "1")
         handler.end_headers()
         handler.wfile.write(body)
 
     def _post(self, request: dict) -> tuple[int, bytes]:
+        self.attempts.append(time.monotonic())
         status = self.status(request) if callable(self.status) else self.status
         if not 200 <= status < 300:
             return status, b'{"error":"refused by test"}'

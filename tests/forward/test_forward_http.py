@@ -241,3 +241,13 @@ def test_a_64k_value_is_truncated_in_one_record_not_split(tmp_path, http_receive
         assert body["output"].endswith(" bytes]") and "…[truncated " in body["output"]
         assert body["output_fields"]["proc.cmdline"].endswith(" bytes]")
     assert len(hook_body) <= 16384
+
+
+def test_retry_after_of_a_429_is_honoured(tmp_path, http_receiver):
+    receiver = http_receiver("loki")
+    answers = iter([429])
+    receiver.status = lambda request: next(answers, 204)
+    output = parse_output("loki", "loki", {"url": receiver.url, **FAST_RETRY})  # backoff alone: <= 0.05 s
+    run_forwarder(tmp_path, [output], [make_alert(1)])
+    assert len(receiver.attempts) == 2 and len(receiver.requests) == 1
+    assert receiver.attempts[1] - receiver.attempts[0] >= 0.95

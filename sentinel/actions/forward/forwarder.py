@@ -120,10 +120,12 @@ class OutputWorker(threading.Thread):
         return True
 
     def _failed(self, exc: BaseException) -> None:
-        """Count the failure and wait out the backoff (interrupted by stop)."""
+        """Count the failure and wait out the backoff, or the receiver's Retry-After if longer
+        (interrupted by stop)."""
         self.status.failures += 1
         self.status.last_error = str(exc)
-        self.stopping.wait(backoff_delay(self.status.failures, self.settings.backoff_initial, self.settings.backoff_max))
+        delay = backoff_delay(self.status.failures, self.settings.backoff_initial, self.settings.backoff_max)
+        self.stopping.wait(max(delay, getattr(exc, "retry_after", 0.0)))
 
     def _advance(self, seq: int, delivered: int) -> None:
         self.outbox.advance(self.settings.name, seq)

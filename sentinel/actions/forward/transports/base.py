@@ -11,11 +11,13 @@ Batch = Sequence[tuple[int, dict]]
 
 
 class DeliveryError(Exception):
-    """A batch failed after its first `delivered` entries were acknowledged; retry the rest."""
+    """A batch failed after its first `delivered` entries were acknowledged; retry the rest
+    (not before `retry_after` seconds when the receiver asked for that, e.g. HTTP 429)."""
 
-    def __init__(self, message: str, delivered: int = 0) -> None:
+    def __init__(self, message: str, delivered: int = 0, retry_after: float = 0.0) -> None:
         super().__init__(message)
         self.delivered = delivered
+        self.retry_after = retry_after
 
 
 class Transport:

@@ -36,10 +36,14 @@ log = get_logger(__name__)
 PERMANENT_STATUSES = frozenset({400, 413, 422})
 
 
+MAX_RETRY_AFTER = 300.0
+
+
 class HTTPError(Exception):
-    def __init__(self, status: int, body: bytes) -> None:
+    def __init__(self, status: int, body: bytes, retry_after: float = 0.0) -> None:
         super().__init__("HTTP %d: %s" % (status, body[:200].decode("utf-8", "replace")))
         self.status = status
+        self.retry_after = retry_after
         self.body = body
 
 
@@ -75,6 +79,7 @@ class HTTPClient:
         self.host = parts.hostname or ""
         self.port = parts.port or (443 if self.https else 80)
         self.base_path = parts.path.rstrip("/")
+        self.last_retry_after = 0.0
         self.connection: http.client.HTTPConnection | None = None
 
     def _connect(self) -> http.client.HTTPConnection:
@@ -89,6 +94,7 @@ class HTTPClient:
         return _HTTPConnection(self.host, self.port, timeout=self.settings.timeout)
 
     def post(self, path: str, body: bytes, headers: dict[str, str]) -> tuple[int, bytes]:
+        """(status, body) of a POST; `last_retry_after` keeps the answer's Retry-After (s)."""
         all_headers = {"Content-Length": str(len(body)), "User-Agent": "sentinel-forward", **self.settings.headers, **headers}
         for attempt in (0, 1):
             if self.connection is None:
@@ -97,6 +103,7 @@ class HTTPClient:
                 self.connection.request("POST", self.base_path + path, body=body, headers=all_headers)
                 response = self.connection.getresponse()
                 data = response.read()
+                self.last_retry_after = parse_retry_after(response.getheader("Retry-After"))
                 if response.will_close:
                     self.close()
                 return response.status, data
@@ -113,6 +120,14 @@ class HTTPClient:
         if self.connection is not None:
             self.connection.close()
             self.connection = None
+
+
+def parse_retry_after(value: str | None) -> float:
+    """Seconds from a Retry-After header given in seconds (dates are ignored), capped."""
+    try:
+        return min(MAX_RETRY_AFTER, max(0.0, float(value))) if value else 0.0
+    except ValueError:
+        return 0.0
 
 
 def basic_auth(username: str, password: SecretRef, settings: HTTPSettings) -> Secret:
@@ -187,7 +202,7 @@ class HTTPBatchTransport(Transport):
             try:
                 self._post_group(indexes, encoded)
             except DeliveryError as exc:
-                raise DeliveryError(str(exc), delivered=max(delivered, progress())) from None
+                raise DeliveryError(str(exc), delivered=max(delivered, progress()), retry_after=exc.retry_after) from None
             delivered_positions.update(indexes)
             delivered = progress()
 
@@ -196,6 +211,8 @@ class HTTPBatchTransport(Transport):
         parts = [encoded[i][1] for i in indexes]
         status, data = self.client.post(self.path, self.body(parts, records), self.headers())
         try:
+            if not 200 <= status < 300:
+                raise HTTPError(status, data, self.client.last_retry_after)
             self.check(status, data, len(indexes))
         except HTTPError as exc:
             if exc.status in PERMANENT_STATUSES:
@@ -207,7 +224,7 @@ class HTTPBatchTransport(Transport):
                 self._post_group(indexes[:middle], encoded)
                 self._post_group(indexes[middle:], encoded)
                 return
-            raise DeliveryError("%s: %s" % (self.settings.url, exc)) from None
+            raise DeliveryError("%s: %s" % (self.settings.url, exc), retry_after=exc.retry_after) from None
 
     def close(self) -> None:
         self.client.close()
@@ -239,7 +256,7 @@ class WebhookTransport(HTTPBatchTransport):
             try:
                 super().send([entry])
             except DeliveryError as exc:
-                raise DeliveryError(str(exc), delivered=index) from None
+                raise DeliveryError(str(exc), delivered=index, retry_after=exc.retry_after) from None
 
 
 class SplunkHECTransport(HTTPBatchTransport):
