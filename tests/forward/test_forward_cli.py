@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from click.testing import CliRunner
-from forward_harness import IDENTITY, free_port, make_alert
+from forward_harness import IDENTITY, free_port, make_alert, wait_for
 
 from sentinel import config
 from sentinel.actions.forward import Forwarder
@@ -73,3 +73,14 @@ def test_forward_status_without_an_outbox_is_a_clear_error(tmp_path):
     config_path.write_text("forward:\n  outbox: %s\n" % (tmp_path / "none.db"))
     result = CliRunner().invoke(main, ["forward", "status", "--config", str(config_path)])
     assert result.exit_code == 1 and "no outbox at" in result.output
+
+
+def test_forward_test_through_relp_to_rsyslog(tmp_path, rsyslog):
+    path = tmp_path / "relp.yaml"
+    path.write_text("outputs:\n  - name: soc\n    type: syslog\n    protocol: relp\n    host: 127.0.0.1\n    port: %d\n"
+                    % rsyslog.ports["relp"])
+    result = CliRunner().invoke(main, ["forward", "test", "soc", "--config", str(path)])
+    assert result.exit_code == 0, result.output
+    assert wait_for(lambda: rsyslog.lines())
+    (line,) = rsyslog.lines()
+    assert json.loads(line["msg"])["rule"] == TEST_RULE and line["input"] == "relp"
