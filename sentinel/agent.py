@@ -82,7 +82,12 @@ class Agent:
         ruleset = load_rules(list(self.config.rule_paths), extra=guards, match=self.config.alerts.match)
         self.ruleset = ruleset
         self.ruleset_version = ruleset_version(list(self.rules_snapshot))
-        log.info("rules.loaded", **{"rules.count": len(ruleset.rules), "rules.version": self.ruleset_version})
+        for problem in ruleset.warnings:
+            if problem.item.startswith("sigma rule"):  # a Sigma rule the host cannot evaluate: say why
+                log.warning("rules.sigma_skipped", **{"rule.name": problem.item[len("sigma rule '"):-1],
+                                                      "rule.location": str(problem.location), "reason": problem.message})
+        sigma_counts = {"rules." + key: n for key, n in ruleset.counts.items() if key.startswith("sigma_")}
+        log.info("rules.loaded", **{"rules.count": len(ruleset.rules), "rules.version": self.ruleset_version, **sigma_counts})
 
     def reload_rules(self) -> dict[str, Any]:
         previous = self.ruleset_version

@@ -248,3 +248,19 @@ def test_sentinel_run_with_sigma_rules_writes_sigma_alerts(workdir):
             agent.kill()
             agent.wait()
         notify.close()
+    # the load was reported: counts, and each skipped rule with its location and reason
+    records = []
+    for line in log_path.read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            pass
+    (loaded,) = [r for r in records if r.get("event") == "rules.loaded"]
+    assert loaded["rules.sigma_rules"] == 132 and loaded["rules.sigma_skipped.unavailable-field"] == 3
+    skipped = [r for r in records if r.get("event") == "rules.sigma_skipped"]
+    assert {r["rule.name"] for r in skipped} == {
+        "Linux Crypto Mining Pool Connections",
+        "Communication To LocaltoNet Tunneling Service Initiated - Linux",
+        "Communication To Ngrok Tunneling Service - Linux",
+    }
+    assert all("DestinationHostname" in r["reason"] and r["rule.location"].endswith(":9") for r in skipped)
