@@ -9,11 +9,15 @@ from sentinel.errors import ConfigError
 
 
 def client_context(settings: TLSSettings) -> ssl.SSLContext:
-    """Verifies the server against tls_ca_file (or the system store) and its name."""
-    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+    """Verifies the server against tls_ca_file alone (or, without one, the system store) and
+    its name; TLS 1.2 at least."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # hostname check + CERT_REQUIRED
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
     try:
         if settings.tls_ca_file:
             context.load_verify_locations(cafile=settings.tls_ca_file)
+        else:
+            context.load_default_certs(ssl.Purpose.SERVER_AUTH)
         if settings.tls_cert_file:
             password = settings.tls_key_password.resolve().reveal() if settings.tls_key_password else None
             context.load_cert_chain(settings.tls_cert_file, settings.tls_key_file, password=password)
