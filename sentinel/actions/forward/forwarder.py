@@ -4,8 +4,12 @@ submit() only appends to an in-memory deque (well under a microsecond); a writer
 moves records into the outbox in batched transactions every `flush_seconds`. Each output's
 thread reads batches after its cursor, keeps what its filter accepts, sends, and moves the
 cursor only after the receiver's acknowledgement; failures back off exponentially with
-jitter up to backoff_max. Records lost to the outbox bounds raise a loss alert record
-through `on_loss` (by default submitted to the outputs themselves).
+jitter up to backoff_max (or the receiver's Retry-After). Records lost to the outbox bounds
+raise a loss alert record through `on_loss` (by default submitted to the outputs themselves).
+
+Durability: what is in the outbox survives a crash and is delivered at least once; what was
+submitted in the last `flush_seconds` before a crash (still in memory) is not. `flush()`
+waits until everything submitted so far is in the outbox.
 """
 
 from __future__ import annotations
