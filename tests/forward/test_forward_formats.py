@@ -211,3 +211,18 @@ def test_fit_with_cef_payload_keeps_one_parseable_record():
     header, fields = parse_cef(parts["msg"])
     assert fields["externalId"] == record["id"] and fields["cn1"] == "1" and fields["cn1Label"] == "truncated"
     assert fields["msg"].startswith("=|\\\n=|\\\n") and fields["msg"].endswith(" bytes]")
+
+
+@given(st.text(max_size=40), st.text(max_size=40), st.text(max_size=20))
+def test_no_text_can_break_a_syslog_record_apart(output, rule, hostname):
+    record = formats.clean(make_alert(output=output, rule=rule or "r"))
+    record["hostname"] = formats.clean(hostname)
+    for payload in (formats.json_payload, formats.cef):
+        message = formats.rfc5424(record, facility=16, app_name="sentinel", payload=payload)
+        assert b"\n" not in message and b"\r" not in message
+        parts = split_5424(message)
+        assert parse_sd_params(parts["sd"]) == {"id": record["id"], "kind": "alert", "rule": formats.visible(rule or "r"),
+                                                "priority": "Warning"}
+        line = formats.rfc3164(record, facility=16, app_name="sentinel", payload=payload)
+        assert not re.search(rb"[\x00-\x1f\x7f]", line)
+    assert json.loads(formats.json_payload(record))["output"] == record["output"]
