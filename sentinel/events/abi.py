@@ -9,6 +9,12 @@ Clocks: record timestamps and exec ids use CLOCK_BOOTTIME (`bpf_ktime_get_boot_n
 `task->start_boottime`). /proc/<pid>/stat's starttime is the same clock in ticks, so a
 process seen in /proc and in a kernel record has the same start at tick precision
 (compare with `same_start_ticks`, or `sentinel.enrich.procfs.same_start`).
+
+Best-effort exec flags: F_EXE_MEMFD is set when the exe's dentry is named "memfd:..." on a
+kernel-internal (MNT_INTERNAL) tmpfs/hugetlbfs mount, which is where memfd_create() puts
+its files. F_EXE_UPPER is set when the exe is on overlayfs and its overlay inode has an
+upper dentry (`struct ovl_inode.__upperdentry`); it needs struct ovl_inode in vmlinux BTF
+(overlay built in, SENTINEL_HAVE_OVL_INODE), and stays clear where overlay is a module.
 """
 
 from __future__ import annotations
