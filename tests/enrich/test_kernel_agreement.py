@@ -172,13 +172,15 @@ def test_upper_layer_exe_agrees_with_the_kernel(sensor, tmp_path):
 def test_long_argv_is_cut_at_the_same_byte(sensor):
     mark = "0.%d" % uuid.uuid4().int
     filler = ["%04d-" % n + "x" * 40 for n in range(200)]  # ~9 kB of arguments
-    child = subprocess.Popen(["sleep", "300", mark, *filler])
+    # sh waits on its stdin and ignores the positional arguments (sleep would reject them)
+    child = subprocess.Popen(["sh", "-c", "read line", "sh", mark, *filler], stdin=subprocess.PIPE)
     try:
         from_kernel = wait_for_exec(sensor, mark).proc
         from_proc = ProcFS().read(child.pid)
         assert from_kernel.args_truncated and from_proc.args_truncated
         assert from_kernel.args == from_proc.args
-        assert from_proc.args[-1] != filler[len(from_proc.args) - 3]  # cut inside an argument
+        assert from_proc.args[:4] == ("-c", "read line", "sh", mark)
+        assert from_proc.args[-1] != filler[len(from_proc.args) - 5]  # cut inside an argument
     finally:
         child.kill()
-        child.wait()
+        child.communicate()
