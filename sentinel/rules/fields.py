@@ -572,8 +572,23 @@ _field("container.image.id", "string", "container image id", _CONTAINER_RUNTIME,
 _field("container.image.repository", "string", "container image repository", _CONTAINER_RUNTIME, _absent)
 _field("container.image.tag", "string", "container image tag", _CONTAINER_RUNTIME, _absent)
 _field("container.image.digest", "string", "container image digest", _CONTAINER_RUNTIME, _absent)
-_field("container.type", "string", "container runtime type; 'host' outside containers", "cgroup path prefix (docker/containerd/crio/podman) at exec",
-       lambda e: "host" if not _in_container(e) else None)
+_RUNTIME_MARKERS = (("docker", "docker"), ("cri-containerd", "containerd"), ("containerd", "containerd"),
+                    ("crio", "cri-o"), ("libpod", "podman"), ("lxc", "lxc"))
+
+
+def _container_type(event: Event) -> str | None:
+    if not _in_container(event):
+        return "host"
+    cgroup = event.proc.cgroup
+    for marker, runtime in _RUNTIME_MARKERS:
+        if marker in cgroup:
+            return runtime
+    return None
+
+
+_field("container.type", "string", "container runtime (docker, containerd, cri-o, podman, lxc); 'host' outside containers",
+       "the task's cgroup path (docker-<id>.scope, cri-containerd-, crio-, libpod-) at exec; absent when no runtime is recognised",
+       _container_type)
 _field("container.privileged", "bool", "the container runs privileged", _CONTAINER_RUNTIME, _absent)
 _field("container.start_ts", "abstime", "container start time", _CONTAINER_RUNTIME, _absent)
 _field("container.mounts", "string", "container mounts", _CONTAINER_RUNTIME, _absent)

@@ -134,6 +134,14 @@ def test_errors_and_other_enums_render_by_name():
     assert holds("evt.arg.flags = EXE_WRITABLE|EXE_UPPER_LAYER", execve)
 
 
+def test_container_fields_from_cgroups():
+    docker = {"type": "execve", "proc": {"name": "sh", "container_id": "3ad7b26ded6d",
+                                         "cgroup": "/system.slice/docker-3ad7b26ded6d0000.scope"}}
+    assert holds("container.id = 3ad7b26ded6d and container.type = docker and not container.name exists", docker)
+    assert holds("container.id = host and container.type = host and container.name = host")
+    assert holds("container.info = 'container_id=host container_name=host'")
+
+
 def test_ancestors():
     assert holds("proc.pname = bash and proc.aname[1] = bash and proc.aname[2] = sshd and proc.aname[3] = systemd")
     assert holds("proc.aname[0] = python3")
