@@ -137,7 +137,9 @@ static __always_inline void sentinel_exe_inode(struct sentinel_exec *e, struct f
 		    prefix[2] == 'm' && prefix[3] == 'f' && prefix[4] == 'd' && prefix[5] == ':')
 			e->flags |= SENTINEL_F_EXE_MEMFD;
 	}
-#ifdef SENTINEL_HAVE_OVL_INODE
+#if defined(SENTINEL_HAVE_OVL_INODE) && defined(__SENTINEL_BTF_TREE)
+	/* struct ovl_inode is private to fs/overlayfs: only the BTF tree (overlay built in)
+	 * has it; real kernel headers never do */
 	if (magic == SENTINEL_OVERLAYFS_MAGIC) {
 		/* the overlay inode has an upper dentry once the file exists on the upper layer */
 		struct ovl_inode *oi = container_of(inode, struct ovl_inode, vfs_inode);
