@@ -6,6 +6,7 @@ Every receiver is started by a fixture and stopped by PID (or server shutdown) i
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import re
@@ -246,6 +247,8 @@ class HTTPReceiver:
             def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length", 0))
                 body = self.rfile.read(length)
+                if self.headers.get("Content-Encoding") == "gzip":
+                    body = gzip.decompress(body)
                 request = {"path": self.path, "headers": dict(self.headers.items()), "body": body}
                 if receiver.delay:
                     time.sleep(receiver.delay)

@@ -76,7 +76,8 @@ def test_elasticsearch_bulk_ndjson_ecs_and_id_dedupe(tmp_path, http_receiver):
     receiver = http_receiver("bulk")
     answers = iter([503])
     receiver.status = lambda request: next(answers, 200)  # the first _bulk fails: resent whole
-    output = parse_output("es", "elasticsearch", {"url": receiver.url, "index": "sentinel-alerts", **FAST_RETRY})
+    output = parse_output("es", "elasticsearch", {"url": receiver.url, "index": "sentinel-%Y.%m", "gzip": True,
+                                                  **FAST_RETRY})
     records = [make_alert(n) for n in range(30)]
     run_forwarder(tmp_path, [output], records)
     (request,) = receiver.requests
@@ -84,7 +85,8 @@ def test_elasticsearch_bulk_ndjson_ecs_and_id_dedupe(tmp_path, http_receiver):
     lines = request["body"].decode().split("\n")
     actions, documents = [json.loads(l) for l in lines[:-1:2]], [json.loads(l) for l in lines[1:-1:2]]
     assert [a["create"]["_id"] for a in actions] == [r["id"] for r in records]
-    assert {a["create"]["_index"] for a in actions} == {"sentinel-alerts"}
+    assert {a["create"]["_index"] for a in actions} == {"sentinel-" + records[0]["time"][:7].replace("-", ".")}
+    assert request["headers"]["Content-Encoding"] == "gzip"
     document = documents[0]
     assert document["@timestamp"] == records[0]["time"]
     assert document["event"]["kind"] == "alert" and document["rule"]["name"] == "Read sensitive file"

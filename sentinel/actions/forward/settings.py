@@ -115,8 +115,9 @@ class SyslogSettings(CommonSettings, TLSSettings):
 class HTTPSettings(CommonSettings, TLSSettings):
     url: str = ""
     headers: dict[str, str] = field(default_factory=dict)
-    max_body_bytes: int = 1_000_000
+    max_body_bytes: int = 1_000_000  # before compression
     max_record_bytes: int = 256 * 1024
+    gzip: bool = False  # Content-Encoding: gzip (HEC, Elasticsearch, Loki accept it)
 
 
 @dataclass(frozen=True)
@@ -135,7 +136,7 @@ class SplunkHECSettings(HTTPSettings):
 
 @dataclass(frozen=True)
 class ElasticsearchSettings(HTTPSettings):
-    index: str = "sentinel"
+    index: str = "sentinel"  # strftime patterns use the record's UTC time: sentinel-%Y.%m.%d
     username: str = ""
     password: SecretRef = SecretRef()
     api_key: SecretRef = SecretRef()

@@ -10,6 +10,7 @@ bisected down to the one refused record, which is dropped and counted.
 from __future__ import annotations
 
 import base64
+import gzip
 import http.client
 import json
 import socket
@@ -209,7 +210,11 @@ class HTTPBatchTransport(Transport):
     def _post_group(self, indexes: list[int], encoded: list) -> None:
         records = [encoded[i][0] for i in indexes]
         parts = [encoded[i][1] for i in indexes]
-        status, data = self.client.post(self.path, self.body(parts, records), self.headers())
+        body, headers = self.body(parts, records), self.headers()
+        if self.settings.gzip:
+            body = gzip.compress(body, compresslevel=5)
+            headers["Content-Encoding"] = "gzip"
+        status, data = self.client.post(self.path, body, headers)
         try:
             if not 200 <= status < 300:
                 raise HTTPError(status, data, self.client.last_retry_after)
@@ -312,8 +317,17 @@ class ElasticsearchTransport(HTTPBatchTransport):
             headers["Authorization"] = self._auth.reveal()
         return headers
 
+    def index_for(self, record: dict) -> str:
+        if "%" not in self.settings.index:
+            return self.settings.index
+        try:
+            stamp = parse_rfc3339_ns(record.get("time", "")) // 1_000_000_000
+        except ValueError:
+            stamp = int(time.time())
+        return time.strftime(self.settings.index, time.gmtime(stamp))
+
     def encode(self, record: dict) -> bytes:
-        action = {"create": {"_index": self.settings.index, "_id": record.get("id", "")}}
+        action = {"create": {"_index": self.index_for(record), "_id": record.get("id", "")}}
         return (formats.to_json(action) + "\n" + formats.to_json(formats.ecs(record)) + "\n").encode("utf-8")
 
     def check(self, status: int, data: bytes, count: int) -> None:
