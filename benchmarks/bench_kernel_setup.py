@@ -52,9 +52,15 @@ def main() -> None:
             bpf.cleanup()
             compiles.append(seconds)
         print("first compile+load:       %6.2f s  (includes feature macros from BTF)" % first)
-        print("cached compile+load:      %6.2f s  (best of 3; %.0f%% of a cold start)" % (min(compiles), 100 * min(compiles) / (cold + first)))
+        print(
+            "cached compile+load:      %6.2f s  (best of 3; %.0f%% of a cold start)"
+            % (min(compiles), 100 * min(compiles) / (cold + first))
+        )
         probes, results = _timed(probe.run_probes)
-        print("all probes (doctor):      %6.2f s  (%d features, %d ok)" % (probes, len(results), sum(r.ok for r in results)))
+        print(
+            "all probes (doctor):      %6.2f s  (%d features, %d ok)"
+            % (probes, len(results), sum(r.ok for r in results))
+        )
 
 
 if __name__ == "__main__":

@@ -54,7 +54,11 @@ def _fake_probes(failing: str):
 
 @pytest.mark.parametrize(
     ("failing", "reason"),
-    [("ringbuf", "no BPF ring buffer"), ("tracepoint", "tracepoints cannot be attached"), ("header_tree", "cannot compile")],
+    [
+        ("ringbuf", "no BPF ring buffer"),
+        ("tracepoint", "tracepoints cannot be attached"),
+        ("header_tree", "cannot compile"),
+    ],
 )
 def test_doctor_exits_non_zero_when_the_agent_cannot_run(monkeypatch, failing, reason):
     monkeypatch.setattr(probe, "run_probes", _fake_probes(failing))

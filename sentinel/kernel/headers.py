@@ -159,7 +159,7 @@ def headers_dir() -> str | None:
     return build if os.path.isdir(os.path.join(build, "include")) else None
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _kernel_source_cached(cache: str, btf_path: str) -> KernelSource:
     real = headers_dir()
     if real is not None:
@@ -252,7 +252,7 @@ def btf_feature_cflags(configured_cache_dir: str | None = None, btf_path: str = 
     return list(_feature_cflags_cached(cache_dir(configured_cache_dir), btf_path, BTF_FEATURES))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _feature_cflags_cached(cache: str, btf_path: str, features: tuple[BtfFeature, ...]) -> tuple[str, ...]:
     for feature in features:
         if feature.kind not in _FEATURE_KINDS:
@@ -474,7 +474,9 @@ def _split_chunks(text: str) -> list[tuple[int, list[str]]]:
     return chunks
 
 
-def _compile_in_child(tree: str, program: str, extra: str = "", timeout: float = 900) -> subprocess.CompletedProcess[str]:
+def _compile_in_child(
+    tree: str, program: str, extra: str = "", timeout: float = 900
+) -> subprocess.CompletedProcess[str]:
     """Compile with bcc in a child process: a failed compile cannot leave this process's
     LLVM state or loaded programs behind, and the child's stderr holds clang's diagnostics."""
     env = dict(os.environ, BCC_KERNEL_SOURCE=tree)
@@ -569,6 +571,7 @@ KCONFIG_MACROS = r"""
 #define IS_REACHABLE(option) __or(IS_BUILTIN(option), IS_MODULE(option))
 #define IS_ENABLED(option) __or(IS_BUILTIN(option), IS_MODULE(option))
 """
+
 
 def build_tree(dest: str, btf_path: str = BTF_PATH, max_iterations: int = 30) -> dict[str, Any]:
     """Create the fake kernel tree in `dest` (must not exist) and return its build report.
@@ -733,9 +736,7 @@ def _write_compat_header(include: str, btf_identifiers: set[str]) -> None:
     for name, value in _COMPAT_MACROS:
         lines.append("#ifndef %s\n#define %s %s\n#endif" % (name.split("(")[0], name, value))
     constants = [(name, code) for code, name in _errno.errorcode.items()]
-    constants += [
-        (s.name, int(s)) for s in _signal.Signals if not s.name.startswith(("SIG_", "SIGRT"))
-    ]
+    constants += [(s.name, int(s)) for s in _signal.Signals if not s.name.startswith(("SIG_", "SIGRT"))]
     constants += [
         (name, int(getattr(_socket, name)))
         for name in dir(_socket)

@@ -131,9 +131,7 @@ def probe_btf() -> ProbeResult:
 def probe_kernel_headers() -> ProbeResult:
     found = headers.headers_dir()
     if found is None:
-        return ProbeResult(
-            "kernel_headers", False, error="no /lib/modules/%s/build/include" % os.uname().release
-        )
+        return ProbeResult("kernel_headers", False, error="no /lib/modules/%s/build/include" % os.uname().release)
     return ProbeResult("kernel_headers", True, found)
 
 
@@ -176,7 +174,9 @@ def probe_fanotify(name: str, mask: int, mask_name: str) -> ProbeResult:
     try:
         with tempfile.NamedTemporaryFile(prefix="sentinel-probe-") as scratch:
             if _libc.fanotify_mark(fd, _FAN_MARK_ADD, mask, _AT_FDCWD, scratch.name.encode()) != 0:
-                return ProbeResult(name, False, error="fanotify_mark(%s): %s" % (mask_name, _errno_text(ctypes.get_errno())))
+                return ProbeResult(
+                    name, False, error="fanotify_mark(%s): %s" % (mask_name, _errno_text(ctypes.get_errno()))
+                )
     finally:
         os.close(fd)
     return ProbeResult(name, True, "%s on an inode mark accepted" % mask_name)
@@ -191,7 +191,9 @@ def probe_kernel_filesystems() -> list[ProbeResult]:
         except OSError as exc:
             results.append(ProbeResult(name, False, target, str(exc)))
             continue
-        results.append(ProbeResult(name, True, ("was missing; mounted at %s" if mounted_now else "mounted at %s") % target))
+        results.append(
+            ProbeResult(name, True, ("was missing; mounted at %s" if mounted_now else "mounted at %s") % target)
+        )
     return results
 
 
@@ -434,10 +436,14 @@ def format_report(report: dict) -> str:
         rows.append((probe["name"], "ok" if probe["ok"] else "NO", probe["detail"] if probe["ok"] else probe["error"]))
     width = [max(len(row[i]) for row in rows) for i in range(2)]
     lines = ["%-*s  %-*s  %s" % (width[0], a, width[1], b, c) for a, b, c in rows]
-    lines += ["", "ENFORCEMENT", *(
-        "%-*s  %s" % (width[0], action, " + ".join("%s (%s)" % (m, MECHANISM_SCOPE[m]) for m in chosen) or "none")
-        for action, chosen in report["enforcement"].items()
-    )]
+    lines += [
+        "",
+        "ENFORCEMENT",
+        *(
+            "%-*s  %s" % (width[0], action, " + ".join("%s (%s)" % (m, MECHANISM_SCOPE[m]) for m in chosen) or "none")
+            for action, chosen in report["enforcement"].items()
+        ),
+    ]
     lines += ["", "BTF feature macros: %s" % (" ".join(report["btf_feature_cflags"]) or "none")]
     if report["can_run"]:
         lines.append("verdict: the agent can run here")

@@ -111,7 +111,7 @@ def test_kernel_source_prefers_real_headers(tmp_path, monkeypatch):
 def test_fix_includes_drops_only_what_nothing_provides(tmp_path):
     (tmp_path / "include" / "linux").mkdir(parents=True)
     (tmp_path / "include" / "linux" / "sched.h").write_text("")
-    text = "#include <linux/sched.h>\n  #include <net/missing.h> // why\n#include <bcc/proto.h>\n#include \"local.h\"\n"
+    text = '#include <linux/sched.h>\n  #include <net/missing.h> // why\n#include <bcc/proto.h>\n#include "local.h"\n'
     fixed = headers.fix_includes(text, str(tmp_path)).splitlines()
     assert fixed[0] == "#include <linux/sched.h>"
     assert fixed[1] == "/* sentinel: dropped #include <net/missing.h> // why */"

@@ -37,7 +37,12 @@ def _attach_in_dead_process(name: str, cgroup: str) -> None:
 
 
 def _attached(cgroup: str) -> dict[str, int]:
-    tree = json.loads(subprocess.run(["bpftool", "-j", "cgroup", "show", cgroup], capture_output=True, text=True, check=True).stdout.strip() or "[]")
+    tree = json.loads(
+        subprocess.run(
+            ["bpftool", "-j", "cgroup", "show", cgroup], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        or "[]"
+    )
     return {p["name"]: p["id"] for p in tree}
 
 
@@ -47,7 +52,7 @@ def test_cgroup():
         try:
             yield path
         finally:  # whatever a failing test left attached: detach it so rmdir works
-            for name, prog_id in _attached(path).items():
+            for prog_id in _attached(path).values():
                 subprocess.run(["bpftool", "cgroup", "detach", path, "cgroup_inet4_connect", "id", str(prog_id)])
 
 
@@ -73,7 +78,8 @@ def test_cleanup_removes_our_leftover_and_spares_another_tools(test_cgroup, lock
     assert "snt_left_c4" not in after
     assert after == {"othertool_c4": before["othertool_c4"]}  # never touched
     subprocess.run(
-        ["bpftool", "cgroup", "detach", test_cgroup, "cgroup_inet4_connect", "id", str(after["othertool_c4"])], check=True
+        ["bpftool", "cgroup", "detach", test_cgroup, "cgroup_inet4_connect", "id", str(after["othertool_c4"])],
+        check=True,
     )
 
 
@@ -88,7 +94,9 @@ def test_a_program_a_live_process_holds_is_kept(test_cgroup, lock_path, tmp_path
     fd = os.open(test_cgroup, os.O_RDONLY)
     try:
         BPF.attach_func(fn, fd, BPFAttachType.CGROUP_INET4_CONNECT, 2)
-        assert hygiene.cleanup_leftovers(cgroup_root=test_cgroup, pin_dir=str(tmp_path / "p"), lock_path=lock_path) == []
+        assert (
+            hygiene.cleanup_leftovers(cgroup_root=test_cgroup, pin_dir=str(tmp_path / "p"), lock_path=lock_path) == []
+        )
         assert "snt_live_c4" in _attached(test_cgroup)
         BPF.detach_func(fn, fd, BPFAttachType.CGROUP_INET4_CONNECT)
     finally:
@@ -136,7 +144,22 @@ def test_pinned_objects_under_the_pin_dir_are_removed(lock_path):
     try:
         pin = os.path.join(pin_dir, "snt_pinned")
         subprocess.run(
-            ["bpftool", "map", "create", pin, "type", "hash", "key", "4", "value", "4", "entries", "1", "name", "snt_pinned"],
+            [
+                "bpftool",
+                "map",
+                "create",
+                pin,
+                "type",
+                "hash",
+                "key",
+                "4",
+                "value",
+                "4",
+                "entries",
+                "1",
+                "name",
+                "snt_pinned",
+            ],
             check=True,
         )
         assert hygiene.list_sentinel_objects(cgroup_root=None, pin_dir=pin_dir).pins == [pin]

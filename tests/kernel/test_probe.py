@@ -36,7 +36,9 @@ def _findmnt(*args: str) -> list[str]:
 
 
 def _bpftool(*args: str) -> list:
-    return json.loads(subprocess.run(["bpftool", "-j", *args], capture_output=True, text=True, check=True).stdout.strip() or "[]")
+    return json.loads(
+        subprocess.run(["bpftool", "-j", *args], capture_output=True, text=True, check=True).stdout.strip() or "[]"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -153,12 +155,21 @@ BASE = ("btf", "header_tree", "ringbuf", "tracepoint", "raw_tracepoint")
 
 
 def test_lsm_is_chosen_for_every_denial_when_loadable():
-    chosen = probe.enforcement_mechanisms(_results(*BASE, "send_signal", "cgroup_sock_addr", "bpf_lsm", "fanotify_open_perm", "fanotify_open_exec_perm"))
-    assert chosen == {"deny_exec": ("lsm",), "deny_open": ("lsm",), "deny_connect": ("lsm",), "kill": ("bpf-send-signal",)}
+    chosen = probe.enforcement_mechanisms(
+        _results(*BASE, "send_signal", "cgroup_sock_addr", "bpf_lsm", "fanotify_open_perm", "fanotify_open_exec_perm")
+    )
+    assert chosen == {
+        "deny_exec": ("lsm",),
+        "deny_open": ("lsm",),
+        "deny_connect": ("lsm",),
+        "kill": ("bpf-send-signal",),
+    }
 
 
 def test_fallbacks_without_lsm_are_the_design_table():
-    chosen = probe.enforcement_mechanisms(_results(*BASE, "send_signal", "cgroup_sock_addr", "fanotify_open_perm", "fanotify_open_exec_perm"))
+    chosen = probe.enforcement_mechanisms(
+        _results(*BASE, "send_signal", "cgroup_sock_addr", "fanotify_open_perm", "fanotify_open_exec_perm")
+    )
     assert chosen == {
         "deny_exec": ("fanotify", "kill-at-exec"),
         "deny_open": ("fanotify", "kill-at-open"),
