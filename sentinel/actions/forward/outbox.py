@@ -173,7 +173,9 @@ class Outbox:
     def trim(self, filters: Mapping[str, RecordFilter], now_ns: int | None = None) -> dict[str, int]:
         """Delete delivered rows and enforce the bounds; returns {output: records lost now}.
 
-        `filters` are the live outputs: a lost record is one its output would have sent.
+        `filters` are the live outputs: a lost record is one its output would have sent. A
+        batch in flight while its rows are trimmed is counted as lost even if it then gets
+        through: the count errs on the side of reporting.
         """
         now_ns = time.time_ns() if now_ns is None else now_ns
         db = self._db
