@@ -217,7 +217,10 @@ def run_case_file(path: str, rules_dirs: Sequence[str] = ()) -> list[CaseResult]
         for rule_name in must + must_not:
             if rule_name not in known:
                 result.problems.append("no rule named %r is loaded" % rule_name)
+        failures_before = ruleset.errors_at_runtime
         matched = {rule.name for rule in ruleset.match(event)}
+        if ruleset.errors_at_runtime != failures_before:
+            result.problems.append("evaluating the rules raised an exception on this event")
         for rule_name in must:
             if rule_name in known and rule_name not in matched:
                 result.problems.append("expected rule %r to match; matched: %s" % (rule_name, sorted(matched) or "nothing"))

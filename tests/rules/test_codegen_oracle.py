@@ -119,3 +119,4 @@ def test_generated_code_matches_the_reference(rules, events):
     for event in events:
         expected = ["r%d" % i for i, tree in enumerate(rules) if reference(tree, event)]
         assert [rule.name for rule in ruleset.match(event)] == expected, (event, ruleset.generated_source(event.type))
+    assert ruleset.errors_at_runtime == 0

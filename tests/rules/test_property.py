@@ -54,6 +54,7 @@ def assert_loads_or_located_error(text: str) -> None:
     # whatever loaded must also evaluate without raising
     event = build_event({"type": "execve", "proc": {"name": "bash"}, "parents": [{"name": "sh"}]})
     ruleset.match(event)
+    assert ruleset.errors_at_runtime == 0
 
 
 def test_the_seed_text_is_valid():

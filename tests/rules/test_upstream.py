@@ -94,6 +94,7 @@ def test_compiled_buckets_agree_with_rules_compiled_alone(upstream):
     reference = _reference_matches(upstream.enabled_rules, events)
     for event in events:
         assert {rule.name for rule in upstream.match(event)} == reference[id(event)], event
+    assert upstream.errors_at_runtime == 0
 
 
 def test_indexed_rules_agree_with_rules_compiled_alone(upstream):
