@@ -59,7 +59,7 @@ def test_unknown_option_names_its_line_and_column(tmp_path):
         """,
     )
     assert error.location.line == 5 and error.location.col == 5
-    assert "unknown option 'protcol'" in str(error) and "protocol" in str(error)
+    assert "unknown option 'protcol' for type syslog (did you mean 'protocol'? known: " in str(error)
 
 
 @pytest.mark.parametrize(

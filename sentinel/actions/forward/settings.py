@@ -9,6 +9,7 @@ inline: `token_file:`/`token_env:` (and the same for passwords) name where to re
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import os
 import typing
 from dataclasses import dataclass, field
@@ -248,7 +249,11 @@ def parse_output(name: str, type_name: str, options: Mapping[str, Any], location
             continue
         if key not in fields:
             known = sorted((fields - secret_fields) | {"%s_%s" % (s, k) for s in secret_fields for k in ("file", "env")})
-            raise ConfigError("output %r: unknown option %r for type %s (known: %s)" % (name, key, type_name, ", ".join(known)), where)
+            close = difflib.get_close_matches(str(key), known, n=1)
+            hint = "did you mean %r? " % close[0] if close else ""
+            raise ConfigError(
+                "output %r: unknown option %r for type %s (%sknown: %s)" % (name, key, type_name, hint, ", ".join(known)), where
+            )
         value = _coerce(key, hints[key], value, where)
         if key == "min_priority":
             try:
