@@ -278,9 +278,12 @@ def exception_condition(exceptions: Sequence[ExceptionDef]) -> tuple[ast.Expr | 
                     alternatives.append(ast.all_of(*checks))  # type: ignore[arg-type]
         else:
             comp = str(exc.comps) if exc.comps is not None else "in"
-            check = _exception_check(exc.fields, comp, list(exc.values) if comp in ast.LIST_OPS else exc.values[0], exc, problems)
-            if check is not None:
-                alternatives.append(check)
+            # one field: `field in (values)`; with a one-value operator, one alternative per value
+            items = [list(exc.values)] if comp in ast.LIST_OPS else list(exc.values)
+            for item in items:
+                check = _exception_check(exc.fields, comp, item, exc, problems)
+                if check is not None:
+                    alternatives.append(check)
     if not alternatives:
         return None, problems
     return ast.any_of(*alternatives), problems
@@ -575,6 +578,7 @@ def _interest(enabled: list[Rule], per_bucket: dict[str, list[tuple[Rule, ast.Ex
             event_types.add(event_type)
     prefixes: set[str] = set()
     comms: set[str] = set()
+    created = False
     reasons: list[str] = []
     narrowable = True
     for event_type, entries in per_bucket.items():
@@ -590,11 +594,13 @@ def _interest(enabled: list[Rule], per_bucket: dict[str, list[tuple[Rule, ast.Ex
             else:
                 prefixes |= found.prefixes
                 comms |= found.comms
+                created = created or found.created
     opens_wanted = bool(event_types & OPEN_EVENT_TYPES)
     return Interest(
         event_types=frozenset(event_types),
         open_path_prefixes=(minimal_prefixes(prefixes) if narrowable else None) if opens_wanted else (),
         open_comms=frozenset(comms) if narrowable else frozenset(),
+        open_created=created and narrowable,
         reasons=tuple(reasons),
     )
 

@@ -233,6 +233,10 @@ def test_exceptions_compile_into_the_condition_like_falco():
           comps: [in]
           values:
             - [shells]
+        - name: prefixes
+          fields: proc.exepath
+          comps: startswith
+          values: [/opt/a/, /opt/b/]
         - name: unused
           fields: [proc.name]
     """).replace("\n", "\n  ").rstrip())
@@ -241,7 +245,8 @@ def test_exceptions_compile_into_the_condition_like_falco():
     assert rule.condition == (
         "(spawned and proc.name in (shells)) and not ("
         "(proc.pname = cron and proc.cmdline startswith \"bash -c backup\") or "
-        "(proc.pname = sshd and proc.cmdline startswith bash) or proc.name in (sh) or proc.pname in (shells))")
+        "(proc.pname = sshd and proc.cmdline startswith bash) or proc.name in (sh) or proc.pname in (shells) or "
+        "proc.exepath startswith /opt/a/ or proc.exepath startswith /opt/b/)")
     assert names(ruleset, execve("bash")) == []  # parent sshd, cmdline "bash"
     event = {"type": "execve", "proc": {"name": "bash", "args": ["-x"]}, "parents": [{"name": "init"}]}
     assert names(ruleset, event) == ["Shell"]
