@@ -214,7 +214,14 @@ def _coerce(hint: Any, value: Any, path: str, where: tuple[int, int], key: str) 
         if not isinstance(value, list):
             raise ConfigError("%s: expected a list" % key, location)
         if dataclasses.is_dataclass(item_hint):
-            return tuple(_build_output(v, path, where) for v in value)
+            outputs = tuple(_build_output(v, path, where) for v in value)
+            seen: set[str] = set()
+            for output, raw in zip(outputs, value):
+                if output.name in seen:  # cursors in the outbox are kept by output name
+                    here = (getattr(raw, "line", where[0]), getattr(raw, "col", where[1]))
+                    raise ConfigError("output name %r is used twice" % output.name, SourceLocation(path, *here))
+                seen.add(output.name)
+            return outputs
         return tuple(_coerce(item_hint, v, path, where, key) for v in value)
     if origin is dict:
         if not isinstance(value, dict):

@@ -112,3 +112,9 @@ def test_missing_secret_sources_are_clear_errors(monkeypatch, tmp_path):
         SecretRef(env="NOPE_TOKEN").resolve()
     with pytest.raises(ConfigError, match="cannot read secret file"):
         SecretRef(file=str(tmp_path / "missing")).resolve()
+
+
+def test_output_names_are_unique(tmp_path):
+    error = load_error(tmp_path, "outputs:\n  - name: a\n    type: jsonfile\n    path: /x\n"
+                                 "  - name: a\n    type: jsonfile\n    path: /y\n")
+    assert "output name 'a' is used twice" in str(error) and error.location.line == 5
