@@ -134,7 +134,20 @@ class ProcFS:
             return None
 
     def read(self, pid: int) -> Process | None:
-        """The process `pid` as /proc shows it now (from_proc=True), or None if it is gone."""
+        """The process `pid` as /proc shows it now (from_proc=True), or None if it is gone.
+
+        Given a thread id (/proc/<tid> exists though it is not listed), the thread's group
+        is read instead, with `tid` set: identity is the group leader's.
+        """
+        proc = self._read_one(pid)
+        if proc is not None and proc.pid != pid:
+            leader = self._read_one(proc.pid)
+            if leader is not None:
+                leader.tid = pid
+            return leader
+        return proc
+
+    def _read_one(self, pid: int) -> Process | None:
         try:
             dir_fd = os.open("%s/%d" % (self.root, pid), os.O_RDONLY | os.O_DIRECTORY)
         except OSError:
@@ -164,6 +177,8 @@ class ProcFS:
         proc.tty = tty_nr_to_kernel_dev(tty_nr) if tty_nr else 0
         proc.vpgid = pgid
         self._fill_status(proc, dir_fd)
+        if proc.pid != pid:
+            return proc  # a thread: read() goes on with its thread group
         self._fill_cmdline(proc, dir_fd)
         self._fill_paths(proc, dir_fd)
         if self.env_keep:
@@ -193,6 +208,7 @@ class ProcFS:
             proc.cap_inheritable = int(status.get("CapInh", "0"), 16)
             proc.cap_permitted = int(status.get("CapPrm", "0"), 16)
             proc.cap_effective = int(status.get("CapEff", "0"), 16)
+            proc.pid = proc.tid = int(status.get("Tgid", proc.pid))  # differs in a thread's directory
             # NSpid/NSpgid list the ids from the outermost namespace in; the last is the
             # process's own view. Absent on kernels without pid namespaces.
             nspid = status.get("NSpid", "").split()

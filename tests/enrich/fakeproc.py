@@ -66,6 +66,7 @@ class FakeProc:
         caps: tuple[int, int, int] = (0, 0, 0),
         root: Path | None = None,
         state: str = "S",
+        tgid: int | None = None,
     ) -> Path:
         directory = self.root / str(pid)
         if directory.exists():
@@ -83,13 +84,14 @@ class FakeProc:
         nspid = nspid or (pid,)
         nspgid = nspgid or (pgid,)
         status = (
-            "Name:\t{comm}\nTgid:\t{pid}\nPid:\t{pid}\nPPid:\t{ppid}\n"
+            "Name:\t{comm}\nTgid:\t{tgid}\nPid:\t{pid}\nPPid:\t{ppid}\n"
             "Uid:\t{uid}\t{euid}\t{euid}\t{euid}\nGid:\t{gid}\t{egid}\t{egid}\t{egid}\n"
             "NStgid:\t{nspid}\nNSpid:\t{nspid}\nNSpgid:\t{nspgid}\n"
             "CapInh:\t{inh:016x}\nCapPrm:\t{prm:016x}\nCapEff:\t{eff:016x}\n"
         ).format(
             comm=comm,
             pid=pid,
+            tgid=pid if tgid is None else tgid,
             ppid=ppid,
             uid=uid,
             euid=euid,

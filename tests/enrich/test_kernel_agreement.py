@@ -13,7 +13,9 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import termios
+import textwrap
 import time
 import uuid
 
@@ -48,13 +50,13 @@ def sensor(table):
     sensor.close()
 
 
-def wait_for_execs(sensor: Sensor, *marks: str, timeout: float = 10.0) -> dict:
-    """The exec event of each mark (found among the arguments)."""
+def wait_for_execs(sensor: Sensor, *marks: str, exe: str | None = None, timeout: float = 10.0) -> dict:
+    """The exec event of each mark (found among the arguments; of that argv[0] if given)."""
     found = {}
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and len(found) < len(marks):
         for event in sensor.poll(0.1):
-            if event.type in ("execve", "execveat"):
+            if event.type in ("execve", "execveat") and exe in (None, event.proc.exe):
                 for mark in marks:
                     if mark in event.proc.args:
                         found[mark] = event
@@ -63,8 +65,8 @@ def wait_for_execs(sensor: Sensor, *marks: str, timeout: float = 10.0) -> dict:
     return found
 
 
-def wait_for_exec(sensor: Sensor, mark: str, timeout: float = 10.0):
-    return wait_for_execs(sensor, mark, timeout=timeout)[mark]
+def wait_for_exec(sensor: Sensor, mark: str, exe: str | None = None, timeout: float = 10.0):
+    return wait_for_execs(sensor, mark, exe=exe, timeout=timeout)[mark]
 
 
 def spawn_on_a_terminal(argv: list[str], cwd: str) -> subprocess.Popen:
@@ -184,3 +186,30 @@ def test_long_argv_is_cut_at_the_same_byte(sensor):
     finally:
         child.kill()
         child.communicate()
+
+
+def test_memfd_exe_agrees_with_the_kernel(sensor):
+    mark = "0.%d" % uuid.uuid4().int
+    program = textwrap.dedent(
+        """
+        import ctypes, os, shutil, sys
+        fd = os.memfd_create("payload")
+        with open(os.path.realpath(shutil.which("sleep")), "rb") as f:
+            os.write(fd, f.read())
+        argv = (ctypes.c_char_p * 4)(b"sleep", b"300", sys.argv[1].encode(), None)
+        envp = (ctypes.c_char_p * 1)(None)
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.syscall(322, fd, b"", argv, envp, 0x1000)  # SYS_execveat, AT_EMPTY_PATH
+        sys.exit("execveat failed: %d" % ctypes.get_errno())
+        """
+    )
+    child = subprocess.Popen([sys.executable, "-c", program, mark])
+    try:
+        from_kernel = wait_for_exec(sensor, mark, exe="sleep").proc
+        from_proc = ProcFS().read(child.pid)
+        assert from_kernel.exe_from_memfd and from_proc.exe_from_memfd
+        assert from_kernel.exepath == from_proc.exepath == "/memfd:payload"
+        assert (from_kernel.exe_ino, from_kernel.exe_dev) == (from_proc.exe_ino, from_proc.exe_dev)
+    finally:
+        child.kill()
+        child.wait()

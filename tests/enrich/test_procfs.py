@@ -134,6 +134,16 @@ def test_cgroup_and_container(fake_proc):
     assert proc.container_id == "a" * 12
 
 
+def test_a_thread_id_reads_its_thread_group(fake_proc):
+    fake_proc.add(300, comm="server", start_ticks=100, argv=("server", "--port", "80"))
+    fake_proc.add(305, comm="worker", start_ticks=250, tgid=300)  # /proc/<tid>: the thread's own start
+    proc = fake_proc.procfs().read(305)
+    assert (proc.pid, proc.tid, proc.start_ns, proc.comm) == (300, 305, 100 * TICK_NS, "server")
+    assert proc.args == ("--port", "80")
+    fake_proc.remove(300)
+    assert fake_proc.procfs().read(305) is None  # its group is gone
+
+
 def test_kernel_thread_has_no_exe_or_args(fake_proc):
     directory = fake_proc.add(2, ppid=0, comm="kthreadd", argv=())
     os.unlink(directory / "exe")  # readlink gives ENOENT for kernel threads

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import threading
 import time
 import uuid
 
@@ -124,3 +125,26 @@ def test_a_proc_directory_fd_never_shows_another_process():
             os.close(os.open("stat", os.O_RDONLY, dir_fd=dir_fd))
     finally:
         os.close(dir_fd)
+
+
+def test_a_thread_id_resolves_to_its_process():
+    started = threading.Event()
+    stop = threading.Event()
+    native = []
+
+    def worker() -> None:
+        native.append(threading.get_native_id())
+        started.set()
+        stop.wait(10)
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    try:
+        started.wait(5)
+        proc = ProcFS().read(native[0])
+        assert native[0] != os.getpid()
+        assert (proc.pid, proc.tid) == (os.getpid(), native[0])
+        assert proc.start_ns == ProcFS().start_ns(os.getpid())
+    finally:
+        stop.set()
+        thread.join()
