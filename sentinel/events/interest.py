@@ -19,6 +19,9 @@ class Interest:
     open_path_prefixes: tuple[str, ...] | None = None
     # Opens by these comms reach userspace whatever their path (adds to the prefixes).
     open_comms: frozenset[str] = frozenset()
+    # Opens that created their file (FMODE_CREATED at exit; O_CREAT/O_TMPFILE at enter
+    # over-approximates) reach userspace whatever their path (adds to the prefixes).
+    open_created: bool = False
     # Why a filter could not be narrowed: "rule 'X' forces every open to userspace".
     reasons: tuple[str, ...] = field(default=())
 
@@ -37,6 +40,7 @@ class Interest:
             event_types=self.event_types | other.event_types,
             open_path_prefixes=merge_prefixes(self.open_path_prefixes, other.open_path_prefixes),
             open_comms=self.open_comms | other.open_comms,
+            open_created=self.open_created or other.open_created,
             reasons=self.reasons + other.reasons,
         )
 

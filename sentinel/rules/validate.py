@@ -74,6 +74,7 @@ def validate(paths: Sequence[str]) -> Validation:
         "event_types": sorted(interest.event_types),
         "open_path_prefixes": None if interest.open_path_prefixes is None else list(interest.open_path_prefixes),
         "open_comms": sorted(interest.open_comms),
+        "open_created": interest.open_created,
         "reasons": list(interest.reasons),
     }
     return result

@@ -50,6 +50,9 @@ def test_every_loaded_rule_compiles_and_names_are_unique(corpus):
     assert all(rule.source == "sigma" for rule in ruleset.rules)
     # each category only reaches the buckets of its own event types
     assert ruleset.interest.event_types >= {"execve", "execveat", "openat", "connect", "accept4"}
+    # file_event rules only need opens that created their file: no open is forced to userspace
+    assert ruleset.interest.open_created is True
+    assert ruleset.interest.open_path_prefixes == () and not ruleset.interest.reasons
 
 
 # --------------------------------------------------------------------------------------------

@@ -91,3 +91,29 @@ def test_folders_are_read_recursively_except_tests(tmp_path):
     assert expand_paths([tmp_path]) == [str(tmp_path / "falco.yaml"), str(tmp_path / "process_creation" / "curl.yml")]
     ruleset = load_rules([str(tmp_path)])
     assert {rule.source for rule in ruleset.rules} == {"syscall", "sigma"}
+
+
+def test_created_file_rules_narrow_the_open_filter_beside_falco_prefixes():
+    falco = textwrap.dedent("""\
+        - rule: Shadow Read
+          desc: shadow read
+          condition: evt.type = openat and fd.name = /etc/shadow
+          output: read %fd.name
+          priority: WARNING
+        """)
+    sigma = textwrap.dedent("""\
+        title: Cron File
+        id: 7a1b2c3d-0000-4000-8000-00000000ca11
+        logsource:
+            product: linux
+            category: file_event
+        detection:
+            selection:
+                TargetFilename|contains: /CRON
+            condition: selection
+        """)
+    interest = load_rules_text([("falco.yaml", falco), ("sigma.yml", sigma)]).interest
+    assert interest.open_path_prefixes == ("/etc/shadow",)
+    assert interest.open_created is True
+    assert not interest.reasons
+    assert load_rules_text([("falco.yaml", falco)]).interest.open_created is False
