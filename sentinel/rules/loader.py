@@ -495,11 +495,13 @@ class _ItemReader:
         missing = [key for key in ("condition", "output", "desc", "priority") if key not in values]
         if missing:
             raise self.fail("missing required key%s %s" % ("s" if len(missing) > 1 else "", ", ".join("'%s'" % m for m in missing)))
-        rule = RuleDef(name, location, index=self.collection.next_index())
+        # a redefinition takes the place of the rule it replaces, as in Falco (order matters for
+        # match=first)
+        index = rules[name].index if name in rules else self.collection.next_index()
+        rule = RuleDef(name, location, index=index)
         for key, value in values.items():
             setattr(rule, _attribute(key), value)
         rule.condition_text = self.text("condition")
-        rules.pop(name, None)
         rules[name] = rule
 
     def rule_values(self) -> dict[str, Any]:

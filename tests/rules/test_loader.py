@@ -327,6 +327,9 @@ def test_first_match_option():
     text = "- rule: Second\n  desc: d\n  condition: evt.type = execve and proc.name = bash\n  output: x\n  priority: debug\n"
     assert names(load(BASE, text), execve("bash")) == ["Shell", "Second"]
     assert names(load(BASE, text, match="first"), execve("bash")) == ["Shell"]
+    # a redefined rule keeps its place
+    redefined = BASE.split("- rule: Shell")[1].replace("WARNING", "ERROR")
+    assert names(load(BASE, text, "- rule: Shell" + redefined, match="first"), execve("bash")) == ["Shell"]
 
 
 def test_yaml_errors_and_shapes():
