@@ -367,7 +367,7 @@ def compile_collection(collection: Collection, extra: Iterable[RuleSpec] = (), m
         parsed = _rule_spec(rule, lists, used_lists, set(collection.macros), problems)
         if parsed is not None:
             specs.append((parsed[0], rule.condition_text, rule.index, parsed[1]))
-    base = len(collection.rules) + 1
+    base = collection.next_index()  # extra rules come after every YAML rule
     if collection.sigma_sources:
         from sentinel.rules.sigma import sigma_rule_specs  # imported here: sigma builds on RuleSpec
 

@@ -363,3 +363,12 @@ def test_files_and_folders(tmp_path):
     with pytest.raises(RuleLoadError) as info:
         load_rules([str(tmp_path / "missing.yaml")])
     assert "cannot read rule file" in str(info.value)
+
+
+def test_extra_rules_come_after_yaml_rules():
+    from sentinel.rules.ruleset import RuleSpec
+
+    extra = RuleSpec(name="Extra", condition="evt.type = execve and proc.name = bash", output="x", priority="debug")
+    ruleset = load(BASE, extra=[extra])
+    assert names(ruleset, execve("bash")) == ["Shell", "Extra"]
+    assert ruleset.rule("Extra").index > max(rule.index for rule in ruleset.rules if rule.name != "Extra")
