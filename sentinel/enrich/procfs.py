@@ -35,6 +35,25 @@ _MEMFD_PREFIX = "/memfd:"
 _DELETED_SUFFIX = " (deleted)"
 
 
+# The inode of the initial pid namespace (PROC_PID_INIT_INO), fixed by the kernel.
+INITIAL_PID_NS_INO = 0xEFFFFFFC
+
+
+def sees_host_pids(root: str = "/proc") -> bool:
+    """Whether pids under `root` are the kernel's global pids, as in the sensor's records.
+
+    An agent in a container without the host's pid namespace (`hostPID`) sees other
+    numbers: nothing read from /proc would match a kernel record.
+    """
+    try:
+        return (
+            os.stat(root + "/self/ns/pid").st_ino == INITIAL_PID_NS_INO
+            and int(os.readlink(root + "/self")) == os.getpid()
+        )
+    except (OSError, ValueError):
+        return False
+
+
 def same_start(a_ns: int, b_ns: int) -> bool:
     """True when two start times (one maybe from /proc, tick-truncated) name one process."""
     return -SAME_START_TOLERANCE_NS < a_ns - b_ns < SAME_START_TOLERANCE_NS

@@ -40,10 +40,13 @@ from collections.abc import Callable, Iterator
 from sentinel.config import SensorConfig
 from sentinel.enrich.clock import wall_clock
 from sentinel.enrich.container import HOST, CgroupResolver
-from sentinel.enrich.procfs import ProcFS, same_start
+from sentinel.enrich.procfs import ProcFS, same_start, sees_host_pids
 from sentinel.enrich.users import UserResolver
 from sentinel.errors import ConfigError
 from sentinel.events.model import Event, Process
+from sentinel.log import get_logger
+
+log = get_logger("sentinel.enrich.proctable")
 
 UNKNOWN_ID = 0xFFFFFFFF
 _SWEEP_SECONDS = 1.0
@@ -92,6 +95,12 @@ class ProcessTable:
         self.users = users if users is not None else UserResolver(proc_root=self.procfs.root)
         self.cgroups = cgroups if cgroups is not None else CgroupResolver(self.procfs.root)
         self._clock = clock
+        if self.procfs.root == "/proc" and not sees_host_pids():
+            log.warning(
+                "proctable.foreign_pid_namespace",
+                reason="/proc does not show the host's pids (run with the host pid namespace); "
+                "processes read from it will not match kernel records",
+            )
         self._live: dict[int, Process] = {}  # pid -> current image; order: last exec/fork
         self._exited: dict[tuple[int, int], tuple[Process, float]] = {}  # exec id -> (proc, exited at); exit order
         self._last_exited: dict[int, Process] = {}  # pid -> its most recent exited process

@@ -5,13 +5,14 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 import threading
 import time
 import uuid
 
 import pytest
 
-from sentinel.enrich.procfs import TICK_NS, ProcFS
+from sentinel.enrich.procfs import TICK_NS, ProcFS, sees_host_pids
 from sentinel.enrich.proctable import ProcessTable, is_placeholder
 
 
@@ -148,3 +149,25 @@ def test_a_thread_id_resolves_to_its_process():
     finally:
         stop.set()
         thread.join()
+
+
+def test_host_pid_namespace_is_recognised(tmp_path):
+    assert sees_host_pids()
+    assert not sees_host_pids(str(tmp_path))  # not a proc file system at all
+    # a fresh pid namespace with its own /proc: the numbers there are not the kernel's
+    probe = "from sentinel.enrich.procfs import sees_host_pids; print(sees_host_pids())"
+    inside = subprocess.run(
+        ["unshare", "--pid", "--fork", "--mount-proc", sys.executable, "-c", probe],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert inside.stdout.strip() == "False"
+    table = "from sentinel.enrich.proctable import ProcessTable; ProcessTable()"
+    warned = subprocess.run(
+        ["unshare", "--pid", "--fork", "--mount-proc", sys.executable, "-c", table],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert "proctable.foreign_pid_namespace" in warned.stdout + warned.stderr
