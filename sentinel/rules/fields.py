@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import time as _time
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -277,6 +278,23 @@ _field("evt.dir", "string", "direction: always '<' (events are syscall exits wit
 _field("evt.num", "int", "event sequence number", "sensor counter, assigned when the record is decoded", lambda e: e.num)
 _field("evt.time", "abstime", "event time, ns since the epoch", "bpf_ktime_get_boot_ns() at exit plus the boot-time offset measured at start", lambda e: e.time_ns)
 _field("evt.rawtime", "abstime", "event time, ns since the epoch", "bpf_ktime_get_boot_ns() at exit plus the boot-time offset", lambda e: e.time_ns)
+
+
+def _datetime(time_ns: int, with_date: bool) -> str:
+    seconds, nanos = divmod(time_ns, 1_000_000_000)
+    text = _time.strftime("%Y-%m-%d %H:%M:%S" if with_date else "%H:%M:%S", _time.localtime(seconds))
+    return "%s.%09d" % (text, nanos)
+
+
+_field("evt.datetime", "string", "event date and time (local): 2026-11-23 11:42:21.123456789", "evt.time, formatted",
+       lambda e: _datetime(e.time_ns, True))
+_field("evt.time.iso8601", "string", "event time in UTC, ISO 8601: 2026-11-23T11:42:21.123456789Z", "evt.time, formatted",
+       lambda e: _time.strftime("%Y-%m-%dT%H:%M:%S", _time.gmtime(e.time_ns // 1_000_000_000)) + ".%09dZ" % (e.time_ns % 1_000_000_000))
+
+# Outputs show some numeric fields as Falco prints them (conditions still compare numbers).
+OUTPUT_FORMATS: dict[str, Callable[[Any], Any]] = {
+    "evt.time": lambda value: None if value is None else _datetime(value, False),
+}
 _field("evt.res", "string", "result: SUCCESS, or the errno name (ENOENT...)", "syscall return value at sys_exit", lambda e: render.errno_name(e.res))
 _field("evt.rawres", "int", "result as a number", "syscall return value at sys_exit", lambda e: e.res)
 _field("evt.failed", "bool", "the syscall returned an error", "syscall return value < 0 at sys_exit", lambda e: e.res < 0)

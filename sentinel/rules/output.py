@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from sentinel.rules import ast
+from sentinel.rules.fields import OUTPUT_FORMATS
 
 _FIELD = re.compile(r"%([a-zA-Z]+[a-zA-Z0-9_]*(?:\.[a-zA-Z]+[a-zA-Z0-9_]*)+)(?:\[([^\]]*)\])?")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
@@ -72,6 +73,10 @@ def _safe(extract: Callable[[Any], Any], event: Any) -> Any:
         return None
 
 
+def _formatted(formatter: Callable[[Any], Any], extract: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    return lambda event: formatter(extract(event))
+
+
 def parse_output(text: str, bind: Callable[[ast.FieldRef], Any]) -> OutputTemplate:
     """Split a template; `bind` turns a FieldRef into an object with `.extract` (raises on unknown)."""
     pieces: list[Any] = []
@@ -81,7 +86,11 @@ def parse_output(text: str, bind: Callable[[ast.FieldRef], Any]) -> OutputTempla
             pieces.append(text[position: match.start()])
         ref = ast.FieldRef(match.group(1), match.group(2), (), ast.Position(match.start(), 1, match.start() + 1))
         bound = bind(ref)
-        pieces.append((ref.key, ref.key, bound.extract))
+        extract = bound.extract
+        formatter = OUTPUT_FORMATS.get(ref.name)
+        if formatter is not None:
+            extract = _formatted(formatter, extract)
+        pieces.append((ref.key, ref.key, extract))
         position = match.end()
     if position < len(text):
         pieces.append(text[position:])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import textwrap
 
 import pytest
@@ -65,6 +66,13 @@ def test_output_rendering():
     assert fields["proc.aname[2]"] == "systemd" and fields["proc.pname"] == "sshd"
     absent = load(BASE.replace("%proc.pname", "%k8s.pod.name"))
     assert "(parent <NA>," in absent.rule("Shell").render_output(event)
+
+
+def test_output_times_render_as_falco_prints_them():
+    ruleset = load(BASE.replace("output: shell %proc.name", "output: at %evt.time %evt.time.iso8601 shell %proc.name"))
+    event = build_event(dict(execve("bash"), time_ns=1_700_000_000_123_456_789))
+    text = ruleset.rule("Shell").render_output(event)
+    assert re.match(r"at \d\d:\d\d:\d\d\.123456789 2023-11-14T22:13:20\.123456789Z shell bash", text), text
 
 
 def test_output_escapes_control_characters():
