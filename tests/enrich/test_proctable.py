@@ -160,6 +160,14 @@ def test_exec_of_an_unknown_parent_reads_it_from_proc(table, host):
     assert proc.parent.comm == "make" and proc.parent.parent is table.lookup(100)
 
 
+def test_exec_never_links_to_a_newer_process_that_reused_the_parents_pid(table):
+    bash = table.lookup(100)  # started at tick 500
+    orphan = table.on_exec(kernel_exec(701, 6000 * TICK_NS, 100, "job"), parent_start_ns=400 * TICK_NS)
+    assert orphan.parent is None and bash not in list(orphan.ancestors())
+    linked = table.on_exec(kernel_exec(702, 6001 * TICK_NS, 100, "job"), parent_start_ns=bash.start_ns + 5)
+    assert linked.parent is bash
+
+
 def test_exec_in_a_container_resolves_container_and_users(table, host, tmp_path):
     root = make_root(
         tmp_path / "ctr", "root:x:0:0::/:/bin/sh\nweb:x:1000:1000::/:/bin/sh\n", "root:x:0:\nweb:x:1000:\n"
