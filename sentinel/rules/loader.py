@@ -158,6 +158,7 @@ class RuleDef:
     condition: str = ""
     condition_text: Text | None = None
     output: str = ""
+    output_text: Text | None = None
     desc: str = ""
     priority: str = "debug"
     tags: list[str] = field(default_factory=list)
@@ -484,8 +485,8 @@ class _ItemReader:
                         setattr(target, key, (getattr(target, key) + " " + value).strip())
                 else:
                     setattr(target, _attribute(key), value)
-                    if key == "condition":
-                        target.condition_text = self.text("condition")
+                    if key in ("condition", "output"):
+                        setattr(target, key + "_text", self.text(key))
             return
         if set(values) <= {"enabled"} and name in rules:
             # the deprecated form that only switches an existing rule on or off
@@ -502,6 +503,8 @@ class _ItemReader:
         for key, value in values.items():
             setattr(rule, _attribute(key), value)
         rule.condition_text = self.text("condition")
+        if "output" in self.nodes:
+            rule.output_text = self.text("output")
         rules[name] = rule
 
     def rule_values(self) -> dict[str, Any]:

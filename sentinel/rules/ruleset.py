@@ -407,7 +407,10 @@ def compile_collection(collection: Collection, extra: Iterable[RuleSpec] = (), m
         try:
             template = parse_output(spec.output, bind_field)
         except CompileError as exc:
-            problems.errors.append(Problem("output: %s" % exc.message, spec.location, label))
+            yaml_rule = collection.rules.get(spec.name) if parsed_tree is not None else None
+            output_text = yaml_rule.output_text if yaml_rule is not None else None
+            where = _locate(output_text, spec.output, exc.pos, spec.location)
+            problems.errors.append(Problem("output: %s" % exc.message, where, label))
             continue
         compiled.append(Rule(
             name=spec.name, desc=spec.desc, condition=condition_text, expanded=expanded, output=template,
