@@ -137,13 +137,14 @@ static __always_inline void sentinel_exe_inode(struct sentinel_exec *e, struct f
 		    prefix[2] == 'm' && prefix[3] == 'f' && prefix[4] == 'd' && prefix[5] == ':')
 			e->flags |= SENTINEL_F_EXE_MEMFD;
 	}
-#if defined(SENTINEL_HAVE_OVL_INODE) && defined(__SENTINEL_BTF_TREE)
-	/* struct ovl_inode is private to fs/overlayfs: only the BTF tree (overlay built in)
-	 * has it; real kernel headers never do */
+#if defined(SENTINEL_OVL_OFF_VFS_INODE) && defined(SENTINEL_OVL_OFF_UPPERDENTRY)
 	if (magic == SENTINEL_OVERLAYFS_MAGIC) {
-		/* the overlay inode has an upper dentry once the file exists on the upper layer */
-		struct ovl_inode *oi = container_of(inode, struct ovl_inode, vfs_inode);
-		if (SENTINEL_FIELD(oi, __upperdentry))
+		/* an overlay inode has an upper dentry once the file exists on the upper layer;
+		 * struct ovl_inode is private to fs/overlayfs: offsets from BTF */
+		char *ovl = (char *)inode - SENTINEL_OVL_OFF_VFS_INODE;
+		void *upper = 0;
+		bpf_probe_read_kernel(&upper, sizeof(upper), ovl + SENTINEL_OVL_OFF_UPPERDENTRY);
+		if (upper)
 			e->flags |= SENTINEL_F_EXE_UPPER;
 	}
 #endif

@@ -25,6 +25,12 @@
  * with one mask the compiler cannot drop. */
 #define SENTINEL_RECORD_BUF 32768
 
+/* struct mount is private to fs/ (never in kernel headers): the path walk reads the three
+ * members it needs at offsets userspace takes from BTF (-DSENTINEL_MOUNT_OFF_*=bytes). */
+#if defined(SENTINEL_MOUNT_OFF_MNT) && defined(SENTINEL_MOUNT_OFF_PARENT) && defined(SENTINEL_MOUNT_OFF_MOUNTPOINT)
+#define SENTINEL_CAN_CROSS_MOUNTS 1
+#endif
+
 /* Values that are #defines in the kernel (so not in BTF), stable for decades. */
 #define SENTINEL_MNT_INTERNAL 0x4000
 #define SENTINEL_TMPFS_MAGIC 0x01021994
@@ -176,7 +182,9 @@ static __always_inline void sentinel_put_path(char *tail, struct sentinel_cursor
 					      struct dentry *root_dentry, struct vfsmount *root_mnt,
 					      u32 trunc_flag, u32 detached_flag)
 {
-	struct mount *mnt = container_of(vfsmnt, struct mount, mnt);
+#ifdef SENTINEL_CAN_CROSS_MOUNTS
+	char *mnt = (char *)vfsmnt - SENTINEL_MOUNT_OFF_MNT;
+#endif
 	int i;
 	for (i = 0; i < SENTINEL_PATH_DEPTH; i++) {
 		if (!dentry)
@@ -185,13 +193,19 @@ static __always_inline void sentinel_put_path(char *tail, struct sentinel_cursor
 			return;
 		struct dentry *mnt_root = SENTINEL_FIELD(vfsmnt, mnt_root);
 		if (dentry == mnt_root) {
-			struct mount *parent_mnt = SENTINEL_FIELD(mnt, mnt_parent);
+#ifdef SENTINEL_CAN_CROSS_MOUNTS
+			char *parent_mnt = 0;
+			bpf_probe_read_kernel(&parent_mnt, sizeof(parent_mnt), mnt + SENTINEL_MOUNT_OFF_PARENT);
 			if (parent_mnt == mnt || !parent_mnt)
 				return;  /* the global root (or a detached mount) */
-			dentry = SENTINEL_FIELD(mnt, mnt_mountpoint);
+			bpf_probe_read_kernel(&dentry, sizeof(dentry), mnt + SENTINEL_MOUNT_OFF_MOUNTPOINT);
 			mnt = parent_mnt;
-			vfsmnt = &parent_mnt->mnt;
+			vfsmnt = (struct vfsmount *)(parent_mnt + SENTINEL_MOUNT_OFF_MNT);
 			continue;
+#else
+			cur->flags |= trunc_flag;  /* the path above this mount is unknown */
+			return;
+#endif
 		}
 		u32 off = cur->off;
 		if (off >= SENTINEL_TAIL_MAX) {

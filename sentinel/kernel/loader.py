@@ -7,6 +7,7 @@ same C builds on kernels with real headers (Debian 6.1) and on header-less ones.
 
 from __future__ import annotations
 
+import struct
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +32,78 @@ def bpf_dir() -> Path:
         if (candidate / "include" / "sentinel_events.h").is_file():
             return candidate
     raise KernelError("BPF sources not found (looked in %s)" % ", ".join(map(str, _BPF_DIR_CANDIDATES)))
+
+
+BTF_PATH = "/sys/kernel/btf/vmlinux"
+# Offsets of members of structs that are private to the kernel (never in its headers), read
+# from BTF and passed as -D<macro>=<bytes>; the C side skips what has no macro.
+BTF_MEMBER_OFFSETS = (
+    ("SENTINEL_MOUNT_OFF_MNT", "mount", "mnt"),
+    ("SENTINEL_MOUNT_OFF_PARENT", "mount", "mnt_parent"),
+    ("SENTINEL_MOUNT_OFF_MOUNTPOINT", "mount", "mnt_mountpoint"),
+    ("SENTINEL_OVL_OFF_VFS_INODE", "ovl_inode", "vfs_inode"),
+    ("SENTINEL_OVL_OFF_UPPERDENTRY", "ovl_inode", "__upperdentry"),
+)
+_BTF_HEADER = struct.Struct("<HBBIIIII")
+_BTF_TYPE = struct.Struct("<III")
+_BTF_MEMBER = struct.Struct("<III")
+_BTF_STRUCT = 4
+# Bytes after the 12-byte common part of a BTF type: fixed by kind, plus per vlen entry.
+_BTF_EXTRA = {1: 4, 3: 12, 14: 4, 17: 4}
+_BTF_PER_VLEN = {4: 12, 5: 12, 6: 8, 13: 8, 15: 12, 19: 12}
+
+
+def btf_member_offsets(wanted: dict[str, set[str]], btf_path: str = BTF_PATH) -> dict[tuple[str, str], int]:
+    """Byte offsets of `wanted` {struct: {member}} in raw BTF, in one pass over its types.
+
+    A small reader instead of `bpftool -j btf dump` (17 MB of JSON, ~1 s) because it runs
+    at every start. Bitfield members are not supported (none is needed).
+    """
+    try:
+        with open(btf_path, "rb") as f:
+            data = f.read()
+    except OSError:
+        return {}
+    magic, _version, _flags, hdr_len, type_off, type_len, str_off, _str_len = _BTF_HEADER.unpack_from(data)
+    if magic != 0xEB9F:
+        raise KernelError("%s is not BTF (magic %#x)" % (btf_path, magic))
+    strings = hdr_len + str_off
+
+    def name_at(offset: int) -> str:
+        start = strings + offset
+        return data[start : data.index(b"\0", start)].decode()
+
+    names = {name.encode() + b"\0": name for name in wanted}
+    found: dict[tuple[str, str], int] = {}
+    position, end = hdr_len + type_off, hdr_len + type_off + type_len
+    remaining = set(wanted)
+    while position < end and remaining:
+        name_off, info, _size = _BTF_TYPE.unpack_from(data, position)
+        kind, vlen = (info >> 24) & 0x1F, info & 0xFFFF
+        body = position + 12
+        position = body + _BTF_EXTRA.get(kind, 0) + _BTF_PER_VLEN.get(kind, 0) * vlen
+        if kind != _BTF_STRUCT:
+            continue
+        struct_name = names.get(data[strings + name_off : strings + name_off + 64].split(b"\0", 1)[0] + b"\0")
+        if struct_name not in remaining:
+            continue
+        remaining.discard(struct_name)
+        bitfield_offsets = info >> 31  # kflag: offsets carry a bitfield size in the top byte
+        for i in range(vlen):
+            member_name_off, _type, offset = _BTF_MEMBER.unpack_from(data, body + 12 * i)
+            member = name_at(member_name_off)
+            if member in wanted[struct_name]:
+                found[(struct_name, member)] = (offset & 0xFFFFFF if bitfield_offsets else offset) // 8
+    return found
+
+
+def private_layout_defines(btf_path: str = BTF_PATH) -> dict[str, int]:
+    """BTF_MEMBER_OFFSETS resolved on this kernel (missing structs simply absent)."""
+    wanted: dict[str, set[str]] = {}
+    for _macro, struct_name, member in BTF_MEMBER_OFFSETS:
+        wanted.setdefault(struct_name, set()).add(member)
+    offsets = btf_member_offsets(wanted, btf_path)
+    return {macro: offsets[(s, m)] for macro, s, m in BTF_MEMBER_OFFSETS if (s, m) in offsets}
 
 
 @dataclass(frozen=True)
@@ -63,11 +136,12 @@ def load_object(sources: tuple[str, ...] = SOURCES, defines: dict[str, int] | No
     except OSError as exc:
         raise KernelError("cannot mount the kernel filesystems BPF needs: %s" % exc) from None
     directory = bpf_dir()
+    defines = {**private_layout_defines(), **(defines or {})}
     cflags = (
         "-I%s" % (directory / "include"),
         "-I%s" % directory,
         "-Wno-unused-function",
-        *("-D%s=%d" % item for item in sorted((defines or {}).items())),
+        *("-D%s=%d" % item for item in sorted(defines.items())),
     )
     text = compose_sources(sources, directory)
     started = time.monotonic()

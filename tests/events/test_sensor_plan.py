@@ -37,3 +37,24 @@ def test_ring_buffer_size_must_be_a_power_of_two_pages():
     sensor = Sensor(Config().replace(sensor=SensorConfig(ringbuf_pages=3)), Interest(), table=object())
     with pytest.raises(ConfigError, match="power of two"):
         sensor.start()
+
+
+def test_private_struct_offsets_read_from_btf_match_bpftool():
+    """The small BTF reader against bpftool's own dump of the same members."""
+    import json
+    import subprocess
+
+    from sentinel.kernel import loader
+
+    defines = loader.private_layout_defines()
+    dump = json.loads(
+        subprocess.run(["bpftool", "-j", "btf", "dump", "file", loader.BTF_PATH], capture_output=True, check=True).stdout
+    )
+    structs = {t["name"]: t for t in dump["types"] if t["kind"] == "STRUCT"}
+    for macro, struct_name, member in loader.BTF_MEMBER_OFFSETS:
+        if struct_name not in structs:
+            assert macro not in defines
+            continue
+        (expected,) = [m["bits_offset"] // 8 for m in structs[struct_name]["members"] if m["name"] == member]
+        assert defines[macro] == expected, macro
+    assert {"SENTINEL_MOUNT_OFF_MNT", "SENTINEL_MOUNT_OFF_PARENT", "SENTINEL_MOUNT_OFF_MOUNTPOINT"} <= set(defines)
