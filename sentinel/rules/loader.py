@@ -26,6 +26,10 @@ try:
 except AttributeError:  # pragma: no cover - pyyaml built without libyaml
     _Loader = yaml.SafeLoader
 
+# The version of Falco's rule engine whose language this one implements (what the upstream
+# files require); a file that requires a newer one is refused.
+ENGINE_VERSION = (0, 57, 0)
+
 PRIORITIES = ("emergency", "alert", "critical", "error", "warning", "notice", "informational", "debug")
 _PRIORITY_ALIASES = {"info": "informational"}
 ACTIONS = ("kill", "deny")
@@ -372,7 +376,14 @@ class _ItemReader:
             if kind in self.nodes:
                 return getattr(self, "read_" + kind)()
         if "required_engine_version" in self.nodes:
-            value = _value(self.nodes["required_engine_version"])
+            node = self.nodes["required_engine_version"]
+            value = _value(node)
+            required = _engine_version(value)
+            if required is None:
+                raise self.fail("required_engine_version must be a version like 0.57.0", node)
+            if required > ENGINE_VERSION:
+                raise self.fail("requires engine version %s; this engine implements %s"
+                                % (value, ".".join(map(str, ENGINE_VERSION))), node)
             self.collection.required_engine_version = str(value)
             return None
         if "required_plugin_versions" in self.nodes:
@@ -576,6 +587,18 @@ class _ItemReader:
                     raise self.fail("exception '%s': 'values' must be a list" % name, data["values"][0])
             result.append(ExceptionDef(name, fields, comps, values, where))
         return result
+
+
+def _engine_version(value: Any) -> tuple[int, int, int] | None:
+    """`0.57.0` as (0, 57, 0); a bare number N (the old form) as (0, N, 0)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return (0, value, 0)
+    parts = str(value).strip().split(".")
+    if len(parts) != 3 or not all(part.isdigit() for part in parts):
+        return None
+    return (int(parts[0]), int(parts[1]), int(parts[2]))
 
 
 def _attribute(key: str) -> str:

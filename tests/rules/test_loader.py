@@ -340,6 +340,13 @@ def test_first_match_option():
     assert names(load(BASE, text, "- rule: Shell" + redefined, match="first"), execve("bash")) == ["Shell"]
 
 
+def test_required_engine_version():
+    assert load("- required_engine_version: 0.57.0\n- required_engine_version: 12\n").counts["rules"] == 0
+    error = load_error("- required_engine_version: 0.99.0\n")
+    assert "file0.yaml:1:28" in str(error.errors[0]) and "requires engine version 0.99.0" in str(error)
+    assert "must be a version" in str(load_error("- required_engine_version: soon\n"))
+
+
 def test_yaml_errors_and_shapes():
     assert "invalid YAML" in str(load_error("- rule: [unclosed\n"))
     assert "must be a YAML list" in str(load_error("rule: x\n"))
