@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable
 
 from sentinel.enrich.container import CgroupInfo, parse_cgroup_cached
 from sentinel.enrich.procio import read_at, readlink_at
-from sentinel.events.abi import ARGS_MAX, EXEC_ID_CLOCK
+from sentinel.events.abi import ARGS_MAX, ENV_VAR_MAX, ENV_VARS, EXEC_ID_CLOCK
 from sentinel.events.decode import exe_writable
 from sentinel.events.model import Process
 
@@ -281,12 +281,17 @@ class ProcFS:
             proc.cwd = sys.intern(strip_deleted(cwd)[0])
 
     def _kept_env(self, dir_fd: int) -> tuple[str, ...]:
-        """Only the configured variables: other values never leave this function."""
+        """Only the configured variables: other values never leave this function.
+
+        Scanned within the kernel side's bounds (the first ENV_VARS entries, stopping at
+        one of ENV_VAR_MAX bytes or more), so both sources keep the same variables."""
         kept = []
-        for entry in split_nul(read_at(dir_fd, "environ") or b""):
-            name, sep, _value = entry.partition("=")
-            if sep and name in self.env_keep:
-                kept.append(entry)
+        for index, raw in enumerate((read_at(dir_fd, "environ") or b"").split(b"\0")):
+            if index >= ENV_VARS or len(raw) + 1 >= ENV_VAR_MAX:
+                break
+            name, sep, _value = raw.partition(b"=")
+            if sep and name.decode("utf-8", "surrogateescape") in self.env_keep:
+                kept.append(raw.decode("utf-8", "surrogateescape"))
         return tuple(kept)
 
 

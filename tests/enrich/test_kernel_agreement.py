@@ -213,3 +213,16 @@ def test_memfd_exe_agrees_with_the_kernel(sensor):
     finally:
         child.kill()
         child.wait()
+
+
+def test_kept_environment_agrees_past_a_huge_variable(sensor):
+    mark = "0.%d" % uuid.uuid4().int
+    env = {"PATH": os.environ["PATH"], "HUGE": "x" * 5000, "LD_PRELOAD": ""}
+    child = subprocess.Popen(["sleep", "300", mark], env=env)
+    try:
+        from_kernel = wait_for_exec(sensor, mark).proc
+        from_proc = ProcFS(env_keep=Config().sensor.env_keep).read(child.pid)
+        assert from_kernel.env == from_proc.env == ("PATH=" + os.environ["PATH"],)
+    finally:
+        child.kill()
+        child.wait()

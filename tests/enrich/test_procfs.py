@@ -118,6 +118,17 @@ def test_environ_keeps_only_configured_names(fake_proc):
     assert fake_proc.procfs().read(13).env == ()
 
 
+def test_environ_is_scanned_within_the_kernel_sides_bounds(fake_proc):
+    from sentinel.events.abi import ENV_VAR_MAX, ENV_VARS
+
+    procfs = fake_proc.procfs(env_keep=("PATH", "LD_PRELOAD"))
+    fake_proc.add(23, environ=("PATH=/bin", "HUGE=" + "x" * ENV_VAR_MAX, "LD_PRELOAD=/x.so"))
+    assert procfs.read(23).env == ("PATH=/bin",)  # the kernel cannot step over HUGE either
+    filler = tuple("V%d=1" % n for n in range(ENV_VARS))
+    fake_proc.add(24, environ=("PATH=/bin", *filler, "LD_PRELOAD=/x.so"))
+    assert procfs.read(24).env == ("PATH=/bin",)  # past the first ENV_VARS entries
+
+
 def test_tty_is_converted_to_kernel_dev_t(fake_proc):
     # /dev/pts/3: major 136, minor 3 -> tty_nr 34819 in /proc's encoding
     fake_proc.add(14, tty_nr=(136 << 8) | 3)
