@@ -8,6 +8,7 @@ acts on them between batches, so a reload or a stop never happens mid-event.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import signal
@@ -19,7 +20,8 @@ from typing import Any
 
 from sentinel import __version__, notify
 from sentinel.actions.alert import AlertWriter, HostIdentity, alert_record
-from sentinel.actions.record import ancestry_of
+from sentinel.actions.forward.records import event_record
+from sentinel.actions.record import PRIORITIES, ancestry_of, event_fields, new_id, normalise_priority
 from sentinel.config import Config
 from sentinel.control import ControlServer
 from sentinel.errors import SentinelError, StoreError
@@ -31,7 +33,7 @@ from sentinel.selfprotect import self_protection_rules
 log = get_logger("sentinel.agent")
 
 EXEC_TYPES = frozenset({"execve", "execveat"})
-PRIORITY_ORDER = ("emergency", "alert", "critical", "error", "warning", "notice", "informational", "debug")
+
 
 
 def ruleset_version(paths: list[Path]) -> str:
@@ -69,7 +71,9 @@ class Agent:
         self.table: Any = None
         self.alerts = AlertWriter(config.alerts.file)
         self.control: ControlServer | None = None
-        self.min_priority = PRIORITY_ORDER.index(_normal_priority(config.alerts.min_priority))
+        self.forwarder: Any = None
+        self.forward_events = any(output.options.get("events") for output in config.outputs)
+        self.min_priority = PRIORITIES.index(normalise_priority(config.alerts.min_priority))
         self.last_lost = 0
 
     # ----------------------------------------------------------------- rules
@@ -117,6 +121,9 @@ class Agent:
         event_id = None
         if self.store is not None:
             event_id = self.store.add_event(event, matched=bool(matches))
+        if self.forward_events:
+            event_id = event_id or new_id()
+            self.forwarder.submit(event_record(self.host, event_fields(event, event_id, bool(matches)), time_ns=event.time_ns, record_id=event_id))
             if event_id is not None:
                 self.counters["stored_events"] += 1
             if event.type in EXEC_TYPES and event.res >= 0:
@@ -127,8 +134,8 @@ class Agent:
     def raise_alert(self, rule: Any, event: Event, event_id: Any) -> None:
         self.alerts_per_rule[rule.name] += 1
         self.counters["alerts"] += 1
-        priority = _normal_priority(rule.priority)
-        if PRIORITY_ORDER.index(priority) > self.min_priority:
+        priority = normalise_priority(rule.priority)
+        if PRIORITIES.index(priority) > self.min_priority:
             return
         record = alert_record(
             rule=rule.name,
@@ -143,6 +150,8 @@ class Agent:
             extra=getattr(rule, "extra", None) or None,
         )
         self.alerts.write(record)
+        if self.forwarder is not None:
+            self.forwarder.submit(record)
         if self.store is not None:
             self.store.add_alert(record, event_id, ancestry_of(event.proc))
 
@@ -160,6 +169,8 @@ class Agent:
             source="internal",
         )
         self.alerts.write(record)
+        if self.forwarder is not None:
+            self.forwarder.submit(record)
         if self.store is not None:
             self.store.add_alert(record, None, [])
 
@@ -192,6 +203,7 @@ class Agent:
             "kernel_lost": sum(self.sensor.lost().values()) if self.sensor is not None else 0,
             "records_received": self.sensor.records_received if self.sensor is not None else 0,
             "process_table": self.table.stats() if self.table is not None else {},
+            "forwarding": [dataclasses.asdict(output) for output in self.forwarder.status()] if self.forwarder else [],
         }
         return status
 
@@ -199,6 +211,7 @@ class Agent:
     def start(self) -> None:
         self.load_rules()
         self._open_store()
+        self._start_forwarding()
         from sentinel.enrich.proctable import ProcessTable
         from sentinel.sensor import Sensor
 
@@ -228,6 +241,25 @@ class Agent:
             self.store_error = str(exc)
             log.error("store.unavailable", error=str(exc))
             self._internal_alert("Sentinel store unavailable", "error", "Events are not stored: %s" % exc)
+
+    def _start_forwarding(self) -> None:
+        if not self.config.outputs:
+            return
+        from sentinel.actions.forward import Forwarder
+
+        self.forwarder = Forwarder.from_config(
+            self.config, identity=self.host, ruleset_version=self.ruleset_version, on_loss=self._forwarding_lost
+        )
+        self.forwarder.start()
+
+    def _forwarding_lost(self, output: str, count: int) -> None:
+        self.counters["forward_lost"] += count
+        self._internal_alert(
+            "Sentinel forwarding records lost",
+            "critical",
+            "%d records for output %s were dropped before delivery" % (count, output),
+            {"output.name": output, "lost.records": count},
+        )
 
     def _start_metrics(self) -> None:
         if not self.config.metrics.listen:
@@ -264,6 +296,8 @@ class Agent:
         if self._reopen_requested.is_set():
             self._reopen_requested.clear()
             self.alerts.reopen()
+            if self.forwarder is not None:
+                self.forwarder.reopen()
         if self._reload_requested.is_set() or self._rules_on_disk() != self.rules_snapshot:
             self._reload_requested.clear()
             self.reload_rules()
@@ -288,6 +322,8 @@ class Agent:
             self.sensor.close()
         if self.control is not None:
             self.control.stop()
+        if self.forwarder is not None:
+            self.forwarder.stop()
         store_stats = {}
         if self.store is not None:
             self.store.close()
@@ -318,11 +354,6 @@ class Watchdog:
         if self.interval is not None and now >= self._next:
             self._next = now + self.interval
             notify.notify("WATCHDOG=1")
-
-
-def _normal_priority(priority: str) -> str:
-    value = (priority or "debug").lower()
-    return "informational" if value == "info" else value
 
 
 def _mtime(path: Path) -> float:

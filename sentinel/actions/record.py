@@ -22,6 +22,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from sentinel.events.model import Event, Process
+from sentinel.rules.loader import PRIORITIES as RULE_PRIORITIES
 from sentinel.rules.render import user_name
 
 # Falco field name -> events column. Generated columns (see store_schema) count as columns.
@@ -153,16 +154,7 @@ PROCESS_COLUMNS: tuple[str, ...] = (
 )
 
 # Falco's priorities, most severe first; `--priority P` means "P or more severe".
-PRIORITIES: tuple[str, ...] = (
-    "emergency",
-    "alert",
-    "critical",
-    "error",
-    "warning",
-    "notice",
-    "informational",
-    "debug",
-)
+PRIORITIES = RULE_PRIORITIES
 _PRIORITY_ALIASES = {"info": "informational", "warn": "warning", "err": "error", "crit": "critical"}
 
 
@@ -439,3 +431,17 @@ def process_row(proc: Process, seen_ns: int | None = None) -> tuple:
         proc.container_id,
         time.time_ns() if seen_ns is None else seen_ns,
     )
+
+
+_FIELD_OF_COLUMN = {column: field for field, column in FIELD_COLUMNS.items()}
+
+
+def event_fields(event: Event, event_id: str, matched: bool) -> dict[str, Any]:
+    """The stored view of an event keyed by Falco field names (columns without one keep their
+    column name): what outputs that forward raw events send."""
+    row = finish_event_rows([event_row(event, event_id, matched)])[0]
+    return {
+        _FIELD_OF_COLUMN.get(column, column): value
+        for column, value in zip(EVENT_COLUMNS, row)
+        if value is not None and value != ""
+    }

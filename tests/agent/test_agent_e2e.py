@@ -175,3 +175,46 @@ def test_executed_processes_are_recorded_with_their_parent(start_agent, agent_di
     finally:
         child.kill()
         child.wait()
+
+
+def test_alerts_and_events_are_forwarded_through_the_outbox(start_agent, agent_dir, shm_dir):
+    siem = agent_dir / "siem.jsonl"
+    agent = start_agent(
+        extra_config=(
+            "forward:\n  outbox: %s\n"
+            "outputs:\n"
+            "  - {name: alerts-only, type: jsonfile, path: %s}\n"
+            "  - {name: with-events, type: jsonfile, path: %s, events: true}\n"
+        )
+        % (agent_dir / "outbox.db", siem, agent_dir / "siem-events.jsonl")
+    )
+    payload = shm_dir / "forwarded"
+    shutil.copy("/bin/true", payload)
+    token = uuid.uuid4().hex
+    subprocess.run([str(payload), token], check=True)
+    alert = agent.wait_for_alert(lambda a: a["rule"] == EXEC_FROM_TMP and token in a["output"])
+
+    def forwarded(path: Path) -> list[dict]:
+        if not path.exists():
+            return []
+        return [json.loads(line) for line in path.read_text().splitlines()]
+
+    deadline = time.monotonic() + 15
+    while not any(r.get("id") == alert["id"] for r in forwarded(siem)):
+        assert time.monotonic() < deadline, "alert not forwarded: %s" % forwarded(siem)[-3:]
+        time.sleep(0.2)
+    assert all(r["kind"] == "alert" for r in forwarded(siem))
+    record = next(r for r in forwarded(siem) if r["id"] == alert["id"])
+    assert record["output"] == alert["output"] and record["time"] == alert["time"]
+
+    # The events output also gets the exec itself, with the same id as in the store.
+    deadline = time.monotonic() + 15
+    while True:
+        events = [r for r in forwarded(agent_dir / "siem-events.jsonl") if r["kind"] == "event" and token in json.dumps(r)]
+        if events:
+            break
+        assert time.monotonic() < deadline, "event not forwarded"
+        time.sleep(0.2)
+    assert events[0]["evt"]["proc.exepath"] == str(payload)
+    with sqlite3.connect("file:%s?mode=ro" % agent.db, uri=True) as conn:
+        assert conn.execute("SELECT count(*) FROM events WHERE id = ?", (events[0]["id"],)).fetchone()[0] == 1
