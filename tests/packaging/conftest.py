@@ -113,6 +113,8 @@ def debian_base(tmp_path_factory):
         policy = path / "usr/sbin/policy-rc.d"
         policy.write_text("#!/bin/sh\nexit 101\n")
         policy.chmod(0o755)
+        # No fsync per unpacked file: a throw-away root (3x faster installs).
+        (path / "etc/dpkg/dpkg.cfg.d/unsafe-io").write_text("force-unsafe-io\n")
         base = Rootfs(path)
         base.run("apt-get update -qq")
         base.run("apt-get install -qq -y --download-only --no-install-recommends %s" % " ".join(RUNTIME_DEBS))
@@ -122,10 +124,33 @@ def debian_base(tmp_path_factory):
             remove_root(path)
 
 
+def _copy(source: Path, target: Path) -> Path:
+    subprocess.run(["cp", "-a", str(source), str(target)], check=True)
+    return target
+
+
+@pytest.fixture(scope="session")
+def debian_with_runtime(debian_base, tmp_path_factory):
+    """The base root with the package's dependencies installed."""
+    path = _copy(debian_base, tmp_path_factory.mktemp("debian-runtime") / DEBIAN_SUITE)
+    try:
+        Rootfs(path).run("apt-get install -qq -y --no-install-recommends %s" % " ".join(RUNTIME_DEBS))
+        yield path
+    finally:
+        remove_root(path)
+
+
 @pytest.fixture
-def rootfs(debian_base, tmp_path) -> Rootfs:
-    """A private copy of the base root for one test, deleted afterwards."""
-    path = tmp_path / "root"
-    subprocess.run(["cp", "-a", str(debian_base), str(path)], check=True)
+def bare_rootfs(debian_base, tmp_path) -> Rootfs:
+    """A private copy of the minimal root (no python3) for one test, deleted afterwards."""
+    path = _copy(debian_base, tmp_path / "root")
+    yield Rootfs(path)
+    remove_root(path)
+
+
+@pytest.fixture
+def rootfs(debian_with_runtime, tmp_path) -> Rootfs:
+    """A private copy of the root with the dependencies installed, deleted afterwards."""
+    path = _copy(debian_with_runtime, tmp_path / "root")
     yield Rootfs(path)
     remove_root(path)
