@@ -12,6 +12,21 @@
 #ifndef SENTINEL_COMMON_H
 #define SENTINEL_COMMON_H
 
+/* Kernel types: from the real headers where the host has them; with the BTF tree these
+ * are stubs of its generated header, or dropped by the loader when it has no stub. */
+#include <linux/sched.h>
+#include <linux/sched/signal.h>
+#include <linux/fs.h>
+#include <linux/fs_struct.h>
+#include <linux/dcache.h>
+#include <linux/mount.h>
+#include <linux/binfmts.h>
+#include <linux/cred.h>
+#include <linux/mm_types.h>
+#include <linux/pid.h>
+#include <linux/tty.h>
+#include <linux/tty_driver.h>
+
 #include "sentinel_events.h"
 
 #ifndef SENTINEL_RINGBUF_PAGES
