@@ -693,11 +693,20 @@ def sigma_regex_pattern(value: SigmaRegularExpression) -> str:
         if flag in value.flags
     )
     pattern = str(value.regexp.original) if hasattr(value.regexp, "original") else str(value.regexp)
+    # a leading `(?i)` in the pattern is a global flag: it must stay in front of the wrapping
+    leading = _LEADING_FLAGS.match(pattern)
+    if leading:
+        flags += leading.group(1)
+        pattern = pattern[leading.end():]
+    wrapped = _search_regex("".join(sorted(set(flags))), pattern)
     try:
-        re.compile(pattern)
+        re.compile(wrapped)
     except re.error as exc:
-        raise _Skip("unsupported-value", "regular expression %r: %s" % (pattern, exc)) from None
-    return _search_regex(flags, pattern)
+        raise _Skip("unsupported-value", "regular expression %r: %s" % (value.regexp.original, exc)) from None
+    return wrapped
+
+
+_LEADING_FLAGS = re.compile(r"\(\?([aiLmsux]+)\)")
 
 
 # --------------------------------------------------------------------------------------------

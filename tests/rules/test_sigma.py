@@ -180,6 +180,13 @@ def test_re_flags_i_m_s():
     assert not no_dotall(exec_event("/usr/bin/sh", ("first\nsecond",)))
 
 
+def test_re_with_its_own_leading_inline_flag():
+    match = matcher("sel:\n    CommandLine|re: '(?i)invoke-[a-z]+'\ncondition: sel")
+    assert match(exec_event("/usr/bin/pwsh", ("INVOKE-thing",)))
+    assert not match(exec_event("/usr/bin/pwsh", ("invoke",)))
+    assert skip_of(sigma("sel:\n    CommandLine|re: 'a(?i)b'\ncondition: sel")).reason == "unsupported-value"
+
+
 def test_cidr_matches_the_destination_network():
     match = matcher("sel:\n    DestinationIp|cidr:\n        - 10.0.0.0/8\n        - 'fc00::/7'\ncondition: sel",
                     "network_connection")

@@ -37,7 +37,7 @@ _FIELDS = ["Image", "CommandLine", "ParentImage", "User", "ProcessId", "LogonId"
 _MODIFIERS = ["", "|contains", "|startswith", "|endswith", "|all", "|re", "|cidr", "|base64", "|base64offset",
               "|windash", "|cased", "|exists", "|gt", "|lte", "|neq", "|fieldref", "|bogus", "|contains|all"]
 _VALUES = st.one_of(st.integers(-5, 70000), st.booleans(), st.none(),
-                    st.text(alphabet="ab*?/\\.()[]{}| 01-", max_size=10))
+                    st.text(alphabet="abi*?/\\.()[]{}| 01-", max_size=10))
 
 
 @st.composite
