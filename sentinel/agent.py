@@ -121,13 +121,14 @@ class Agent:
         event_id = None
         if self.store is not None:
             event_id = self.store.add_event(event, matched=bool(matches))
-        if self.forward_events:
-            event_id = event_id or new_id()
-            self.forwarder.submit(event_record(self.host, event_fields(event, event_id, bool(matches)), time_ns=event.time_ns, record_id=event_id))
             if event_id is not None:
                 self.counters["stored_events"] += 1
             if event.type in EXEC_TYPES and event.res >= 0:
                 self.store.upsert_process(event.proc)
+        if self.forward_events:
+            event_id = event_id or new_id()
+            fields = event_fields(event, event_id, bool(matches))
+            self.forwarder.submit(event_record(self.host, fields, time_ns=event.time_ns, record_id=event_id))
         for rule in matches:
             self.raise_alert(rule, event, event_id)
 
