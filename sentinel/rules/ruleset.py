@@ -399,6 +399,9 @@ def compile_collection(collection: Collection, extra: Iterable[RuleSpec] = (), m
             continue
         try:
             expanded = _expand_macros(tree, macro_trees, ())
+        except RecursionError:
+            problems.errors.append(Problem(_TOO_DEEP, spec.location, label))
+            continue
         except CompileError as exc:
             problems.errors.append(Problem(exc.message, _locate(text, condition_text, exc.pos, spec.location), label))
             continue
@@ -425,8 +428,7 @@ def compile_collection(collection: Collection, extra: Iterable[RuleSpec] = (), m
 
     if problems.errors:
         raise RuleLoadError(problems.errors, problems.warnings)
-    ruleset = _build(compiled, lists, macro_trees, problems.warnings, match, collection)
-    return ruleset
+    return _build(compiled, lists, macro_trees, problems.warnings, match, collection)
 
 
 def _rule_spec(rule: RuleDef, lists: dict, used_lists: set, macro_names: set,
@@ -468,6 +470,17 @@ def _rule_spec(rule: RuleDef, lists: dict, used_lists: set, macro_names: set,
 
 
 def _build(rules: list[Rule], lists: dict, macros: dict, warnings: list[Problem], match: str, collection: Collection | None) -> Ruleset:
+    """Buckets, generated code and interest for compiled rules; RuleLoadError if they nest too deeply."""
+    try:
+        return _build_buckets(rules, lists, macros, warnings, match, collection)
+    except RecursionError:
+        deepest = sorted(rules, key=lambda rule: -_depth(rule.expanded))[:3]
+        raise RuleLoadError([Problem(_TOO_DEEP, rule.location, "rule '%s'" % rule.name) for rule in deepest],
+                            warnings) from None
+
+
+def _build_buckets(rules: list[Rule], lists: dict, macros: dict, warnings: list[Problem], match: str,
+                   collection: Collection | None) -> Ruleset:
     if match not in ("all", "first"):
         raise ValueError("match must be 'all' or 'first'")
     interner = Interner()
@@ -512,9 +525,14 @@ def _build(rules: list[Rule], lists: dict, macros: dict, warnings: list[Problem]
     for number, (event_type, entries) in enumerate(per_bucket.items()):
         # event type names come from rule text: only the bucket number goes into identifiers
         function_name = "match_%d" % number
-        source, tables = _bucket_source(function_name, entries, namespace, bound_fields, interner)
+        try:
+            source, tables = _bucket_source(function_name, entries, namespace, bound_fields, interner)
+            code = compile(source, "<rules:%s>" % event_type, "exec")
+        except (RecursionError, SyntaxError, MemoryError):
+            deepest = sorted(entries, key=lambda entry: -_depth(entry[1]))[:3]
+            raise RuleLoadError([Problem(_TOO_DEEP, rule.location, "rule '%s'" % rule.name) for rule, _ in deepest],
+                                warnings) from None
         sources[event_type] = source
-        code = compile(source, "<rules:%s>" % event_type, "exec")
         scope = namespace.values  # globals shared by all buckets: constants are added, never changed
         exec(code, scope)
         for table, names in tables:
@@ -535,6 +553,23 @@ def _build(rules: list[Rule], lists: dict, macros: dict, warnings: list[Problem]
         rules=tuple(rules), lists=lists, macros=macros, interest=interest, warnings=warnings, counts=counts,
         first_match=(match == "first"), _buckets=buckets, _sources=sources,
     )
+
+
+_TOO_DEEP = "the condition nests too deeply (macros within macros) to be compiled"
+
+
+def _depth(node: ast.Expr, limit: int = 500) -> int:
+    """Nesting depth of a condition, counted without recursion."""
+    deepest = 0
+    stack = [(node, 1)]
+    while stack and deepest < limit:
+        current, depth = stack.pop()
+        deepest = max(deepest, depth)
+        if isinstance(current, (ast.And, ast.Or)):
+            stack.extend((child, depth + 1) for child in current.children)
+        elif isinstance(current, ast.Not):
+            stack.append((current.child, depth + 1))
+    return deepest
 
 
 def _bucket_source(

@@ -387,3 +387,11 @@ def test_extra_rules_come_after_yaml_rules():
     ruleset = load(BASE, extra=[extra])
     assert names(ruleset, execve("bash")) == ["Shell", "Extra"]
     assert ruleset.rule("Extra").index > max(rule.index for rule in ruleset.rules if rule.name != "Extra")
+
+
+def test_conditions_nested_too_deeply_are_a_located_error():
+    items = ["- macro: m%d\n  condition: fd.name = a%d or (user.uid = %d and %s)\n"
+             % (k, k, k, "proc.name = z" if k == 299 else "m%d" % (k + 1)) for k in range(300)]
+    items.append("- rule: Deep\n  desc: d\n  condition: evt.type = execve and m0\n  output: x\n  priority: debug\n")
+    error = load_error("".join(items))
+    assert str(error.errors[0]).startswith("file0.yaml:601:3: rule 'Deep': the condition nests too deeply")
