@@ -1,6 +1,6 @@
 """SigmaHQ Linux rules on real kernel events: run harmless commands, check the alerts they raise.
 
-The shipped Sigma corpus is loaded through the rule engine (as `sentinel run --rules` does),
+The SigmaHQ compatibility corpus (beside the checkout) is loaded through the rule engine (as `sentinel run --rules` does),
 the sensor attaches what the ruleset's interest asks for, and each action below is a real
 exec whose event must raise exactly the Sigma rules listed for it. Every action only touches
 files under the test's own temporary folder (and one copy of /usr/bin/true in /dev/shm that
@@ -59,7 +59,7 @@ def sensor(ruleset):
 
 
 @pytest.fixture
-def workdir(tmp_path_factory):
+def workdir():
     """A fresh folder under /tmp (several rules look for '/tmp/' in the command line)."""
     path = Path("/tmp") / ("sentinel-sigma-" + uuid.uuid4().hex)
     path.mkdir()
