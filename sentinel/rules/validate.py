@@ -34,6 +34,12 @@ class Validation:
     def text(self) -> str:
         lines = [str(problem) + " (error)" for problem in self.errors]
         lines += [str(problem) + " (warning)" for problem in self.warnings]
+        if self.interest:
+            prefixes = self.interest["open_path_prefixes"]
+            opens = ("every open" if prefixes is None else
+                     "opens under %d path prefix(es) or by %d program name(s)" % (len(prefixes), len(self.interest["open_comms"])))
+            lines.append("capture: %d event type(s); %s" % (len(self.interest["event_types"]), opens))
+            lines += ["  " + reason for reason in self.interest["reasons"]]
         counts = self.counts
         lines.append(
             "%s: %d file(s), %d rules (%d enabled), %d macros, %d lists (as written: %d rules, %d macros, %d lists); "

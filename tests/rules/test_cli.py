@@ -38,6 +38,7 @@ def test_validate_ok_with_counts_and_warnings(tmp_path):
     assert result.exit_code == 0, result.output
     assert "ok: 1 file(s), 1 rules (1 enabled), 1 macros, 1 lists" in result.output
     assert "good.yaml:10:3: rule 'Shell': unknown key 'colour' (ignored) (warning)" in result.output
+    assert "capture: 1 event type(s); opens under 0 path prefix(es) or by 0 program name(s)" in result.output
 
 
 def test_validate_errors_exit_1_with_locations(tmp_path):
