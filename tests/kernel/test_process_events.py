@@ -456,3 +456,25 @@ def test_loginuid_set_by_a_login_is_reported(collector):
     mark = token()
     subprocess.run(["/bin/sh", "-c", "echo 1234 > /proc/self/loginuid && exec /bin/true %s" % mark], check=True)
     assert collector.wait_for(exec_of(mark)).proc.loginuid == 1234
+
+
+def test_failed_execveat_carries_dirfd_and_flags(collector, tmp_path):
+    missing = "missing-" + token()
+    program = textwrap.dedent(
+        """
+        import ctypes, os, sys
+        dirfd = os.open(sys.argv[1], os.O_RDONLY | os.O_DIRECTORY)
+        argv = (ctypes.c_char_p * 2)(sys.argv[2].encode(), None)
+        envp = (ctypes.c_char_p * 1)(None)
+        libc = ctypes.CDLL(None, use_errno=True)
+        res = libc.syscall(322, dirfd, sys.argv[2].encode(), argv, envp, 0x100)  # AT_SYMLINK_NOFOLLOW
+        print(dirfd, res, ctypes.get_errno())
+        """
+    )
+    child = subprocess.run([sys.executable, "-c", program, str(tmp_path), missing], capture_output=True, text=True, check=True)
+    dirfd, res, err = map(int, child.stdout.split())
+    assert (res, err) == (-1, 2)
+    event = collector.wait_for(lambda e: e.type == "execveat" and e.res < 0 and e.args.get("filename") == missing)
+    assert event.res == -2
+    assert event.args["dirfd"] == dirfd and event.args["flags"] == 0x100
+    assert event.args["argv"] == (missing,)
