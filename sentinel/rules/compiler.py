@@ -327,8 +327,6 @@ def _merge_key(node: ast.Expr, bind: Callable[[ast.FieldRef], BoundField]) -> tu
     merged_op = _MERGEABLE.get(node.op)
     if merged_op is None or not isinstance(node.value, (ast.Value, ast.ValueList)):
         return None
-    if merged_op != "in" and not isinstance(node.value, ast.Value) and node.op not in ("startswith", "endswith"):
-        return None
     try:
         bound = bind(node.field)
     except CompileError:
