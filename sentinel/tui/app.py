@@ -1,0 +1,538 @@
+"""`sentinel tui`: browse the agent's alerts and events, live, from a read-only connection.
+
+Threads: every query runs in a Textual thread worker and hands its result back with
+`call_from_thread`; one lock serialises the workers' use of the single SQLite connection.
+The live tail asks every half second for rows newer than the newest one shown. Actions
+(kill, deny, acknowledge) go to the agent's control socket: the TUI never writes the store.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from typing import Any
+
+from rich.text import Text
+from textual import on, work
+from textual.app import App, ComposeResult
+from textual.binding import Binding
+from textual.containers import VerticalScroll
+from textual.widgets import DataTable, Footer, Input, Static
+from textual.worker import get_current_worker
+
+from sentinel.actions.record import PRIORITIES
+from sentinel.actions.store import open_readonly
+from sentinel.control import ControlError, request
+from sentinel.errors import RuleError, SentinelError
+from sentinel.tui import data
+from sentinel.tui.render import alert_detail, columns_for, error_with_caret, event_detail, row_cells, safe
+from sentinel.tui.screens import ConfirmScreen, ExportScreen, HelpScreen, SummaryScreen
+
+POLL_SECONDS = 0.5
+MAX_ROWS = 2000  # rows kept in the list; older ones are paged in again on demand
+PRIORITY_STEPS = ("", "notice", "warning", "error", "critical")
+
+
+def _surrogate_text(raw: bytes) -> str:
+    """TEXT that is not UTF-8 (written by another tool) is kept as surrogates, shown as \\xNN."""
+    return raw.decode("utf-8", "surrogateescape")
+
+
+class RowList(DataTable):
+    """A row-cursor table where home/end go to the first/last row (a list, not a sheet)."""
+
+    BINDINGS = [
+        Binding("home", "scroll_top", "First", show=False),
+        Binding("end", "scroll_bottom", "Last", show=False),
+    ]
+
+
+class SentinelApp(App[None]):
+    """The event browser. `db_path` is read-only; `socket_path` is the agent's control socket."""
+
+    CSS_PATH = "sentinel.tcss"
+    TITLE = "sentinel"
+    BINDINGS = [
+        Binding("question_mark", "help", "Help"),
+        Binding("q", "quit", "Quit"),
+        Binding("v", "toggle_kind", "Alerts/Events"),
+        Binding("1", "show_kind('alerts')", "Alerts", show=False),
+        Binding("2", "show_kind('events')", "Events", show=False),
+        Binding("f", "focus_filter", "Filter"),
+        Binding("slash", "search", "Search", show=False),
+        Binding("space", "toggle_pause", "Pause"),
+        Binding("escape", "close_detail", "Close", show=False),
+        Binding("r", "quick_rule", "Rule", show=False),
+        Binding("n", "quick_process", "Process", show=False),
+        Binding("P", "quick_priority", "Priority", show=False),
+        Binding("T", "quick_time", "Time range", show=False),
+        Binding("c", "clear_filters", "Clear", show=False),
+        Binding("x", "surrounding_events", "Context"),
+        Binding("s", "summary", "Summary"),
+        Binding("a", "acknowledge", "Ack", show=False),
+        Binding("K", "kill", "Kill", show=False),
+        Binding("D", "deny", "Deny", show=False),
+        Binding("e", "export", "Export", show=False),
+    ]
+    HELP_TEXT = {
+        "v": "switch between alerts and events (1 / 2 pick one)",
+        "f": "filter bar: a rule condition; / starts a free-text search",
+        "space": "pause / resume the live tail",
+        "enter": "details of the selected row (escape closes)",
+        "r": "only alerts of the selected alert's rule (again: off)",
+        "n": "only the selected row's process name (again: off)",
+        "P": "minimum priority: notice, warning, error, critical, any",
+        "T": "time range: 15 min, 1 h, 24 h, all",
+        "c": "clear every filter",
+        "x": "the events of the selected process around that moment",
+        "s": "summary: rates, alerts per rule, top processes, agent losses",
+        "a": "acknowledge the selected alert (through the agent)",
+        "K": "kill the selected process (through the agent)",
+        "D": "deny executing the selected process's binary (through the agent)",
+        "e": "export the current view as JSON lines",
+        "q": "quit",
+    }
+
+    def __init__(self, db_path: str, socket_path: str = "", poll_seconds: float = POLL_SECONDS) -> None:
+        super().__init__()
+        self.db_path = db_path
+        self.socket_path = socket_path
+        self.poll_seconds = poll_seconds
+        self.db = open_readonly(db_path)
+        self.db.conn.text_factory = _surrogate_text
+        self.db_lock = threading.Lock()
+        self.query_state = data.ViewQuery()
+        self.rows: list[dict[str, Any]] = []
+        self.more = False  # older rows exist beyond the last one shown
+        self.generation = 0  # bumped per query change: results of an older query are dropped
+        self.paused = False
+        self.loading_older = False
+        self.time_range = 0
+        self.column_keys: list[str] = []
+        self.detail_seq: int | None = None
+        self.first_page_shown = threading.Event()  # for tests and the benchmark
+
+    # ------------------------------------------------------------------ layout
+    def compose(self) -> ComposeResult:
+        yield Static(id="status")
+        yield Input(
+            placeholder="filter: proc.name = curl and fd.sip != 127.0.0.1   (/text: search)", id="filter", select_on_focus=False
+        )
+        yield Static(id="filter-error")
+        yield RowList(id="list", cursor_type="row", zebra_stripes=True)
+        with VerticalScroll(id="detail-pane"):
+            yield Static(id="detail")
+        yield Static(id="message")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.query_one("#filter-error").display = False
+        self.query_one("#detail-pane").display = False
+        self.query_one("#list", DataTable).focus()
+        self.build_columns()
+        self.reload()
+        self.set_interval(self.poll_seconds, self.poll_new_rows)
+
+    def on_resize(self) -> None:
+        if self.is_mounted:
+            self.build_columns()
+            self.render_rows()
+
+    @property
+    def table(self) -> DataTable:
+        return self.query_one("#list", DataTable)
+
+    def build_columns(self) -> None:
+        width = self.size.width or 80
+        columns = columns_for(self.query_state.kind, width)
+        self.column_keys = [key for key, _, _ in columns]
+        table = self.table
+        table.clear(columns=True)
+        for key, label, column_width in columns:
+            table.add_column(label, width=column_width, key=key)
+
+    def render_rows(self, keep_key: str | None = None, follow: bool = False) -> None:
+        """Show self.rows; the cursor stays on the same row unless following the newest."""
+        table = self.table
+        if keep_key is None and table.row_count:
+            keep_key = self.selected_key()
+        table.clear()
+        for row in self.rows:
+            table.add_row(*row_cells(self.query_state.kind, row, self.column_keys), key=str(row["seq"]))
+        if follow or keep_key is None:
+            return
+        for index, row in enumerate(self.rows):
+            if str(row["seq"]) == keep_key:
+                table.move_cursor(row=index, animate=False)
+                break
+
+    def update_status(self) -> None:
+        kind = self.query_state.kind
+        text = Text()
+        text.append(" sentinel ", style="bold reverse")
+        text.append(" ALERTS " if kind == data.ALERTS else " alerts ", style="bold" if kind == data.ALERTS else "dim")
+        text.append(" EVENTS " if kind == data.EVENTS else " events ", style="bold" if kind == data.EVENTS else "dim")
+        text.append(" PAUSED " if self.paused else " live ", style="bold black on yellow" if self.paused else "green")
+        text.append(" %d%s rows " % (len(self.rows), "+" if self.more else ""))
+        described = self.query_state.describe()
+        if described:
+            text.append_text(safe(described, "cyan"))
+        self.query_one("#status", Static).update(text)
+
+    def show_message(self, message: str, error: bool = False) -> None:
+        self.query_one("#message", Static).update(Text(message, style="bold red" if error else "green"))
+
+    # ------------------------------------------------------------------ loading
+    def set_query(self, query: data.ViewQuery) -> None:
+        kind_changed = query.kind != self.query_state.kind
+        self.query_state = query
+        if kind_changed:
+            self.close_detail()
+            self.build_columns()
+        self.reload()
+
+    def reload(self) -> None:
+        self.generation += 1
+        self.first_page_shown.clear()
+        self.load_first_page(self.query_state, self.generation)
+
+    @work(thread=True, exclusive=True, group="load")
+    def load_first_page(self, query: data.ViewQuery, generation: int) -> None:
+        try:
+            with self.db_lock:
+                result = data.page(self.db, query)
+        except SentinelError as exc:
+            self.call_from_thread(self.show_message, str(exc), True)
+            return
+        if not get_current_worker().is_cancelled:
+            self.call_from_thread(self.show_first_page, result, generation)
+
+    def show_first_page(self, result: data.Page, generation: int) -> None:
+        if generation != self.generation:
+            return
+        self.rows = result.rows
+        self.more = result.more
+        self.render_rows(follow=True)
+        if self.rows:
+            self.table.move_cursor(row=0, animate=False)
+        self.update_status()
+        self.first_page_shown.set()
+
+    def poll_new_rows(self) -> None:
+        if self.paused or not self.first_page_shown.is_set():
+            return
+        top = self.rows[0]["seq"] if self.rows else 0
+        self.load_newer(self.query_state, self.generation, top)
+
+    @work(thread=True, exclusive=True, group="tail")
+    def load_newer(self, query: data.ViewQuery, generation: int, after_seq: int) -> None:
+        try:
+            with self.db_lock:
+                result = data.newer(self.db, query, after_seq)
+        except SentinelError:
+            return  # the next poll tries again; a persistent error shows on reload
+        if result.rows:
+            self.call_from_thread(self.show_newer, result, generation, after_seq)
+
+    def show_newer(self, result: data.Page, generation: int, after_seq: int) -> None:
+        top = self.rows[0]["seq"] if self.rows else 0
+        if generation != self.generation or self.paused or top != after_seq:
+            return
+        following = self.table.cursor_row <= 0
+        if result.more:  # a burst larger than a page: start again from the newest page
+            self.rows = result.rows
+            self.more = True
+            following = True
+        else:
+            self.rows = result.rows + self.rows
+            if len(self.rows) > MAX_ROWS:
+                del self.rows[MAX_ROWS:]
+                self.more = True
+        self.render_rows(follow=following)
+        if following:
+            self.table.move_cursor(row=0, animate=False)
+        self.update_status()
+
+    @on(DataTable.RowHighlighted, "#list")
+    def on_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
+        if event.cursor_row >= len(self.rows) - 1 and self.more and not self.loading_older and self.rows:
+            self.loading_older = True
+            self.load_older(self.query_state, self.generation, self.rows[-1]["seq"])
+        if self.query_one("#detail-pane").display and event.row_key is not None and event.row_key.value != str(self.detail_seq):
+            self.load_detail(self.query_state.kind, int(event.row_key.value))
+
+    @work(thread=True, exclusive=True, group="older")
+    def load_older(self, query: data.ViewQuery, generation: int, before_seq: int) -> None:
+        try:
+            with self.db_lock:
+                result = data.page(self.db, query, before_seq=before_seq)
+        except SentinelError as exc:
+            self.call_from_thread(self.show_message, str(exc), True)
+            result = data.Page()
+        self.call_from_thread(self.show_older, result, generation, before_seq)
+
+    def show_older(self, result: data.Page, generation: int, before_seq: int) -> None:
+        self.loading_older = False
+        if generation != self.generation or not self.rows or self.rows[-1]["seq"] != before_seq:
+            return
+        self.more = result.more
+        self.rows.extend(result.rows)
+        kind = self.query_state.kind
+        for row in result.rows:
+            self.table.add_row(*row_cells(kind, row, self.column_keys), key=str(row["seq"]))
+        self.update_status()
+
+    # ------------------------------------------------------------------ selection and detail
+    def selected_key(self) -> str | None:
+        table = self.table
+        if not table.row_count or table.cursor_row < 0:
+            return None
+        return table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value
+
+    def selected_row(self) -> dict[str, Any] | None:
+        key = self.selected_key()
+        if key is None:
+            return None
+        for row in self.rows:
+            if str(row["seq"]) == key:
+                return row
+        return None
+
+    @on(DataTable.RowSelected, "#list")
+    def on_row_selected(self, event: DataTable.RowSelected) -> None:
+        if event.row_key is not None and event.row_key.value is not None:
+            self.query_one("#detail-pane").display = True
+            self.load_detail(self.query_state.kind, int(event.row_key.value))
+
+    @work(thread=True, exclusive=True, group="detail")
+    def load_detail(self, kind: str, seq: int) -> None:
+        try:
+            with self.db_lock:
+                renderable = self._detail_renderable(kind, seq)
+        except SentinelError as exc:
+            renderable = Text(str(exc), style="red")
+        self.call_from_thread(self.show_detail, seq, renderable)
+
+    def _detail_renderable(self, kind: str, seq: int) -> Any:
+        row = data.full_row(self.db, kind, seq)
+        if row is None:
+            return Text("row %d is gone (retention?)" % seq, style="dim")
+        if kind == data.ALERTS:
+            event = data.event_by_id(self.db, row.get("event_id"))
+            ancestors = data.ancestry_from_alert(row)
+            if not ancestors and event is not None:
+                ancestors = data.ancestry_from_processes(self.db, event.get("proc_pid"), event.get("proc_start_ns"))
+            return alert_detail(row, event, ancestors, data.actions_for_alert(self.db, row["id"]))
+        ancestors = data.ancestry_from_processes(self.db, row.get("proc_pid"), row.get("proc_start_ns"))
+        return event_detail(row, ancestors)
+
+    def show_detail(self, seq: int, renderable: Any) -> None:
+        self.detail_seq = seq
+        self.query_one("#detail", Static).update(renderable)
+        self.query_one("#detail-pane").scroll_home(animate=False)
+
+    def action_close_detail(self) -> None:
+        if self.focused is self.query_one("#filter", Input):
+            self.table.focus()
+            return
+        self.close_detail()
+
+    def close_detail(self) -> None:
+        self.query_one("#detail-pane").display = False
+        self.detail_seq = None
+
+    # ------------------------------------------------------------------ filters
+    def action_focus_filter(self) -> None:
+        self.query_one("#filter", Input).focus()
+
+    def action_search(self) -> None:
+        field = self.query_one("#filter", Input)
+        if not field.value.startswith("/"):
+            field.value = "/"
+        field.cursor_position = len(field.value)
+        field.focus()
+
+    @on(Input.Submitted, "#filter")
+    def on_filter_submitted(self, event: Input.Submitted) -> None:
+        text = event.value.strip()
+        if text.startswith("/"):
+            query = self.query_state.with_(search=text[1:], condition="")
+        else:
+            query = self.query_state.with_(condition=text, search="")
+        error = self.query_one("#filter-error", Static)
+        try:
+            query.where()
+        except RuleError as exc:
+            column = exc.location.col if exc.location is not None else 0
+            error.update(error_with_caret(text, exc.message, column))
+            error.display = True
+            return
+        error.display = False
+        self.table.focus()
+        self.set_query(query)
+
+    def action_toggle_kind(self) -> None:
+        self.action_show_kind(data.EVENTS if self.query_state.kind == data.ALERTS else data.ALERTS)
+
+    def action_show_kind(self, kind: str) -> None:
+        if kind != self.query_state.kind:
+            self.set_query(self.query_state.with_(kind=kind, rule="", exec_id=None, time_window=None))
+
+    def action_quick_rule(self) -> None:
+        row = self.selected_row()
+        if self.query_state.rule:
+            self.set_query(self.query_state.with_(rule=""))
+        elif row is not None and self.query_state.kind == data.ALERTS:
+            self.set_query(self.query_state.with_(rule=row["rule"]))
+
+    def action_quick_process(self) -> None:
+        if self.query_state.proc_name:
+            self.set_query(self.query_state.with_(proc_name=""))
+            return
+        row = self.selected_row()
+        if row is None:
+            return
+        if self.query_state.kind == data.EVENTS:
+            name = row.get("proc_name")
+        else:
+            self.quick_process_of_alert(row.get("event_id"))
+            return
+        if name:
+            self.set_query(self.query_state.with_(proc_name=name))
+
+    @work(thread=True, group="quick")
+    def quick_process_of_alert(self, event_id: str | None) -> None:
+        with self.db_lock:
+            event = data.event_by_id(self.db, event_id)
+        if event and event.get("proc_name"):
+            self.call_from_thread(lambda: self.set_query(self.query_state.with_(proc_name=event["proc_name"])))
+
+    def action_quick_priority(self) -> None:
+        current = self.query_state.min_priority
+        step = (PRIORITY_STEPS.index(current) + 1) % len(PRIORITY_STEPS) if current in PRIORITY_STEPS else 0
+        assert all(p in PRIORITIES for p in PRIORITY_STEPS if p)
+        self.set_query(self.query_state.with_(min_priority=PRIORITY_STEPS[step]))
+
+    def action_quick_time(self) -> None:
+        self.time_range = (self.time_range + 1) % len(data.TIME_RANGES)
+        seconds = data.TIME_RANGES[self.time_range][1]
+        since = None if seconds is None else time.time_ns() - seconds * data.NS
+        self.set_query(self.query_state.with_(since_ns=since))
+
+    def action_clear_filters(self) -> None:
+        self.time_range = 0
+        self.query_one("#filter", Input).value = ""
+        self.query_one("#filter-error").display = False
+        self.set_query(data.ViewQuery(kind=self.query_state.kind))
+
+    def action_surrounding_events(self) -> None:
+        row = self.selected_row()
+        if row is not None:
+            self.surrounding_of(self.query_state.kind, row)
+
+    @work(thread=True, group="quick")
+    def surrounding_of(self, kind: str, row: dict[str, Any]) -> None:
+        event: dict[str, Any] | None = row
+        if kind == data.ALERTS:
+            with self.db_lock:
+                event = data.event_by_id(self.db, row.get("event_id"))
+            if event is None:
+                self.call_from_thread(self.show_message, "this alert has no stored event", True)
+                return
+        query = data.surrounding_events_query(event)
+        self.call_from_thread(self.set_query, query)
+
+    # ------------------------------------------------------------------ pause, help, summary
+    def action_toggle_pause(self) -> None:
+        self.paused = not self.paused
+        self.update_status()
+        if not self.paused:
+            self.poll_new_rows()
+
+    def action_help(self) -> None:
+        bindings = [Binding(key, "", description) for key, description in self.HELP_TEXT.items()]
+        self.push_screen(HelpScreen(bindings))
+
+    def action_summary(self) -> None:
+        self.push_screen(SummaryScreen(self.db_lock, self.db, self.socket_path))
+
+    # ------------------------------------------------------------------ actions through the agent
+    def target_process(self, callback) -> None:
+        """Find the selected row's process (pid, start_ns, name, exepath) and pass it on."""
+        row = self.selected_row()
+        if row is None:
+            self.show_message("nothing selected", True)
+            return
+        self.resolve_process(self.query_state.kind, row, callback)
+
+    @work(thread=True, group="quick")
+    def resolve_process(self, kind: str, row: dict[str, Any], callback) -> None:
+        with self.db_lock:
+            event = data.event_by_id(self.db, row.get("event_id")) if kind == data.ALERTS else data.full_row(self.db, kind, row["seq"])
+        if event is None or not event.get("proc_pid"):
+            self.call_from_thread(self.show_message, "no process is recorded for this row", True)
+            return
+        alert_id = row.get("id") if kind == data.ALERTS else None
+        self.call_from_thread(callback, event, alert_id)
+
+    def action_kill(self) -> None:
+        def confirm(event: dict[str, Any], alert_id: str | None) -> None:
+            question = Text.assemble("Kill process ", safe(event.get("proc_name"), "bold"), " pid %s?" % event.get("proc_pid"))
+            args = {"pid": event.get("proc_pid"), "start_ns": event.get("proc_start_ns"), "alert_id": alert_id}
+            self.push_screen(ConfirmScreen(question), lambda yes: yes and self.send_command("kill", args))
+
+        self.target_process(confirm)
+
+    def action_deny(self) -> None:
+        def confirm(event: dict[str, Any], alert_id: str | None) -> None:
+            path = event.get("proc_exepath") or event.get("proc_exe")
+            question = Text.assemble("Deny executing ", safe(path, "bold"), " from now on?")
+            args = {"kind": "exec", "target": path, "alert_id": alert_id}
+            self.push_screen(ConfirmScreen(question), lambda yes: yes and self.send_command("deny", args))
+
+        self.target_process(confirm)
+
+    def action_acknowledge(self) -> None:
+        row = self.selected_row()
+        if row is None or self.query_state.kind != data.ALERTS:
+            self.show_message("select an alert to acknowledge", True)
+            return
+        question = Text.assemble("Acknowledge alert ", safe(row.get("rule"), "bold"), "?")
+        self.push_screen(
+            ConfirmScreen(question), lambda yes: yes and self.send_command("ack", {"alert_ids": [row["id"]]})
+        )
+
+    @work(thread=True, group="command")
+    def send_command(self, command: str, args: dict[str, Any]) -> None:
+        if not self.socket_path:
+            self.call_from_thread(self.show_message, "%s: no control socket configured (--socket)" % command, True)
+            return
+        try:
+            result = request(self.socket_path, command, timeout=10.0, **args)
+        except (ControlError, OSError, ValueError) as exc:
+            self.call_from_thread(self.show_message, "%s refused: %s" % (command, exc), True)
+            return
+        self.call_from_thread(self.show_message, "%s: %s" % (command, result))
+        if command == "ack":
+            self.call_from_thread(self.reload)
+
+    # ------------------------------------------------------------------ export
+    def action_export(self) -> None:
+        default = os.path.join(os.getcwd(), "sentinel-%s-%s.jsonl" % (self.query_state.kind, time.strftime("%Y%m%dT%H%M%S")))
+        self.push_screen(ExportScreen(default), lambda path: path and self.export_to(path))
+
+    @work(thread=True, group="export")
+    def export_to(self, path: str) -> None:
+        try:
+            with self.db_lock:
+                rows = data.export_rows(self.db, self.query_state)
+            count = data.write_json_lines(rows, path)
+        except (SentinelError, OSError) as exc:
+            self.call_from_thread(self.show_message, "export failed: %s" % exc, True)
+            return
+        self.call_from_thread(self.show_message, "exported %d rows to %s" % (count, path))
+
+
+def run(db_path: str, socket_path: str = "") -> None:
+    SentinelApp(db_path, socket_path).run()
