@@ -100,6 +100,7 @@ class Sensor:
         self.config = config
         self.interest = interest
         self.table = table
+        self.clock = clock
         self.decoder = Decoder(table, clock.boot_to_utc_ns)
         self.ready_seconds: float | None = None  # start() to everything attached
         self.compile_seconds: float | None = None
@@ -175,6 +176,7 @@ class Sensor:
         """Decoded events received so far (waiting up to `timeout` for the first)."""
         if self._reader is None:
             raise KernelError("sensor is not started")
+        self.clock.maybe_remeasure()  # pick up an NTP step of the wall clock
         decode = self.decoder.decode
         events = []
         for record in self._reader.take(timeout):
