@@ -271,6 +271,22 @@ def events(
     _print_result(result, as_json)
 
 
+@main.command()
+@click.option("--config", "config_path", metavar="FILE", type=click.Path(dir_okay=False), help="Configuration file (store and socket paths).")
+@click.option("--socket", "socket_path", metavar="PATH", help="The agent's control socket, for kill/deny/ack (default: from the configuration).")
+@_db_option
+def tui(config_path: str | None, socket_path: str | None, db_path: str | None) -> None:
+    """Browse alerts and events in a terminal UI, live while the agent writes (press ? for keys).
+
+    Example: sentinel tui --db /var/lib/sentinel/events.db
+    """
+    from sentinel import config
+    from sentinel.tui.app import run as run_tui
+
+    settings = config.load(config_path)
+    run_tui(db_path or settings.db_path, socket_path or settings.control_socket)
+
+
 @main.group()
 def forward() -> None:
     """Forwarding to SIEMs (syslog, RELP, webhook, Splunk HEC, Elasticsearch, Loki, files)."""
