@@ -23,7 +23,7 @@ from sentinel.actions.alert import AlertWriter, HostIdentity, alert_record
 from sentinel.actions.forward.records import event_record
 from sentinel.actions.record import PRIORITIES, ancestry_of, event_fields, new_id, normalise_priority
 from sentinel.config import Config
-from sentinel.control import ControlServer
+from sentinel.control import ControlError, ControlServer
 from sentinel.errors import SentinelError, StoreError
 from sentinel.events.interest import Interest
 from sentinel.events.model import Event
@@ -208,6 +208,16 @@ class Agent:
         }
         return status
 
+    def acknowledge(self, request: dict[str, Any], peer: Any) -> dict[str, Any]:
+        """Control command `ack` (alert_ids: [...]): the analyst saw these alerts; recorded as actions."""
+        alert_ids = request.get("alert_ids")
+        if not isinstance(alert_ids, list) or not alert_ids or not all(isinstance(i, str) for i in alert_ids):
+            raise ControlError("ack needs alert_ids: a non-empty list of alert ids")
+        if self.store is None:
+            raise ControlError("the store is unavailable: %s" % self.store_error)
+        changed = self.store.acknowledge(alert_ids, "uid %d" % peer.uid)
+        return {"acknowledged": changed, "requested": len(alert_ids)}
+
     # ----------------------------------------------------------------- lifecycle
     def start(self) -> None:
         self.load_rules()
@@ -226,6 +236,7 @@ class Agent:
         )
         self.control.register("status", self.status)
         self.control.register("reload", lambda request, peer: self.reload_rules())
+        self.control.register("ack", self.acknowledge)
         self.control.start()
         self._start_metrics()
         notify.notify("READY=1")

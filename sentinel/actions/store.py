@@ -542,6 +542,8 @@ def _store_process_main(path: str, config: StoreConfig, conn: multiprocessing.co
                 conn.send(("ok", store.write(payload)))
             elif message == "retention":
                 conn.send(("ok", store.apply_retention()))
+            elif message == "ack":
+                conn.send(("ok", store.acknowledge(*payload)))
         except Exception as exc:  # reported to the agent, which counts and logs it
             conn.send(("error", "%s: %s" % (type(exc).__name__, exc)))
 
@@ -615,6 +617,9 @@ class _ProcessSink:
     def apply_retention(self) -> dict[str, int]:
         return self._call("retention")
 
+    def acknowledge(self, alert_ids: Sequence[str], by: str = "") -> int:
+        return self._call("ack", (list(alert_ids), by))
+
     def close(self) -> None:
         try:
             self._call("close")
@@ -660,6 +665,7 @@ class StoreWriter:
         self._closing = False
         self._last_error_logged = -_ERROR_LOG_SECONDS
         self._errors_unlogged = 0
+        self._sink_lock = threading.Lock()  # the writer thread and acknowledge() share the sink
         self._thread = threading.Thread(target=self._run, name="sentinel-store-writer", daemon=True)
         self._thread.start()
 
@@ -738,7 +744,8 @@ class StoreWriter:
                 return
             started = time.perf_counter()
             try:
-                written = self._sink.write(batch)
+                with self._sink_lock:
+                    written = self._sink.write(batch)
             except Exception as exc:
                 with self._lock:
                     self.stats.errors += 1
@@ -757,7 +764,8 @@ class StoreWriter:
             return
         self._last_retention = time.monotonic()
         try:
-            self._sink.apply_retention()
+            with self._sink_lock:
+                self._sink.apply_retention()
             self.stats.retention_runs += 1
         except Exception as exc:
             with self._lock:
@@ -802,6 +810,13 @@ class StoreWriter:
             with self._idle:
                 self._in_flight += 1
             self._batches.put(batch)
+
+    def acknowledge(self, alert_ids: Sequence[str], by: str = "") -> int:
+        """Mark alerts as seen (an operator's request through the control socket): written
+        after everything accepted so far, so an alert raised a moment ago can be acknowledged."""
+        self.flush()
+        with self._sink_lock:
+            return self._sink.acknowledge(alert_ids, by)
 
     def apply_retention(self) -> None:
         """Ask for retention at the writer's next idle moment."""
