@@ -216,5 +216,11 @@ def test_alerts_and_events_are_forwarded_through_the_outbox(start_agent, agent_d
         assert time.monotonic() < deadline, "event not forwarded"
         time.sleep(0.2)
     assert events[0]["evt"]["proc.exepath"] == str(payload)
-    with sqlite3.connect("file:%s?mode=ro" % agent.db, uri=True) as conn:
-        assert conn.execute("SELECT count(*) FROM events WHERE id = ?", (events[0]["id"],)).fetchone()[0] == 1
+    # The store writes in batches: the forwarded copy may arrive before the batch commits.
+    deadline = time.monotonic() + 10
+    while True:
+        with sqlite3.connect("file:%s?mode=ro" % agent.db, uri=True) as conn:
+            if conn.execute("SELECT count(*) FROM events WHERE id = ?", (events[0]["id"],)).fetchone()[0] == 1:
+                break
+        assert time.monotonic() < deadline, "forwarded event id not in the store"
+        time.sleep(0.2)
