@@ -9,6 +9,7 @@ acts on them between batches, so a reload or a stop never happens mid-event.
 from __future__ import annotations
 
 import dataclasses
+import gc
 import hashlib
 import os
 import signal
@@ -229,6 +230,9 @@ class Agent:
         self.table = ProcessTable(self.config.sensor)
         self.sensor = Sensor(self.config, self.interest(), table=self.table)
         self.sensor.start(bootstrap=True)
+        # The bootstrap's thousands of long-lived objects would otherwise be rescanned by every
+        # full garbage collection (tens of ms on a busy host): move them out of its way.
+        gc.freeze()
         self.control = ControlServer(
             self.config.control_socket,
             allowed_uids=self.config.control.allowed_uids,
@@ -314,6 +318,8 @@ class Agent:
             self._reload_requested.clear()
             self.reload_rules()
         self.check_drops()
+        # Lost events must not poison the process table on an idle host either.
+        self.table.maybe_reconcile()
 
     def _rules_on_disk(self) -> dict[Path, float]:
         """Rule files now (folders rescanned, so a new file counts as a change) and their mtimes."""
