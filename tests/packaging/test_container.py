@@ -119,6 +119,7 @@ def test_default_command_is_the_service_command():
 
 
 @pytest.mark.slow
+@pytest.mark.kernel
 def test_containerfile_builds_and_the_agent_runs(bare_rootfs, built_deb, tmp_path):
     context = tmp_path / "context"
     (context / "dist").mkdir(parents=True)
@@ -127,9 +128,11 @@ def test_containerfile_builds_and_the_agent_runs(bare_rootfs, built_deb, tmp_pat
 
     assert image.volumes == ["/var/lib/sentinel", "/var/cache/sentinel"]
     assert not (bare_rootfs.path / "tmp/sentinel.deb").exists()  # the layer is cleaned
-    version = built_deb.name.split("_")[1]
-    command = " ".join(shlex.quote(part) for part in image.entrypoint + ["--version"])
-    assert bare_rootfs.run(command).stdout.strip().endswith(version)
+    # the container's command with `doctor --json` for arguments, host /proc and /sys
+    # mounted as the DaemonSet does
+    command = " ".join(shlex.quote(part) for part in image.entrypoint + ["doctor", "--json"])
+    report = json.loads(bare_rootfs.run(command).stdout.strip().splitlines()[-1])
+    assert report["can_run"] is True, report["cannot_run_because"]
 
 
 @pytest.fixture(scope="module")

@@ -119,13 +119,15 @@ def test_upgrade_keeps_the_edited_config_and_the_store(rootfs, built_deb, tmp_pa
 
 
 @pytest.mark.kernel
-def test_installed_agent_loads_bpf_programs(rootfs, built_deb):
-    """The installed files against the real kernel (host /proc and /sys mounted for the
-    command): the header tree is built from BTF into /var/cache/sentinel, a tracepoint
-    program sees an exec through a ring buffer, a cgroup program attaches."""
+def test_installed_agent_passes_doctor_and_loads_bpf_programs(rootfs, built_deb):
+    """The installed files against the real kernel (host /proc and /sys mounted for each
+    command): `sentinel doctor` finds it can run, building the header tree from BTF into
+    /var/cache/sentinel; a tracepoint program then sees an exec through a ring buffer and
+    a cgroup program attaches."""
     install(rootfs, built_deb)
-    probe = rootfs.put(Path(__file__).with_name("unit_probe.py"), "/tmp/unit_probe.py")
-    result = rootfs.run("/usr/lib/sentinel/venv/bin/python -I %s $$" % probe)
-    results = json.loads(result.stdout.strip().splitlines()[-1])
-    assert results["exec_event"]["ok"] and results["cgroup_attach"]["ok"], results
+    report = json.loads(rootfs.run("sentinel doctor --json").stdout.strip().splitlines()[-1])
+    assert report["can_run"] is True, report["cannot_run_because"]
     assert (rootfs.path / "var/cache/sentinel/bcc-btf").is_dir()
+    probe = rootfs.put(Path(__file__).with_name("unit_probe.py"), "/tmp/unit_probe.py")
+    results = json.loads(rootfs.run("/usr/lib/sentinel/venv/bin/python -I %s $$" % probe).stdout.strip().splitlines()[-1])
+    assert results["exec_event"]["ok"] and results["cgroup_attach"]["ok"], results

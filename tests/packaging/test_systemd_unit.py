@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -99,29 +100,61 @@ def test_service_contract_of_the_agent():
     assert "CAP_SYS_MODULE" not in unit_capabilities() and "CAP_DAC_OVERRIDE" not in unit_capabilities()
 
 
+def confined(capabilities: list[str], command: list[str]) -> subprocess.CompletedProcess:
+    """`command` as root with only `capabilities` in its bounding set, no new privileges
+    and no writable+executable memory: the service's confinement."""
+    names = ",".join("+" + cap.removeprefix("CAP_").lower() for cap in capabilities)
+    wrapper = ["setpriv", "--bounding-set=-all" + ("," + names if names else ""), "--inh-caps=-all"]
+    wrapper += [sys.executable, str(HERE / "confine.py"), "--"]
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    return subprocess.run(wrapper + command, capture_output=True, text=True, env=env, timeout=300)
+
+
+def last_json_line(result: subprocess.CompletedProcess) -> dict:
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
 def run_probes_confined(capabilities: list[str]) -> dict:
-    """tests/packaging/unit_probe.py as root with only `capabilities` in its bounding set."""
+    """tests/packaging/unit_probe.py under the confinement."""
     target = subprocess.Popen(["sleep", "60"])  # a full-capability process to inspect
     try:
-        names = ",".join("+" + cap.removeprefix("CAP_").lower() for cap in capabilities)
-        command = [
-            "setpriv",
-            "--bounding-set=-all" + ("," + names if names else ""),
-            "--inh-caps=-all",
-            sys.executable,
-            str(HERE / "confine.py"),
-            "--",
-            sys.executable,
-            str(HERE / "unit_probe.py"),
-            str(target.pid),
-        ]
-        env = dict(os.environ, PYTHONPATH=str(REPO))
-        result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+        result = confined(capabilities, [sys.executable, str(HERE / "unit_probe.py"), str(target.pid)])
     finally:
         target.kill()
         target.wait()
     assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    return last_json_line(result)
+
+
+def doctor(*, under_unit: bool) -> dict:
+    """`sentinel doctor --json` as probe name -> result (and can_run)."""
+    command = [sys.executable, "-m", "sentinel.cli", "doctor", "--json"]
+    if under_unit:
+        result = confined(unit_capabilities(), command)
+    else:
+        result = subprocess.run(command, capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(REPO)), timeout=300)
+    report = last_json_line(result)
+    return {probe["name"]: probe for probe in report["probes"]} | {"can_run": report["can_run"]}
+
+
+def _cgroup2_root_needs_dac_override() -> bool:
+    """Some hosts mount the cgroup2 root read-only for its owner (0555): creating a
+    scratch cgroup there takes CAP_DAC_OVERRIDE, which the unit withholds on purpose."""
+    from sentinel.kernel.probe import cgroup2_mount
+
+    root = cgroup2_mount()
+    return root is not None and not os.stat(root).st_mode & stat.S_IWUSR
+
+
+@pytest.mark.kernel
+def test_doctor_finds_the_same_features_under_the_unit_confinement():
+    free, under_unit = doctor(under_unit=False), doctor(under_unit=True)
+    assert under_unit["can_run"] is True
+    lost = sorted(name for name in free if name != "can_run" and free[name]["ok"] and not under_unit[name]["ok"])
+    # The agent itself attaches cgroup programs to the cgroup2 root (no mkdir), which
+    # unit_probe.py's cgroup_attach checks under the same confinement.
+    expected = ["cgroup_sock_addr"] if _cgroup2_root_needs_dac_override() else []
+    assert lost == expected, {name: under_unit[name]["error"] for name in lost}
 
 
 WX_MAPPING = """
