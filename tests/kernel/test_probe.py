@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import ctypes
 import gzip
 import json
 import os
 import re
+import select
+import shutil
+import signal
+import struct
 import subprocess
+import tempfile
 import time
 
 import pytest
@@ -103,21 +109,63 @@ def test_header_tree_probe_reports_the_cold_build_time(results):
 def test_lsm_probe_agrees_with_the_kernel(results):
     config = _kernel_config()
     lsm = results["bpf_lsm"]
+    with open("/sys/kernel/security/lsm") as f:
+        active = f.read().strip().split(",")
     if lsm.ok:
-        assert config.get("CONFIG_BPF_LSM") == "y"
-        with open("/sys/kernel/security/lsm") as f:
-            assert "bpf" in f.read().split(",")
+        assert "bpf" in active and config.get("CONFIG_BPF_LSM", "y") == "y"
     else:
-        # here the kernel lists bpf among its LSMs but refuses the trampoline: EPERM
-        assert "EPERM" in lsm.error or config.get("CONFIG_BPF_LSM") != "y", lsm
+        # this development host lists bpf among its LSMs but refuses the trampoline: EPERM
+        assert "EPERM" in lsm.error or "bpf" not in active, lsm
+
+
+def _exec_under_fanotify_verdict(response: int) -> str:
+    """Exec a scratch copy of /bin/true under a FAN_OPEN_EXEC_PERM mark, answer the
+    permission event with `response`, and return the shell's report of the exec.
+
+    The exec runs from a shell, so this process never blocks on it; whatever happens, the
+    shell's session is killed before the group is closed.
+    """
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.fanotify_mark.argtypes = [ctypes.c_int, ctypes.c_uint, ctypes.c_uint64, ctypes.c_int, ctypes.c_char_p]
+    with tempfile.TemporaryDirectory() as scratch:
+        program = os.path.join(scratch, "true")
+        shutil.copy2("/bin/true", program)
+        group = libc.fanotify_init(0x4 | 0x1, os.O_RDONLY)  # FAN_CLASS_CONTENT | FAN_CLOEXEC
+        assert group >= 0, os.strerror(ctypes.get_errno())
+        shell = None
+        try:
+            assert libc.fanotify_mark(group, 0x1, 0x40000, -100, program.encode()) == 0  # FAN_OPEN_EXEC_PERM
+            shell = subprocess.Popen(
+                ["/bin/sh", "-c", '"$0"; echo "rc=$?"', program],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                start_new_session=True,
+            )
+            ready, _, _ = select.select([group], [], [], 10)
+            assert ready, "no permission event within 10 s"
+            _, _, _, _, mask, event_fd, _ = struct.unpack_from("=IBBHQii", os.read(group, 4096))
+            assert mask & 0x40000
+            os.write(group, struct.pack("=iI", event_fd, response))
+            os.close(event_fd)
+            output, _ = shell.communicate(timeout=10)
+        finally:
+            if shell is not None and shell.poll() is None:
+                os.killpg(shell.pid, signal.SIGKILL)
+                shell.wait()
+            os.close(group)
+    return output.strip().splitlines()[-1]
 
 
 @pytest.mark.kernel
-def test_fanotify_probes_agree_with_the_kernel_config(results):
-    config = _kernel_config()
-    have_permissions = config.get("CONFIG_FANOTIFY_ACCESS_PERMISSIONS") == "y"
-    assert results["fanotify_open_perm"].ok == have_permissions
-    assert results["fanotify_open_exec_perm"].ok == have_permissions
+def test_fanotify_probes_agree_with_what_the_kernel_does(results):
+    if results["fanotify_open_exec_perm"].ok:
+        assert results["fanotify_open_perm"].ok  # exec permission events came later
+        # the probe's promise, used for real: a denied exec fails with EPERM, an allowed one runs
+        assert _exec_under_fanotify_verdict(0x2) == "rc=126"  # FAN_DENY: "Permission denied"
+        assert _exec_under_fanotify_verdict(0x1) == "rc=0"  # FAN_ALLOW
+    else:
+        assert _kernel_config().get("CONFIG_FANOTIFY_ACCESS_PERMISSIONS") != "y"
 
 
 @pytest.mark.kernel
