@@ -15,13 +15,14 @@ that userspace fills; the C text is never generated.
 from __future__ import annotations
 
 import ctypes
+import os
 import time
 from dataclasses import dataclass
 from typing import Iterator
 
 from sentinel.config import Config
 from sentinel.errors import ConfigError, KernelError
-from sentinel.events import abi
+from sentinel.events import abi, syscalls
 from sentinel.events.decode import Decoder, ProcessTableLike
 from sentinel.events.interest import PROCESS_LIFECYCLE, Interest
 from sentinel.events.model import Event
@@ -43,6 +44,7 @@ class Program:
     kind: str  # RAW_TRACEPOINT or TRACEPOINT
     target: str  # "sched_process_exec" or "syscalls:sys_enter_execve"
     event_types: frozenset[str]
+    optional: bool = False  # a hook some kernels lack: skipped (and logged) when absent
 
 
 _EXEC = frozenset({"execve", "execveat"})
@@ -61,6 +63,16 @@ PROGRAMS: tuple[Program, ...] = (
     Program("snt_exit", RAW_TRACEPOINT, "sched_process_exit", frozenset({"procexit"})),
     Program("snt_chdir_exit", TRACEPOINT, "syscalls:sys_exit_chdir", frozenset({"chdir"})),
     Program("snt_fchdir_exit", TRACEPOINT, "syscalls:sys_exit_fchdir", frozenset({"fchdir"})),
+    # file, network and privilege syscalls: one entry and one exit program attached to the
+    # tracepoints of each syscall the rules want (sentinel.events.syscalls describes them)
+    *(
+        Program(name, TRACEPOINT, target, frozenset({spec.name}))
+        for spec in syscalls.SYSCALLS
+        for name, target in zip(("snt_sys_enter", "snt_sys_exit"), syscalls.tracepoints(spec))
+    ),
+    # the blind spots of syscalls:*
+    Program("snt_compat_enter", RAW_TRACEPOINT, "sys_enter", frozenset({"compat_syscall"})),
+    Program("snt_io_uring_submit", TRACEPOINT, "io_uring:io_uring_submit_req", frozenset({"io_uring_submit"}), True),
 )
 
 
@@ -68,6 +80,12 @@ def programs_for(event_types: frozenset[str]) -> tuple[Program, ...]:
     """The programs needed for `event_types` plus the always-on process lifecycle."""
     wanted = event_types | PROCESS_LIFECYCLE
     return tuple(p for p in PROGRAMS if p.event_types & wanted)
+
+
+def tracepoint_exists(target: str) -> bool:
+    """Whether tracefs has the tracepoint "category:name"."""
+    category, _, name = target.partition(":")
+    return os.path.isdir(os.path.join(loader.TRACEFS, "events", category, name))
 
 
 def env_keep_keys(names: tuple[str, ...]) -> list[bytes]:
@@ -107,7 +125,7 @@ class Sensor:
         self.bootstrap_seconds: float | None = None
         self._bpf = None
         self._reader: RingBufferReader | None = None
-        self._attached: dict[str, Program] = {}
+        self._attached: dict[tuple[str, str], Program] = {}  # by (function, hook)
 
     # ---- lifecycle
     def start(self, bootstrap: bool = True) -> None:
@@ -124,6 +142,8 @@ class Sensor:
         self.compile_seconds = loaded.compile_seconds
         try:
             self._fill_env_keep(env_keys)
+            self._fill_syscall_descriptors()
+            self._fill_open_filter(self.interest)
             self._reader = RingBufferReader(self._bpf)
             self._reader.start()
             self._attach(programs_for(self.interest.event_types))
@@ -142,11 +162,12 @@ class Sensor:
         )
 
     def update_interest(self, interest: Interest) -> None:
-        """Attach what the new interest needs and detach what it no longer does."""
-        wanted = {p.name: p for p in programs_for(interest.event_types)}
-        for name in [n for n in self._attached if n not in wanted]:
-            self._detach(self._attached.pop(name))
-        self._attach(tuple(p for n, p in wanted.items() if n not in self._attached))
+        """Attach what the new interest needs, detach what it no longer does, refresh the filters."""
+        wanted = {(p.name, p.target): p for p in programs_for(interest.event_types)}
+        for key in [k for k in self._attached if k not in wanted]:
+            self._detach(self._attached.pop(key))
+        self._fill_open_filter(interest)
+        self._attach(tuple(p for k, p in wanted.items() if k not in self._attached))
         self.interest = interest
 
     def close(self) -> None:
@@ -192,7 +213,19 @@ class Sensor:
 
     @property
     def attached(self) -> tuple[str, ...]:
-        return tuple(sorted(self._attached))
+        """Names of the attached programs (a program serving several hooks appears once)."""
+        return tuple(sorted({name for name, _target in self._attached}))
+
+    @property
+    def attached_hooks(self) -> tuple[str, ...]:
+        return tuple(sorted(target for _name, target in self._attached))
+
+    def open_counts(self) -> tuple[int, int]:
+        """(opens the kernel saw, opens it sent to userspace) since start: the filter's effect."""
+        if self._bpf is None:
+            return (0, 0)
+        table = self._bpf[b"snt_open_stats"]
+        return tuple(sum(int(v) for v in table[ctypes.c_uint(i)]) for i in (0, 1))  # type: ignore[return-value]
 
     def lost(self) -> dict[int, int]:
         """Records the kernel could not queue (ring buffer full), per opcode."""
@@ -219,8 +252,52 @@ class Sensor:
             ctypes.memmove(ctypes.addressof(key) + 4, key_bytes, len(key_bytes))
             trie[key] = ctypes.c_uint8(1)
 
+    def _fill_syscall_descriptors(self) -> None:
+        """What the syscall exit program reads for each traced syscall number."""
+        table = self._bpf[b"snt_sys_desc"]
+        for spec in syscalls.SYSCALLS:
+            fields = spec.descriptor()
+            value = table.Leaf()
+            ctypes.memmove(ctypes.addressof(value), abi.SYS_DESC.struct.pack(*(fields[n] for n in abi.SYS_DESC.names)), abi.SYS_DESC.size)
+            table[ctypes.c_uint(spec.nr)] = value
+
+    def _fill_open_filter(self, interest: Interest) -> None:
+        """The in-kernel open filter from the interest: path prefixes (LPM trie on the path the
+        kernel resolved), comms, created files. Over-approximates the rules, never narrows them."""
+        prefixes = interest.open_path_prefixes
+        enabled = prefixes is not None and "" not in prefixes
+        if not enabled and bool(interest.event_types & syscalls.OPEN_TYPES):
+            log.info(
+                "sensor.open_filter_off",
+                cost="every open of the attached types reaches userspace (~1 us each in Python)",
+                reasons=list(interest.reasons),
+            )
+        trie = self._bpf[b"snt_open_prefixes"]
+        comms = self._bpf[b"snt_open_comms"]
+        trie.clear()
+        comms.clear()
+        for prefix in sorted(set(prefixes or ())):
+            raw = prefix.encode("utf-8", "surrogateescape")[: abi.OPEN_PREFIX_MAX - 1]
+            key = trie.Key()
+            key.prefixlen = len(raw) * 8
+            ctypes.memmove(ctypes.addressof(key) + 4, raw, len(raw))
+            trie[key] = ctypes.c_uint8(1)
+        for comm in interest.open_comms:
+            raw = comm.encode("utf-8", "surrogateescape")[: abi.COMM_LEN - 1]
+            key = comms.Key()
+            ctypes.memmove(ctypes.addressof(key), raw, len(raw))
+            comms[key] = ctypes.c_uint8(1)
+        cfg = self._bpf[b"snt_open_cfg"]
+        value = cfg.Leaf()
+        value.enabled = int(enabled)
+        value.pass_created = int(interest.open_created)
+        cfg[ctypes.c_uint(0)] = value
+
     def _attach(self, programs: tuple[Program, ...]) -> None:
         for program in programs:
+            if program.optional and not tracepoint_exists(program.target):
+                log.info("sensor.hook_absent", program=program.name, hook=program.target)
+                continue
             try:
                 if program.kind == RAW_TRACEPOINT:
                     self._bpf.attach_raw_tracepoint(tp=program.target.encode(), fn_name=program.name.encode())
@@ -228,7 +305,7 @@ class Sensor:
                     self._bpf.attach_tracepoint(tp=program.target.encode(), fn_name=program.name.encode())
             except Exception as exc:  # bcc raises bare Exception
                 raise KernelError("cannot attach %s to %s: %s" % (program.name, program.target, exc)) from None
-            self._attached[program.name] = program
+            self._attached[(program.name, program.target)] = program
 
     def _detach(self, program: Program) -> None:
         try:
@@ -238,4 +315,4 @@ class Sensor:
                 self._bpf.detach_tracepoint(tp=program.target.encode())
         except Exception as exc:
             raise KernelError("cannot detach %s from %s: %s" % (program.name, program.target, exc)) from None
-        self._attached.pop(program.name, None)
+        self._attached.pop((program.name, program.target), None)

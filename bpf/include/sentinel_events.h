@@ -21,6 +21,9 @@ enum sentinel_op {
 	SENTINEL_OP_CLONE = 3,
 	SENTINEL_OP_EXIT = 4,
 	SENTINEL_OP_CHDIR = 5,
+	SENTINEL_OP_SYSCALL = 16,   /* a traced syscall at its exit, described by snt_sys_desc */
+	SENTINEL_OP_COMPAT = 17,    /* a 32-bit (compat) syscall: invisible to syscalls:* */
+	SENTINEL_OP_IO_URING = 18,  /* an io_uring submission: invisible to syscalls:* */
 };
 /* Size of the per-opcode lost-record counter array: opcodes must stay below it. */
 #define SENTINEL_OP_SLOTS 64
@@ -161,6 +164,102 @@ struct sentinel_chdir {
 	__u32 flags;
 	__u16 cwd_len;
 	__u16 _pad[3];
+};
+
+/* ---- syscalls at exit (file, network, privilege events)
+ * One generic record for every traced syscall: the raw arguments taken at entry, the result,
+ * and what the exit program resolved from them. WHICH arguments are user strings, an fd or a
+ * sockaddr is data: userspace fills snt_sys_desc[syscall number] with one
+ * struct sentinel_sys_desc per traced syscall. */
+
+/* sentinel_sys_desc.flags */
+#define SENTINEL_DESC_OPEN          (1U << 0)  /* open family: the open filter applies */
+#define SENTINEL_DESC_FD_RES        (1U << 1)  /* the fd to resolve is the result (open, accept, dup) */
+#define SENTINEL_DESC_STATE_BEFORE  (1U << 2)  /* read the socket's state at entry (connected before) */
+#define SENTINEL_DESC_NEED_ADDR     (1U << 3)  /* nothing to report without a sockaddr (sendto/sendmsg) */
+#define SENTINEL_DESC_MSGHDR        (1U << 4)  /* addr_arg is a struct msghdr * (sendmsg) */
+#define SENTINEL_DESC_OTHER_PID     (1U << 5)  /* pid_arg names a target: drop when it is the caller */
+#define SENTINEL_DESC_BPF_ATTR      (1U << 6)  /* bpf(): read the prog type / name of BPF_PROG_LOAD */
+#define SENTINEL_DESC_OPEN_HOW      (1U << 7)  /* openat2: args[2..4] become open_how's flags, mode, resolve */
+
+/* Argument numbers in a desc are index + 1 (0: none). */
+struct sentinel_sys_desc {
+	__u8 str_args[3];   /* user strings to copy (paths, names) */
+	__u8 fd_arg;        /* an fd argument to resolve (ignored with SENTINEL_DESC_FD_RES) */
+	__u8 addr_arg;      /* a struct sockaddr * (or msghdr *) argument */
+	__u8 addr_len_arg;  /* its length argument (a value) */
+	__u8 dirfd_arg;     /* the dirfd of a relative path (0: the cwd) */
+	__u8 pid_arg;       /* a target pid (kill family) */
+	__u32 flags;        /* SENTINEL_DESC_* */
+};
+
+/* sentinel_syscall.flags */
+#define SENTINEL_F_SYS_PATH_TRUNC     (1U << 0)  /* the fd's path walk hit SENTINEL_PATH_DEPTH */
+#define SENTINEL_F_SYS_PATH_DETACHED  (1U << 1)  /* it ended on an unlinked or pseudo dentry */
+#define SENTINEL_F_SYS_BASE_TRUNC     (1U << 2)
+#define SENTINEL_F_SYS_CONNECTED      (1U << 3)  /* the socket had a peer before the syscall */
+#define SENTINEL_F_SYS_NAME_CHANGED   (1U << 4)  /* a sendto/sendmsg addressed a new peer */
+#define SENTINEL_F_SYS_FD             (1U << 5)  /* fd_* fields describe an open file */
+#define SENTINEL_F_SYS_SOCK           (1U << 6)  /* sk_* fields describe its socket */
+#define SENTINEL_F_SYS_LISTENING      (1U << 7)  /* the socket is (was) listening: server side */
+/* SENTINEL_F_TAIL_FULL (bit 11) is shared with the process records */
+
+#define SENTINEL_SOCKADDR_MAX 128  /* sockaddr bytes copied from an argument */
+#define SENTINEL_BPF_NAME_LEN 16   /* BPF_OBJ_NAME_LEN */
+#define SENTINEL_OPEN_PREFIX_MAX 256  /* bytes of a path the open filter compares */
+
+/* A syscall at exit. Tail, in this order: path (the fd's resolved path, root first, no
+ * NUL), unix (a unix socket's struct sockaddr_un: ours, else the peer's), str0, str1, str2
+ * (user strings, NUL-terminated), base (for a failed relative path: the cwd or dirfd's path, root
+ * first), addr (the sockaddr argument's bytes). */
+struct sentinel_sys_event {
+	struct sentinel_header hdr;
+	__s64 res;
+	__u64 args[6];
+	__u32 nr;           /* native syscall number */
+	__u32 flags;        /* SENTINEL_F_SYS_* */
+	__s32 fd;           /* the fd resolved (argument or result), -1: none */
+	__u32 fd_mode;      /* inode i_mode */
+	__u64 fd_ino;
+	__u32 fd_dev;       /* kernel dev_t of the superblock */
+	__u32 fd_fmode;     /* file->f_mode (FMODE_CREATED) */
+	__u32 fd_oflags;    /* file->f_flags */
+	__u32 bpf_prog_type;
+	__u16 sock_family;
+	__u16 sock_type;
+	__u16 sock_protocol;
+	__u16 lport;        /* host order */
+	__u16 rport;        /* host order */
+	__u8 sock_state;      /* at exit */
+	__u8 _pad1;
+	__u8 laddr[16];     /* IPv4 in the first 4 bytes */
+	__u8 raddr[16];
+	char bpf_prog_name[SENTINEL_BPF_NAME_LEN];
+	__u16 str0_len;
+	__u16 str1_len;
+	__u16 path_len;
+	__u16 base_len;
+	__u16 addr_len;
+	__u16 unix_len;
+	__u16 str2_len;
+	__u16 _pad2[3];
+};
+
+/* A syscall made in 32-bit compat mode (int 0x80, or a 32-bit process), at raw sys_enter. */
+struct sentinel_compat {
+	struct sentinel_header hdr;
+	__u64 args[6];
+	__u32 nr;           /* the i386 syscall number */
+	__u32 _pad;
+};
+
+/* An io_uring request submitted (tracepoint io_uring:io_uring_submit_req). */
+struct sentinel_io_uring {
+	struct sentinel_header hdr;
+	__u64 user_data;
+	__u64 req_flags;
+	__u32 opcode;       /* IORING_OP_* */
+	__u32 sq_thread;    /* submitted by the SQPOLL kernel thread */
 };
 
 #endif /* SENTINEL_EVENTS_H */

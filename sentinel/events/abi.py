@@ -32,6 +32,9 @@ OP_EXEC_FAILED = 2
 OP_CLONE = 3
 OP_EXIT = 4
 OP_CHDIR = 5
+OP_SYSCALL = 16
+OP_COMPAT = 17
+OP_IO_URING = 18
 OP_SLOTS = 64
 
 # enum sentinel_syscall
@@ -87,6 +90,28 @@ F_TAIL_FULL = 1 << 11
 F_CLONE_THREAD = 1 << 0
 F_CLONE_FLAGS = 1 << 1
 
+# syscall descriptors (struct sentinel_sys_desc.flags): what the exit program reads
+DESC_OPEN = 1 << 0
+DESC_FD_RES = 1 << 1
+DESC_STATE_BEFORE = 1 << 2
+DESC_NEED_ADDR = 1 << 3
+DESC_MSGHDR = 1 << 4
+DESC_OTHER_PID = 1 << 5
+DESC_BPF_ATTR = 1 << 6
+DESC_OPEN_HOW = 1 << 7
+# syscall record flags
+F_SYS_PATH_TRUNC = 1 << 0
+F_SYS_PATH_DETACHED = 1 << 1
+F_SYS_BASE_TRUNC = 1 << 2
+F_SYS_CONNECTED = 1 << 3
+F_SYS_NAME_CHANGED = 1 << 4
+F_SYS_FD = 1 << 5
+F_SYS_SOCK = 1 << 6
+F_SYS_LISTENING = 1 << 7
+SOCKADDR_MAX = 128
+BPF_NAME_LEN = 16
+OPEN_PREFIX_MAX = 256
+
 # Every constant above that the header defines, by its C name (checked by the layout test).
 C_CONSTANTS = {
     "SENTINEL_ABI_VERSION": ABI_VERSION,
@@ -131,6 +156,28 @@ C_CONSTANTS = {
     "SENTINEL_F_TAIL_FULL": F_TAIL_FULL,
     "SENTINEL_F_CLONE_THREAD": F_CLONE_THREAD,
     "SENTINEL_F_CLONE_FLAGS": F_CLONE_FLAGS,
+    "SENTINEL_OP_SYSCALL": OP_SYSCALL,
+    "SENTINEL_OP_COMPAT": OP_COMPAT,
+    "SENTINEL_OP_IO_URING": OP_IO_URING,
+    "SENTINEL_DESC_OPEN": DESC_OPEN,
+    "SENTINEL_DESC_FD_RES": DESC_FD_RES,
+    "SENTINEL_DESC_STATE_BEFORE": DESC_STATE_BEFORE,
+    "SENTINEL_DESC_NEED_ADDR": DESC_NEED_ADDR,
+    "SENTINEL_DESC_MSGHDR": DESC_MSGHDR,
+    "SENTINEL_DESC_OTHER_PID": DESC_OTHER_PID,
+    "SENTINEL_DESC_BPF_ATTR": DESC_BPF_ATTR,
+    "SENTINEL_DESC_OPEN_HOW": DESC_OPEN_HOW,
+    "SENTINEL_F_SYS_PATH_TRUNC": F_SYS_PATH_TRUNC,
+    "SENTINEL_F_SYS_PATH_DETACHED": F_SYS_PATH_DETACHED,
+    "SENTINEL_F_SYS_BASE_TRUNC": F_SYS_BASE_TRUNC,
+    "SENTINEL_F_SYS_CONNECTED": F_SYS_CONNECTED,
+    "SENTINEL_F_SYS_NAME_CHANGED": F_SYS_NAME_CHANGED,
+    "SENTINEL_F_SYS_FD": F_SYS_FD,
+    "SENTINEL_F_SYS_SOCK": F_SYS_SOCK,
+    "SENTINEL_F_SYS_LISTENING": F_SYS_LISTENING,
+    "SENTINEL_SOCKADDR_MAX": SOCKADDR_MAX,
+    "SENTINEL_BPF_NAME_LEN": BPF_NAME_LEN,
+    "SENTINEL_OPEN_PREFIX_MAX": OPEN_PREFIX_MAX,
 }
 
 
@@ -255,9 +302,75 @@ CHDIR = _with_header(
     (("res", "i"), ("flags", "I"), ("cwd_len", "H"), ("_pad", "6s")),
 )
 
-LAYOUTS = (HEADER, EXEC, EXEC_FAILED, CLONE, EXIT, CHDIR)
+# What the exit program reads of one syscall (a map value, not a record): argument numbers
+# are index + 1, 0 for none.
+SYS_DESC = Layout(
+    "sentinel_sys_desc",
+    (
+        ("str_args", "3s"),
+        ("fd_arg", "B"),
+        ("addr_arg", "B"),
+        ("addr_len_arg", "B"),
+        ("dirfd_arg", "B"),
+        ("pid_arg", "B"),
+        ("flags", "I"),
+    ),
+)
+
+SYSCALL = _with_header(
+    "sentinel_sys_event",
+    (
+        ("res", "q"),
+        ("args", "48s"),
+        ("nr", "I"),
+        ("flags", "I"),
+        ("fd", "i"),
+        ("fd_mode", "I"),
+        ("fd_ino", "Q"),
+        ("fd_dev", "I"),
+        ("fd_fmode", "I"),
+        ("fd_oflags", "I"),
+        ("bpf_prog_type", "I"),
+        ("sock_family", "H"),
+        ("sock_type", "H"),
+        ("sock_protocol", "H"),
+        ("lport", "H"),
+        ("rport", "H"),
+        ("sock_state", "B"),
+        ("_pad1", "B"),
+        ("laddr", "16s"),
+        ("raddr", "16s"),
+        ("bpf_prog_name", "%ds" % BPF_NAME_LEN),
+        ("str0_len", "H"),
+        ("str1_len", "H"),
+        ("path_len", "H"),
+        ("base_len", "H"),
+        ("addr_len", "H"),
+        ("unix_len", "H"),
+        ("str2_len", "H"),
+        ("_pad2", "6s"),
+    ),
+)
+
+COMPAT = _with_header("sentinel_compat", (("args", "48s"), ("nr", "I"), ("_pad", "I")))
+
+IO_URING = _with_header(
+    "sentinel_io_uring",
+    (("user_data", "Q"), ("req_flags", "Q"), ("opcode", "I"), ("sq_thread", "I")),
+)
+
+LAYOUTS = (HEADER, EXEC, EXEC_FAILED, CLONE, EXIT, CHDIR, SYS_DESC, SYSCALL, COMPAT, IO_URING)
 # The body layout of each opcode.
-RECORDS = {OP_EXEC: EXEC, OP_EXEC_FAILED: EXEC_FAILED, OP_CLONE: CLONE, OP_EXIT: EXIT, OP_CHDIR: CHDIR}
+RECORDS = {
+    OP_EXEC: EXEC,
+    OP_EXEC_FAILED: EXEC_FAILED,
+    OP_CLONE: CLONE,
+    OP_EXIT: EXIT,
+    OP_CHDIR: CHDIR,
+    OP_SYSCALL: SYSCALL,
+    OP_COMPAT: COMPAT,
+    OP_IO_URING: IO_URING,
+}
 
 # What the header-only prefix of any record unpacks to: (op, abi, size).
 PREFIX = struct.Struct("<HHI")

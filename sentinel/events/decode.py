@@ -9,6 +9,8 @@ tracked whatever the rules want) and yields one Event in Falco's shape:
   the child (threads are not processes and do not reach the table);
 - procexit: when the last thread of a process exits;
 - chdir/fchdir: the new cwd, resolved by the kernel.
+- file, network and privilege syscalls, compat syscalls and io_uring submissions:
+  sentinel.events.sysdecode.
 Malformed records are dropped and counted (`dropped`), never raised into the poll loop.
 """
 
@@ -18,7 +20,7 @@ import stat
 import struct
 from typing import Any, Callable, Protocol
 
-from sentinel.events import abi
+from sentinel.events import abi, sysdecode
 from sentinel.events.model import Event, Process
 from sentinel.log import get_logger
 
@@ -124,6 +126,9 @@ class Decoder:
             abi.OP_CLONE: self._clone,
             abi.OP_EXIT: self._exit,
             abi.OP_CHDIR: self._chdir,
+            abi.OP_SYSCALL: lambda data: sysdecode.decode_syscall(self, data),
+            abi.OP_COMPAT: lambda data: sysdecode.decode_compat(self, data),
+            abi.OP_IO_URING: lambda data: sysdecode.decode_io_uring(self, data),
         }
 
     def register(self, op: int, handler: Callable[[bytes], Event | None]) -> None:

@@ -24,7 +24,7 @@ _BPF_DIR_CANDIDATES = (_PACKAGE_DIR.parent / "bpf", Path("/usr/share/sentinel/bp
 # The BPF sources compiled into sentinel's one object (they share maps and the ring buffer).
 # The shared helpers come first and are part of the main text, not #included: bcc rewrites
 # map calls (`map.lookup()`) and finds programs only in its main file.
-SOURCES = ("include/sentinel_common.h", "process.bpf.c")
+SOURCES = ("include/sentinel_common.h", "process.bpf.c", "syscalls.bpf.c", "blind.bpf.c")
 
 
 def bpf_dir() -> Path:
@@ -106,6 +106,44 @@ def private_layout_defines(btf_path: str = BTF_PATH) -> dict[str, int]:
     return {macro: offsets[(s, m)] for macro, s, m in BTF_MEMBER_OFFSETS if (s, m) in offsets}
 
 
+TRACEFS = "/sys/kernel/tracing"
+# Tracepoint fields whose offsets moved between kernels: read from the tracepoint's format
+# file and passed as -D<macro>=<bytes>; the C side compiles the program empty without them.
+TRACEPOINT_FIELD_OFFSETS = (
+    ("SENTINEL_IOU_OFF_OPCODE", "io_uring/io_uring_submit_req", "opcode"),
+    ("SENTINEL_IOU_OFF_USER_DATA", "io_uring/io_uring_submit_req", "user_data"),
+    ("SENTINEL_IOU_OFF_FLAGS", "io_uring/io_uring_submit_req", "flags"),
+    ("SENTINEL_IOU_OFF_SQ_THREAD", "io_uring/io_uring_submit_req", "sq_thread"),
+)
+
+
+def tracepoint_field_offsets(event: str, tracefs: str = TRACEFS) -> dict[str, int]:
+    """{field: offset} of a tracepoint's format file; {} when the tracepoint does not exist."""
+    try:
+        text = Path(tracefs, "events", event, "format").read_text()
+    except OSError:
+        return {}
+    offsets = {}
+    for line in text.splitlines():
+        parts = dict(p.strip().split(":", 1) for p in line.split(";") if ":" in p)
+        declaration, offset = parts.get("field"), parts.get("offset")
+        if declaration and offset:
+            offsets[declaration.split()[-1].split("[")[0]] = int(offset)
+    return offsets
+
+
+def tracepoint_layout_defines(tracefs: str = TRACEFS) -> dict[str, int]:
+    """TRACEPOINT_FIELD_OFFSETS resolved on this kernel (missing tracepoints simply absent)."""
+    defines = {}
+    formats: dict[str, dict[str, int]] = {}
+    for macro, event, name in TRACEPOINT_FIELD_OFFSETS:
+        if event not in formats:
+            formats[event] = tracepoint_field_offsets(event, tracefs)
+        if name in formats[event]:
+            defines[macro] = formats[event][name]
+    return defines
+
+
 @dataclass(frozen=True)
 class LoadedObject:
     bpf: object  # bcc.BPF
@@ -136,7 +174,7 @@ def load_object(sources: tuple[str, ...] = SOURCES, defines: dict[str, int] | No
     except OSError as exc:
         raise KernelError("cannot mount the kernel filesystems BPF needs: %s" % exc) from None
     directory = bpf_dir()
-    defines = {**private_layout_defines(), **(defines or {})}
+    defines = {**private_layout_defines(), **tracepoint_layout_defines(), **(defines or {})}
     cflags = (
         "-I%s" % (directory / "include"),
         "-I%s" % directory,

@@ -1,0 +1,510 @@
+/* syscalls.bpf.c - file, network and privilege syscalls, reported at their exit.
+ *
+ * One entry program and one exit program serve every traced syscall: the entry keeps the
+ * raw arguments per thread, the exit reads what is final then (result, user strings, the
+ * file or socket behind an fd). What to read for each syscall number comes from
+ * snt_sys_desc, filled by userspace from sentinel.events.syscalls (data, not C text).
+ *
+ * fds are resolved in the kernel at the moment of the event (task->files->fdt->fd[n]), paths
+ * by a bounded dentry/mount walk sent root first, so the open filter can match them against
+ * an LPM trie of path prefixes with one lookup.
+ */
+#include <linux/fdtable.h>
+#include <linux/net.h>
+#include <net/sock.h>
+#include <net/af_unix.h>
+
+#define SENTINEL_SYS_NR_MAX 512
+#define SENTINEL_S_IFMT 00170000
+#define SENTINEL_S_IFSOCK 0140000
+#define SENTINEL_AF_UNIX 1
+#define SENTINEL_AF_INET 2
+#define SENTINEL_AF_INET6 10
+#define SENTINEL_TCP_ESTABLISHED 1
+#define SENTINEL_TCP_LISTEN 10
+#define SENTINEL_BPF_PROG_LOAD 5
+#define SENTINEL_PREFIX_MAX SENTINEL_OPEN_PREFIX_MAX
+#ifndef SENTINEL_FMODE_CREATED
+#define SENTINEL_FMODE_CREATED 0x100000  /* FMODE_CREATED: a #define, not in BTF */
+#endif
+
+struct sentinel_sys_enter {
+	u64 args[8];    /* six syscall arguments; two zeros so a masked index stays inside */
+	u32 nr;
+	u32 connected;  /* SENTINEL_DESC_STATE_BEFORE: the socket had a peer at entry */
+};
+BPF_TABLE("lru_hash", u32, struct sentinel_sys_enter, snt_sys_args, 16384);
+BPF_ARRAY(snt_sys_desc, struct sentinel_sys_desc, SENTINEL_SYS_NR_MAX);
+
+/* The open filter (sentinel.sensor fills it from the rules' Interest). */
+struct sentinel_open_cfg {
+	u32 enabled;        /* 0: every open reaches userspace */
+	u32 pass_created;   /* opens that created their file pass */
+};
+BPF_ARRAY(snt_open_cfg, struct sentinel_open_cfg, 1);
+struct sentinel_prefix_key {
+	u32 prefixlen;
+	char data[SENTINEL_PREFIX_MAX];
+};
+BPF_LPM_TRIE(snt_open_prefixes, struct sentinel_prefix_key, u8, 1024);
+struct sentinel_comm_key {
+	char comm[SENTINEL_COMM_LEN];
+};
+BPF_HASH(snt_open_comms, struct sentinel_comm_key, u8, 1024);
+BPF_PERCPU_ARRAY(snt_prefix_buf, struct sentinel_prefix_key, 1);
+/* Opens seen by the exit program and opens it sent on (index 0 and 1), for the cost note. */
+BPF_PERCPU_ARRAY(snt_open_stats, u64, 2);
+
+/* The last peer a socket sent to without being connected: fd.name_changed. */
+BPF_TABLE("lru_hash", u64, u64, snt_sock_peer, 16384);
+
+/* Dentry names of one path, leaf first, before they are written root first. */
+struct sentinel_walk {
+	u64 names[SENTINEL_PATH_DEPTH];
+	u32 lens[SENTINEL_PATH_DEPTH];
+	u32 count;
+	u32 flags;
+};
+BPF_PERCPU_ARRAY(snt_walks, struct sentinel_walk, 1);
+
+static __always_inline struct file *sentinel_fd_file(struct task_struct *task, s64 fd)
+{
+	if (fd < 0 || fd > 0x7fffffff)
+		return 0;
+	struct files_struct *files = SENTINEL_FIELD(task, files);
+	struct fdtable *fdt = SENTINEL_FIELD(files, fdt);
+	unsigned int max_fds = SENTINEL_FIELD(fdt, max_fds);
+	if ((u64)fd >= max_fds)
+		return 0;
+	struct file **fds = SENTINEL_FIELD(fdt, fd);
+	struct file *file = 0;
+	bpf_probe_read_kernel(&file, sizeof(file), &fds[fd]);
+	return file;
+}
+
+/* Collect the names from `dentry` up to the task's root (crossing mounts), leaf first. */
+static __always_inline struct sentinel_walk *sentinel_walk_path(struct dentry *dentry, struct vfsmount *vfsmnt,
+								struct dentry *root_dentry, struct vfsmount *root_mnt,
+								u32 trunc_flag, u32 detached_flag)
+{
+	u32 zero = 0;
+	struct sentinel_walk *w = snt_walks.lookup(&zero);
+	if (!w)
+		return 0;
+	w->count = 0;
+	w->flags = 0;
+#ifdef SENTINEL_CAN_CROSS_MOUNTS
+	char *mnt = (char *)vfsmnt - SENTINEL_MOUNT_OFF_MNT;
+#endif
+	int i;
+	for (i = 0; i < SENTINEL_PATH_DEPTH; i++) {
+		if (!dentry)
+			return w;
+		if (dentry == root_dentry && vfsmnt == root_mnt)
+			return w;
+		struct dentry *mnt_root = SENTINEL_FIELD(vfsmnt, mnt_root);
+		if (dentry == mnt_root) {
+#ifdef SENTINEL_CAN_CROSS_MOUNTS
+			char *parent_mnt = 0;
+			bpf_probe_read_kernel(&parent_mnt, sizeof(parent_mnt), mnt + SENTINEL_MOUNT_OFF_PARENT);
+			if (parent_mnt == mnt || !parent_mnt)
+				return w;
+			bpf_probe_read_kernel(&dentry, sizeof(dentry), mnt + SENTINEL_MOUNT_OFF_MOUNTPOINT);
+			mnt = parent_mnt;
+			vfsmnt = (struct vfsmount *)(parent_mnt + SENTINEL_MOUNT_OFF_MNT);
+			continue;
+#else
+			w->flags |= trunc_flag;
+			return w;
+#endif
+		}
+		u32 n = w->count;
+		if (n >= SENTINEL_PATH_DEPTH)
+			break;
+		w->names[n] = (u64)SENTINEL_FIELD(dentry, d_name.name);
+		w->lens[n] = SENTINEL_FIELD(dentry, d_name.len);
+		w->count = n + 1;
+		struct dentry *parent = SENTINEL_FIELD(dentry, d_parent);
+		if (parent == dentry) {
+			w->flags |= detached_flag;
+			return w;
+		}
+		dentry = parent;
+	}
+	w->flags |= trunc_flag;
+	return w;
+}
+
+/* Write the walked path root first ("/a/b/c", no NUL) at the cursor. */
+static __always_inline void sentinel_put_walk(char *tail, struct sentinel_cursor *cur, struct sentinel_walk *w)
+{
+	u32 pos = cur->off;
+	u32 count = w->count;
+	cur->flags |= w->flags;
+	if (pos >= SENTINEL_TAIL_MAX) {
+		cur->flags |= SENTINEL_F_TAIL_FULL;
+		return;
+	}
+	if (count == 0) {
+		tail[pos & SENTINEL_TAIL_MASK] = '/';
+		cur->off = pos + 1;
+		return;
+	}
+	int j;
+	for (j = 0; j < SENTINEL_PATH_DEPTH; j++) {
+		if (j >= count)
+			break;
+		if (pos >= SENTINEL_TAIL_MAX) {
+			cur->flags |= SENTINEL_F_TAIL_FULL;
+			break;
+		}
+		u32 k = count - 1 - j;
+		if (k >= SENTINEL_PATH_DEPTH)
+			break;
+		tail[pos & SENTINEL_TAIL_MASK] = '/';
+		pos++;
+		u32 len = w->lens[k] & (SENTINEL_NAME_MAX - 1);
+		bpf_probe_read_kernel(tail + (pos & SENTINEL_TAIL_MASK), len, (void *)w->names[k]);
+		pos += len;
+	}
+	cur->off = pos;
+}
+
+/* Whether the path at tail[start, start+len) starts with a configured prefix. */
+static __always_inline int sentinel_prefix_match(const char *text, u32 len)
+{
+	u32 zero = 0;
+	struct sentinel_prefix_key *key = snt_prefix_buf.lookup(&zero);
+	if (!key)
+		return 1;  /* cannot check: over-approximate */
+	__builtin_memset(key->data, 0, sizeof(key->data));
+	if (len > SENTINEL_PREFIX_MAX - 1)
+		len = SENTINEL_PREFIX_MAX - 1;  /* longer paths compare on their first bytes */
+	bpf_probe_read_kernel(key->data, len & (SENTINEL_PREFIX_MAX - 1), text);
+	key->prefixlen = len * 8;
+	return snt_open_prefixes.lookup(key) != 0;
+}
+
+static __always_inline int sentinel_comm_listed(struct sentinel_header *hdr)
+{
+	struct sentinel_comm_key key = {};
+	__builtin_memcpy(key.comm, hdr->comm, SENTINEL_COMM_LEN);
+	return snt_open_comms.lookup(&key) != 0;
+}
+
+static __always_inline u16 sentinel_ntohs(u16 v)
+{
+	return (v >> 8) | (v << 8);
+}
+
+/* Fill the socket part of the record from `file` (a socket inode). */
+static __always_inline void sentinel_socket(struct sentinel_sys_event *e, struct file *file, char *tail,
+					    struct sentinel_cursor *cur)
+{
+	struct socket *sock = SENTINEL_FIELD(file, private_data);
+	struct sock *sk = SENTINEL_FIELD(sock, sk);
+	if (!sk)
+		return;
+	e->flags |= SENTINEL_F_SYS_SOCK;
+	e->sock_type = (u16)SENTINEL_FIELD(sock, type);
+	e->sock_family = SENTINEL_FIELD(sk, __sk_common.skc_family);
+	e->sock_protocol = SENTINEL_FIELD(sk, sk_protocol);
+	bpf_probe_read_kernel(&e->sock_state, 1, (void *)&sk->__sk_common.skc_state);
+	if (e->sock_state == SENTINEL_TCP_LISTEN)
+		e->flags |= SENTINEL_F_SYS_LISTENING;
+	if (e->sock_family == SENTINEL_AF_INET) {
+		e->lport = SENTINEL_FIELD(sk, __sk_common.skc_num);
+		e->rport = sentinel_ntohs(SENTINEL_FIELD(sk, __sk_common.skc_dport));
+		bpf_probe_read_kernel(e->laddr, 4, &sk->__sk_common.skc_rcv_saddr);
+		bpf_probe_read_kernel(e->raddr, 4, &sk->__sk_common.skc_daddr);
+	} else if (e->sock_family == SENTINEL_AF_INET6) {
+		e->lport = SENTINEL_FIELD(sk, __sk_common.skc_num);
+		e->rport = sentinel_ntohs(SENTINEL_FIELD(sk, __sk_common.skc_dport));
+		bpf_probe_read_kernel(e->laddr, 16, &sk->__sk_common.skc_v6_rcv_saddr);
+		bpf_probe_read_kernel(e->raddr, 16, &sk->__sk_common.skc_v6_daddr);
+	} else if (e->sock_family == SENTINEL_AF_UNIX) {
+		/* our bound address, else the peer's */
+		struct unix_sock *unix_sk = (struct unix_sock *)sk;
+		struct unix_address *addr = SENTINEL_FIELD(unix_sk, addr);
+		if (!addr) {
+			struct unix_sock *peer = (struct unix_sock *)SENTINEL_FIELD(unix_sk, peer);
+			if (peer)
+				addr = SENTINEL_FIELD(peer, addr);
+		}
+		if (addr) {
+			u32 off = cur->off;
+			if (off >= SENTINEL_TAIL_MAX) {
+				cur->flags |= SENTINEL_F_TAIL_FULL;
+				return;
+			}
+			u32 len = SENTINEL_FIELD(addr, len);
+			if (len > SENTINEL_SOCKADDR_MAX)
+				len = SENTINEL_SOCKADDR_MAX;
+			bpf_probe_read_kernel(tail + (off & SENTINEL_TAIL_MASK), len & (2 * SENTINEL_SOCKADDR_MAX - 1),
+					      &addr->name[0]);
+			cur->off = off + len;
+			e->unix_len = len;
+		}
+	}
+}
+
+static __always_inline struct sock *sentinel_fd_sock(struct task_struct *task, s64 fd)
+{
+	struct file *file = sentinel_fd_file(task, fd);
+	struct inode *inode = SENTINEL_FIELD(file, f_inode);
+	u32 mode = SENTINEL_FIELD(inode, i_mode);
+	if ((mode & SENTINEL_S_IFMT) != SENTINEL_S_IFSOCK)
+		return 0;
+	struct socket *sock = SENTINEL_FIELD(file, private_data);
+	return SENTINEL_FIELD(sock, sk);
+}
+
+int snt_sys_enter(struct sentinel_sys_enter_args *args)
+{
+	u32 nr = (u32)args->syscall_nr;
+	struct sentinel_sys_desc *desc = snt_sys_desc.lookup(&nr);
+	if (!desc)
+		return 0;
+	u32 tid = (u32)bpf_get_current_pid_tgid();
+	struct sentinel_sys_enter enter = {};
+	enter.nr = nr;
+	/* not a direct context read: a syscall with fewer arguments has a shorter record, and
+	 * attaching a program that reads past it is refused (EPERM) */
+	bpf_probe_read_kernel(enter.args, sizeof(args->args), args->args);
+	if (desc->flags & SENTINEL_DESC_STATE_BEFORE && desc->fd_arg) {
+		struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+		struct sock *sk = sentinel_fd_sock(task, (s64)(s32)enter.args[(desc->fd_arg - 1) & 7]);
+		if (sk) {
+			u8 state = 0;
+			bpf_probe_read_kernel(&state, 1, (void *)&sk->__sk_common.skc_state);
+			enter.connected = state == SENTINEL_TCP_ESTABLISHED;
+		}
+	}
+	snt_sys_args.update(&tid, &enter);
+	return 0;
+}
+
+/* Copy the sockaddr argument (or a msghdr's msg_name) into the tail; returns its length. */
+static __always_inline u32 sentinel_put_sockaddr(char *tail, struct sentinel_cursor *cur,
+						 struct sentinel_sys_desc *desc, struct sentinel_sys_enter *saved)
+{
+	u64 ptr = saved->args[(desc->addr_arg - 1) & 7];
+	u64 len = desc->addr_len_arg ? saved->args[(desc->addr_len_arg - 1) & 7] : 0;
+	if (desc->flags & SENTINEL_DESC_MSGHDR) {
+		u64 msg = ptr;
+		ptr = 0;
+		u32 namelen = 0;
+		bpf_probe_read_user(&ptr, sizeof(ptr), (void *)msg);                 /* msg_name */
+		bpf_probe_read_user(&namelen, sizeof(namelen), (void *)(msg + 8));   /* msg_namelen */
+		len = namelen;
+	}
+	if (!ptr || !len)
+		return 0;
+	if (len > SENTINEL_SOCKADDR_MAX)
+		len = SENTINEL_SOCKADDR_MAX;
+	u32 off = cur->off;
+	if (off >= SENTINEL_TAIL_MAX) {
+		cur->flags |= SENTINEL_F_TAIL_FULL;
+		return 0;
+	}
+	u32 size = (u32)len & (2 * SENTINEL_SOCKADDR_MAX - 1);
+	if (bpf_probe_read_user(tail + (off & SENTINEL_TAIL_MASK), size, (void *)ptr) != 0)
+		return 0;
+	cur->off = off + size;
+	return size;
+}
+
+/* A cheap digest of the sockaddr just copied, to notice a new peer. */
+static __always_inline u64 sentinel_addr_digest(const char *addr, u32 len)
+{
+	u64 words[4] = {};
+	if (len > sizeof(words))
+		len = sizeof(words);
+	bpf_probe_read_kernel(words, len & 31, addr);
+	return (words[0] * 31 + words[1]) * 31 + words[2] * 7 + words[3] + len;
+}
+
+int snt_sys_exit(struct sentinel_sys_exit_args *args)
+{
+	u32 tid = (u32)bpf_get_current_pid_tgid();
+	struct sentinel_sys_enter *enter = snt_sys_args.lookup(&tid);
+	if (!enter)
+		return 0;
+	struct sentinel_sys_enter saved = *enter;
+	snt_sys_args.delete(&tid);
+	u32 nr = saved.nr;
+	if (nr != (u32)args->syscall_nr)
+		return 0;  /* an entry left by a syscall that never returned */
+	struct sentinel_sys_desc *desc = snt_sys_desc.lookup(&nr);
+	if (!desc)
+		return 0;
+	u32 dflags = desc->flags;
+	s64 res = args->ret;
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	if (dflags & SENTINEL_DESC_OTHER_PID && desc->pid_arg) {
+		u32 target = (u32)saved.args[(desc->pid_arg - 1) & 7];
+		if (target == (u32)(bpf_get_current_pid_tgid() >> 32) || target == tid)
+			return 0;  /* a signal to itself */
+	}
+	if (dflags & SENTINEL_DESC_NEED_ADDR) {
+		u64 ptr = saved.args[(desc->addr_arg - 1) & 7];
+		if (dflags & SENTINEL_DESC_MSGHDR) {
+			u64 msg = ptr;
+			ptr = 0;
+			bpf_probe_read_user(&ptr, sizeof(ptr), (void *)msg);
+		}
+		if (!ptr)
+			return 0;  /* sendto on a connected socket: nothing new to report */
+	}
+	char *rec = sentinel_record();
+	if (!rec)
+		return 0;
+	struct sentinel_sys_event *e = (struct sentinel_sys_event *)rec;
+	__builtin_memset(e, 0, sizeof(*e));
+	sentinel_fill_header(&e->hdr, SENTINEL_OP_SYSCALL, task);
+	struct sentinel_cursor *cur = sentinel_cursor_reset();
+	if (!cur)
+		return 0;
+	char *tail = rec + sizeof(*e);
+	e->res = res;
+	e->nr = nr;
+	__builtin_memcpy(e->args, saved.args, sizeof(e->args));  /* the six real ones */
+	if (saved.connected)
+		e->flags |= SENTINEL_F_SYS_CONNECTED;
+
+	s64 fd = -1;
+	if (dflags & SENTINEL_DESC_FD_RES)
+		fd = res;
+	else if (desc->fd_arg)
+		fd = (s64)(s32)saved.args[(desc->fd_arg - 1) & 7];
+	e->fd = (s32)fd;
+	struct file *file = sentinel_fd_file(task, fd);
+	struct fs_struct *fs = SENTINEL_FIELD(task, fs);
+	struct dentry *root_dentry = SENTINEL_FIELD(fs, root.dentry);
+	struct vfsmount *root_mnt = SENTINEL_FIELD(fs, root.mnt);
+	u32 start = 0;
+	int open_filter = 0;
+	if (dflags & SENTINEL_DESC_OPEN) {
+		u32 zero = 0;
+		struct sentinel_open_cfg *cfg = snt_open_cfg.lookup(&zero);
+		open_filter = cfg && cfg->enabled && !sentinel_comm_listed(&e->hdr);
+		if (open_filter && cfg->pass_created && file &&
+		    (SENTINEL_FIELD(file, f_mode) & SENTINEL_FMODE_CREATED))
+			open_filter = 0;
+		u64 *seen = snt_open_stats.lookup(&zero);
+		if (seen)
+			*seen += 1;
+	}
+	if (file) {
+		struct inode *inode = SENTINEL_FIELD(file, f_inode);
+		struct super_block *sb = SENTINEL_FIELD(inode, i_sb);
+		e->flags |= SENTINEL_F_SYS_FD;
+		e->fd_mode = SENTINEL_FIELD(inode, i_mode);
+		e->fd_ino = SENTINEL_FIELD(inode, i_ino);
+		e->fd_dev = SENTINEL_FIELD(sb, s_dev);
+		e->fd_fmode = SENTINEL_FIELD(file, f_mode);
+		e->fd_oflags = SENTINEL_FIELD(file, f_flags);
+		if ((e->fd_mode & SENTINEL_S_IFMT) == SENTINEL_S_IFSOCK) {
+			sentinel_socket(e, file, tail, cur);
+		} else {
+			struct sentinel_walk *w = sentinel_walk_path(
+				SENTINEL_FIELD(file, f_path.dentry), SENTINEL_FIELD(file, f_path.mnt), root_dentry,
+				root_mnt, SENTINEL_F_SYS_PATH_TRUNC, SENTINEL_F_SYS_PATH_DETACHED);
+			if (w) {
+				start = cur->off;
+				sentinel_put_walk(tail, cur, w);
+				e->path_len = cur->off - start;
+				if (open_filter) {
+					if (start >= SENTINEL_TAIL_MAX)
+						return 0;
+					if (!sentinel_prefix_match(tail + (start & SENTINEL_TAIL_MASK), e->path_len))
+						return 0;
+					open_filter = 0;
+				}
+			}
+		}
+	}
+	/* user strings, read at exit (at entry a page not yet resident would fault) */
+	u32 first_len = 0;
+	if (desc->str_args[0]) {
+		start = cur->off;
+		sentinel_put_ustr(tail, cur, (void *)saved.args[(desc->str_args[0] - 1) & 7], SENTINEL_STR_MAX);
+		e->str0_len = cur->off - start;
+		first_len = e->str0_len;
+		if (open_filter && file == 0) {
+			/* a failed open: an absolute path is checked as given; a relative one passes */
+			if (start >= SENTINEL_TAIL_MAX)
+				return 0;
+			char *text = tail + (start & SENTINEL_TAIL_MASK);
+			if (text[0] == '/' && first_len > 1 && !sentinel_prefix_match(text, first_len - 1))
+				return 0;
+		}
+	}
+	if (desc->str_args[1]) {
+		start = cur->off;
+		sentinel_put_ustr(tail, cur, (void *)saved.args[(desc->str_args[1] - 1) & 7], SENTINEL_STR_MAX);
+		e->str1_len = cur->off - start;
+	}
+	if (desc->str_args[2]) {
+		start = cur->off;
+		sentinel_put_ustr(tail, cur, (void *)saved.args[(desc->str_args[2] - 1) & 7], SENTINEL_STR_MAX);
+		e->str2_len = cur->off - start;
+	}
+	/* a failed call on a relative path: the directory it was relative to */
+	if (res < 0 && desc->str_args[0] && first_len > 0) {
+		u32 off0 = (cur->off - e->str2_len - e->str1_len - first_len) & SENTINEL_TAIL_MASK;
+		if (tail[off0] != '/') {
+			struct dentry *base_dentry = SENTINEL_FIELD(fs, pwd.dentry);
+			struct vfsmount *base_mnt = SENTINEL_FIELD(fs, pwd.mnt);
+			s32 dirfd = desc->dirfd_arg ? (s32)saved.args[(desc->dirfd_arg - 1) & 7] : -100;
+			if (dirfd != -100) {
+				struct file *dir = sentinel_fd_file(task, dirfd);
+				base_dentry = SENTINEL_FIELD(dir, f_path.dentry);
+				base_mnt = SENTINEL_FIELD(dir, f_path.mnt);
+			}
+			struct sentinel_walk *w = sentinel_walk_path(base_dentry, base_mnt, root_dentry, root_mnt,
+								     SENTINEL_F_SYS_BASE_TRUNC, 0);
+			if (w && base_dentry) {
+				start = cur->off;
+				sentinel_put_walk(tail, cur, w);
+				e->base_len = cur->off - start;
+			}
+		}
+	}
+	if (desc->addr_arg) {
+		start = cur->off;
+		e->addr_len = sentinel_put_sockaddr(tail, cur, desc, &saved);
+		if (e->addr_len && (dflags & SENTINEL_DESC_NEED_ADDR) && start < SENTINEL_TAIL_MAX) {
+			u64 key = 0;
+			struct sock *sk = sentinel_fd_sock(task, (s64)(s32)saved.args[(desc->fd_arg - 1) & 7]);
+			key = (u64)sk;
+			u64 digest = sentinel_addr_digest(tail + (start & SENTINEL_TAIL_MASK), e->addr_len);
+			u64 *last = snt_sock_peer.lookup(&key);
+			if (!last || *last != digest) {
+				e->flags |= SENTINEL_F_SYS_NAME_CHANGED;
+				snt_sock_peer.update(&key, &digest);
+			}
+		}
+	}
+	if ((dflags & SENTINEL_DESC_BPF_ATTR) && saved.args[0] == SENTINEL_BPF_PROG_LOAD) {
+		void *attr = (void *)saved.args[1];
+		bpf_probe_read_user(&e->bpf_prog_type, sizeof(e->bpf_prog_type), attr);
+		bpf_probe_read_user(e->bpf_prog_name, sizeof(e->bpf_prog_name), attr + 48);
+	}
+	if (dflags & SENTINEL_DESC_OPEN_HOW) {
+		u64 how[3] = {};  /* struct open_how: flags, mode, resolve */
+		bpf_probe_read_user(how, sizeof(how), (void *)saved.args[2]);
+		e->args[2] = how[0];
+		e->args[3] = how[1];
+		e->args[4] = how[2];
+	}
+	if (dflags & SENTINEL_DESC_OPEN) {
+		u32 one = 1;
+		u64 *sent = snt_open_stats.lookup(&one);
+		if (sent)
+			*sent += 1;
+	}
+	e->flags |= cur->flags;
+	sentinel_submit(rec, sizeof(*e), cur->off);
+	return 0;
+}

@@ -1,0 +1,280 @@
+"""Syscall records (file, network, privilege) and blind-spot records -> Events.
+
+The kernel sends one generic record per traced syscall (abi.SYSCALL); which argument is a
+path or a sockaddr, and its Falco name, comes from sentinel.events.syscalls. The fd the
+event acts on (argument or result) was resolved in the kernel at the time of the event; its
+path arrives root first. A failed call on a relative path also carries the directory it was
+relative to (cwd or dirfd), so fd.name is absolute even when nothing was opened.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import posixpath
+import socket
+import stat
+import struct
+from typing import TYPE_CHECKING, Any
+
+from sentinel.events import abi
+from sentinel.events.model import Event, Fd
+from sentinel.events.syscalls import BY_NR, I386_NAMES, ioring_op_name
+
+if TYPE_CHECKING:
+    from sentinel.events.decode import Decoder
+
+_SYSCALL, _SYSCALL_SIZE = abi.SYSCALL.struct.unpack_from, abi.SYSCALL.size
+_COMPAT = abi.COMPAT.struct.unpack_from
+_IO_URING = abi.IO_URING.struct.unpack_from
+_ARGS = struct.Struct("<6Q").unpack_from
+_FAMILY = struct.Struct("<H").unpack_from
+_PORT = struct.Struct(">H").unpack_from
+
+FMODE_CREATED = 0x100000
+IPPROTO_NAMES = {6: "tcp", 17: "udp", 1: "icmp", 58: "icmp", 255: "raw", 132: "sctp"}
+SOCK_RAW = 3
+_FD_FAMILIES = {socket.AF_INET: "ipv4", socket.AF_INET6: "ipv6", socket.AF_UNIX: "unix", 16: "netlink"}
+# Anonymous-inode files, by the name the kernel gives their dentry.
+_ANON_TYPES = (
+    ("eventfd", "event"),
+    ("eventpoll", "eventpoll"),
+    ("signalfd", "signalfd"),
+    ("timerfd", "timerfd"),
+    ("inotify", "inotify"),
+    ("bpf", "bpf"),
+    ("userfaultfd", "userfaultfd"),
+    ("io_uring", "io_uring"),
+    ("pidfd", "pidfd"),
+)
+_SERVER_TYPES = frozenset({"accept", "accept4", "listen"})
+_ADDR_PEER_TYPES = frozenset({"connect", "sendto", "sendmsg"})
+_SIGNED_ARGS = frozenset({"dirfd", "olddirfd", "newdirfd", "olddir", "newdir", "linkdirfd", "fd", "oldfd", "newfd",
+                          "pid", "tid", "uid", "gid", "ruid", "euid", "suid", "rgid", "egid", "sgid", "pidfd"})  # fmt: skip
+
+
+def _text(raw: bytes) -> str:
+    return raw.decode("utf-8", "surrogateescape")
+
+
+def _cstring(data: bytes, start: int, length: int) -> str:
+    return _text(data[start : start + length].split(b"\0", 1)[0])
+
+
+def _signed32(value: int) -> int:
+    value &= 0xFFFFFFFF
+    return value - (1 << 32) if value & 0x80000000 else value
+
+
+def parse_sockaddr(raw: bytes) -> tuple[int, str, int]:
+    """(family, address, port) of a struct sockaddr; unix paths as the address ("@x": abstract)."""
+    if len(raw) < 2:
+        return 0, "", 0
+    (family,) = _FAMILY(raw)
+    if family == socket.AF_INET and len(raw) >= 8:
+        return family, socket.inet_ntop(socket.AF_INET, raw[4:8]), _PORT(raw, 2)[0]
+    if family == socket.AF_INET6 and len(raw) >= 24:
+        return family, str(ipaddress.IPv6Address(raw[8:24])), _PORT(raw, 2)[0]
+    if family == socket.AF_UNIX:
+        path = raw[2:]
+        if path[:1] == b"\0":
+            return family, "@" + _text(path[1:].rstrip(b"\0")), 0
+        return family, _text(path.split(b"\0", 1)[0]), 0
+    return family, "", 0
+
+
+def _address(family: int, raw: bytes) -> str:
+    if family == socket.AF_INET:
+        return socket.inet_ntop(socket.AF_INET, raw[:4])
+    return str(ipaddress.IPv6Address(raw))
+
+
+def fd_type(mode: int, path: str, family: int) -> str:
+    """Falco's fd.type from the inode mode (and the socket family or anon-inode name)."""
+    kind = stat.S_IFMT(mode)
+    if kind == stat.S_IFSOCK:
+        return _FD_FAMILIES.get(family, "socket")
+    if kind == stat.S_IFDIR:
+        return "directory"
+    if kind == stat.S_IFIFO:
+        return "pipe"
+    if kind == stat.S_IFREG and path.startswith("/memfd:"):
+        return "memfd"
+    if kind == 0 or "anon_inode" in path or path.startswith("/["):
+        for marker, name in _ANON_TYPES:
+            if marker in path:
+                return name
+    return "file"
+
+
+def _socket_name(fd: Fd) -> str:
+    if fd.type == "unix":
+        return fd.name
+    if fd.type == "ipv6":
+        return "%s:%d->%s:%d" % (fd.cip, fd.cport, fd.sip, fd.sport)
+    return "%s:%d->%s:%d" % (fd.cip, fd.cport, fd.sip, fd.sport)
+
+
+def decode_syscall(decoder: Decoder, data: bytes) -> Event | None:
+    (
+        _op, _abi, _size, boot_ns, start_ns, _cgroup_id, pid, tid, _cpu, _pad, comm,
+        res, raw_args, nr, flags, fd_num, fd_mode, fd_ino, fd_dev, fd_fmode, fd_oflags, bpf_prog_type,
+        sock_family, sock_type, sk_protocol, lport, rport, _sk_state, _pad1, laddr, raddr, bpf_prog_name,
+        str0_len, str1_len, path_len, base_len, addr_len, unix_len, str2_len, _pad2,
+    ) = _SYSCALL(data)  # fmt: skip
+    spec = BY_NR.get(nr)
+    if spec is None:
+        raise ValueError("syscall record for untraced syscall %d" % nr)
+    values = _ARGS(raw_args)
+    position = _SYSCALL_SIZE
+    path = _text(data[position : position + path_len])
+    position += path_len
+    unix_raw = data[position : position + unix_len]
+    position += unix_len
+    strings = []
+    for length in (str0_len, str1_len, str2_len):
+        strings.append(_cstring(data, position, length))
+        position += length
+    base = _text(data[position : position + base_len])
+    position += base_len
+    addr_raw = data[position : position + addr_len]
+
+    args: dict[str, Any] = {}
+    string_iter = iter(strings)
+    first_string = None
+    for name, value in zip(spec.args, values):
+        arg_name, _, kind = name.partition(":")
+        if arg_name == "-":
+            continue
+        if kind == "s":
+            args[arg_name] = next(string_iter)
+            if first_string is None:
+                first_string = args[arg_name]
+        elif kind in ("addr", "msg", "addrlen"):
+            continue
+        elif arg_name in _SIGNED_ARGS:
+            args[arg_name] = _signed32(value)
+        else:
+            args[arg_name] = value
+    event_type = spec.name
+
+    fd = None
+    if flags & abi.F_SYS_FD:
+        kind = fd_type(fd_mode, path, sock_family)
+        fd = Fd(fd_num, kind, path)
+        fd.ino = fd_ino
+        fd.dev = fd_dev
+        fd.open_flags = fd_oflags
+        if flags & abi.F_SYS_SOCK:
+            _fill_socket(fd, event_type, flags, sock_family, sock_type, sk_protocol, lport, rport, laddr, raddr, unix_raw)
+    elif first_string is not None and spec.string_args and (spec.flags & abi.DESC_OPEN):
+        fd = Fd(-1, "file", "")
+    if fd is not None and first_string is not None and fd.type in ("file", "directory", "memfd"):
+        fd.nameraw = first_string
+        if not fd.name:
+            fd.name = _joined(base, first_string)
+    if spec.flags & abi.DESC_OPEN:
+        fd_created = bool(fd_fmode & FMODE_CREATED) and res >= 0
+        if fd is not None:
+            fd.created = fd_created
+            fd.open_flags = args.get("flags", fd.open_flags)
+    if addr_raw:
+        family, address, port = parse_sockaddr(addr_raw)
+        args["addr"] = "%s:%d" % (address, port) if family in (socket.AF_INET, socket.AF_INET6) else address
+        if fd is not None and event_type in _ADDR_PEER_TYPES and family in (socket.AF_INET, socket.AF_INET6):
+            if not fd.rport or event_type != "connect":
+                fd.rip, fd.rport = address, port
+                fd.name = _socket_name(fd)
+        elif fd is not None and family == socket.AF_UNIX and not fd.name:
+            fd.name = address
+        if flags & abi.F_SYS_NAME_CHANGED and fd is not None:
+            fd.name_changed = True
+    if event_type == "bpf" and values[0] == 5:  # BPF_PROG_LOAD
+        args["prog_type"] = bpf_prog_type
+        args["prog_name"] = _text(bpf_prog_name.split(b"\0", 1)[0])
+    if event_type in ("dup", "dup2", "dup3", "accept", "accept4", "socket", "memfd_create", "userfaultfd",
+                      "io_uring_setup") or (spec.flags & abi.DESC_OPEN):  # fmt: skip
+        args = {"fd": res, **args}
+
+    proc = decoder._process(pid, start_ns, tid, comm)
+    if res == 0 and event_type.startswith("set") and event_type[3:] in _CRED_CHANGES:
+        proc = _apply_creds(decoder, proc, event_type, args)
+    return Event(
+        event_type, proc, res=res, args=args, fd=fd, boot_ns=boot_ns, time_ns=decoder.boot_to_utc_ns(boot_ns), tid=tid
+    )
+
+
+def _joined(base: str, raw: str) -> str:
+    if raw.startswith("/") or not base:
+        return posixpath.normpath(raw) if raw.startswith("/") else raw
+    return posixpath.normpath(base.rstrip("/") + "/" + raw)
+
+
+def _fill_socket(fd, event_type, flags, family, sock_type, protocol, lport, rport, laddr, raddr, unix_raw) -> None:
+    fd.family = family
+    fd.l4proto = "raw" if sock_type == SOCK_RAW else IPPROTO_NAMES.get(protocol, "")
+    fd.connected = bool(flags & abi.F_SYS_CONNECTED)
+    fd.is_server = event_type in _SERVER_TYPES or bool(flags & abi.F_SYS_LISTENING)
+    if family in (socket.AF_INET, socket.AF_INET6):
+        fd.lip = _address(family, laddr)
+        fd.rip = _address(family, raddr)
+        fd.lport = lport
+        fd.rport = rport
+        fd.name = _socket_name(fd)
+    elif family == socket.AF_UNIX:
+        fd.name = parse_sockaddr(unix_raw)[1] if unix_raw else ""
+        fd.l4proto = ""
+    else:
+        fd.name = ""
+
+
+_CRED_CHANGES = frozenset({"uid", "gid", "reuid", "regid", "resuid", "resgid"})
+
+
+def _apply_creds(decoder: Decoder, proc, event_type: str, args: dict[str, Any]):
+    """Follow a successful setuid-family call in the process table (-1: unchanged)."""
+    update = getattr(decoder.table, "update_creds", None)
+    if update is None:
+        return proc
+
+    def given(name: str) -> int | None:
+        value = args.get(name)
+        return None if value is None or value == -1 else value & 0xFFFFFFFF
+
+    if event_type == "setuid":
+        uid = given("uid")
+        privileged = proc.euid == 0
+        return update(proc.pid, proc.start_ns, uid=uid if privileged else None, euid=uid)
+    if event_type == "setgid":
+        gid = given("gid")
+        privileged = proc.euid == 0
+        return update(proc.pid, proc.start_ns, gid=gid if privileged else None, egid=gid)
+    if event_type in ("setreuid", "setresuid"):
+        return update(proc.pid, proc.start_ns, uid=given("ruid"), euid=given("euid"))
+    return update(proc.pid, proc.start_ns, gid=given("rgid"), egid=given("egid"))
+
+
+def decode_compat(decoder: Decoder, data: bytes) -> Event:
+    (
+        _op, _abi, _size, boot_ns, start_ns, _cgroup_id, pid, tid, _cpu, _pad, comm,
+        raw_args, nr, _pad2,
+    ) = _COMPAT(data)  # fmt: skip
+    proc = decoder._process(pid, start_ns, tid, comm)
+    args = {"nr": nr, "name": I386_NAMES.get(nr, "")}
+    args.update(("arg%d" % i, value) for i, value in enumerate(_ARGS(raw_args)))
+    return Event("compat_syscall", proc, res=0, args=args, boot_ns=boot_ns, time_ns=decoder.boot_to_utc_ns(boot_ns), tid=tid)
+
+
+def decode_io_uring(decoder: Decoder, data: bytes) -> Event:
+    (
+        _op, _abi, _size, boot_ns, start_ns, _cgroup_id, pid, tid, _cpu, _pad, comm,
+        user_data, req_flags, opcode, sq_thread,
+    ) = _IO_URING(data)  # fmt: skip
+    proc = decoder._process(pid, start_ns, tid, comm)
+    args = {
+        "opcode": opcode,
+        "op": ioring_op_name(opcode),
+        "user_data": user_data,
+        "flags": req_flags,
+        "sq_thread": bool(sq_thread),
+    }
+    return Event("io_uring_submit", proc, res=0, args=args, boot_ns=boot_ns, time_ns=decoder.boot_to_utc_ns(boot_ns), tid=tid)
