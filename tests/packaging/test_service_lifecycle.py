@@ -1,6 +1,7 @@
 """The agent as sentinel.service runs it, with a stand-in for systemd: the unit's
-ExecStart arguments, its capability bounding set, NoNewPrivileges and the
-MemoryDenyWriteExecute filter, a $NOTIFY_SOCKET and $WATCHDOG_USEC. The notify protocol
+ExecStart arguments and Environment, its capability bounding set, NoNewPrivileges, the
+MemoryDenyWriteExecute filter, a read-only file system but for its own directories
+(ProtectSystem=strict), a $NOTIFY_SOCKET and $WATCHDOG_USEC. The notify protocol
 (READY=1, WATCHDOG=1, STOPPING=1, all from the main process as NotifyAccess=main
 requires), SIGHUP reopening the alerts file for logrotate, and a clean SIGTERM stop."""
 
@@ -19,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from test_systemd_unit import HERE, REPO, one, unit_capabilities
+from test_systemd_unit import CACHE_DIRECTORY, confined_command, confined_environment, one, unit_capabilities
 
 WATCHDOG_USEC = 2_000_000
 
@@ -72,11 +73,12 @@ def agent_config(tmp_path) -> Path:
 def test_agent_under_the_unit_notifies_reopens_and_stops_cleanly(tmp_path, agent_config):
     arguments = shlex.split(one("Service", "ExecStart"))[1:]  # after /usr/bin/sentinel
     arguments[arguments.index("--config") + 1] = str(agent_config)
-    names = ",".join("+" + cap.removeprefix("CAP_").lower() for cap in unit_capabilities())
-    command = ["setpriv", "--bounding-set=-all," + names, "--inh-caps=-all"]
-    command += [sys.executable, str(HERE / "confine.py"), "--", sys.executable, "-m", "sentinel.cli", *arguments]
+    command = confined_command(unit_capabilities(), [sys.executable, "-m", "sentinel.cli", *arguments])
     notify = NotifySocket(tmp_path / "notify.sock", log=tmp_path / "agent.log")
-    env = dict(os.environ, PYTHONPATH=str(REPO), NOTIFY_SOCKET=str(notify.path), WATCHDOG_USEC=str(WATCHDOG_USEC))
+    os.makedirs(CACHE_DIRECTORY, exist_ok=True)
+    env = confined_environment(
+        [str(tmp_path), CACHE_DIRECTORY], NOTIFY_SOCKET=str(notify.path), WATCHDOG_USEC=str(WATCHDOG_USEC)
+    )
     log = notify.log.open("w")
     agent = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
     notify.sender = agent

@@ -90,7 +90,9 @@ def test_service_contract_of_the_agent():
     assert service["Restart"] == ["on-failure"] and service["WatchdogSec"]
     assert one("Service", "ExecStart").startswith("/usr/bin/sentinel run ")
     for kind in ("State", "Cache", "Configuration", "Runtime", "Logs"):
-        assert service[kind + "Directory"] == ["sentinel"]
+        assert service[kind + "Directory"][0].split()[0] == "sentinel"
+    # Python needs a writable temporary directory, and ProtectSystem=strict leaves none
+    assert "TMPDIR=/run/sentinel/tmp" in service["Environment"] and "sentinel/tmp" in service["RuntimeDirectory"][0].split()
     assert service["ProtectSystem"] == ["strict"] and service["NoNewPrivileges"] == ["yes"]
     assert service["MemoryDenyWriteExecute"] == ["yes"]
     # these break tracefs, cgroup attach or fanotify marks on /tmp: see the unit's comments
@@ -100,18 +102,57 @@ def test_service_contract_of_the_agent():
     assert "CAP_SYS_MODULE" not in unit_capabilities() and "CAP_DAC_OVERRIDE" not in unit_capabilities()
 
 
-def confined(capabilities: list[str], command: list[str]) -> subprocess.CompletedProcess:
-    """`command` as root with only `capabilities` in its bounding set, no new privileges
-    and no writable+executable memory: the service's confinement."""
+# ProtectSystem=strict, in a private mount namespace: /run replaced by a tmpfs holding the
+# RuntimeDirectory, the given directories bound writable, then / and /run read-only (/dev,
+# /proc and /sys are mounts of their own and stay writable, as under systemd).
+STRICT_FILESYSTEM = """
+mount -t tmpfs -o mode=0755 tmpfs /run
+mkdir -p /run/sentinel/tmp
+IFS=:
+for dir in $WRITABLE; do mount --bind "$dir" "$dir"; done
+unset IFS
+mount -o remount,bind,ro / && mount -o remount,bind,ro /run && exec "$@"
+"""
+# What the service is given: the directories systemd makes writable for it.
+CACHE_DIRECTORY = "/var/cache/sentinel"
+
+
+def unit_environment() -> dict[str, str]:
+    return dict(value.split("=", 1) for value in directives("Service").get("Environment", []))
+
+
+def confined_command(capabilities: list[str], command: list[str]) -> list[str]:
+    """`command` as root with only `capabilities` in its bounding set, no new privileges,
+    no writable+executable memory and a read-only file system but for $WRITABLE (see
+    confined_environment)."""
     names = ",".join("+" + cap.removeprefix("CAP_").lower() for cap in capabilities)
-    wrapper = ["setpriv", "--bounding-set=-all" + ("," + names if names else ""), "--inh-caps=-all"]
+    wrapper = ["unshare", "--mount", "--propagation", "private", "/bin/sh", "-c", STRICT_FILESYSTEM, "sh"]
+    wrapper += ["setpriv", "--bounding-set=-all" + ("," + names if names else ""), "--inh-caps=-all"]
     wrapper += [sys.executable, str(HERE / "confine.py"), "--"]
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    return subprocess.run(wrapper + command, capture_output=True, text=True, env=env, timeout=300)
+    return wrapper + command
+
+
+def confined_environment(writable: list[str], **extra: str) -> dict[str, str]:
+    writable = ["/run/sentinel", *writable]
+    return dict(os.environ, PYTHONPATH=str(REPO), WRITABLE=":".join(writable), **unit_environment(), **extra)
+
+
+def confined(capabilities: list[str], command: list[str]) -> subprocess.CompletedProcess:
+    os.makedirs(CACHE_DIRECTORY, exist_ok=True)
+    writable = [CACHE_DIRECTORY]
+    return subprocess.run(
+        confined_command(capabilities, command),
+        capture_output=True,
+        text=True,
+        env=confined_environment(writable),
+        timeout=300,
+    )
 
 
 def last_json_line(result: subprocess.CompletedProcess) -> dict:
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    lines = result.stdout.strip().splitlines()
+    assert lines and lines[-1].startswith("{"), "no JSON printed (exit %s):\n%s" % (result.returncode, result.stderr[-3000:])
+    return json.loads(lines[-1])
 
 
 def run_probes_confined(capabilities: list[str]) -> dict:
