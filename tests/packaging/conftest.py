@@ -98,6 +98,8 @@ def built_deb(tmp_path_factory) -> Path:
 def debian_base(tmp_path_factory):
     """debootstrap --variant=minbase bookworm, apt lists fetched and the dependencies of
     the package downloaded (not installed) so each test's install is quick."""
+    if os.geteuid() != 0:
+        pytest.skip("debootstrap, chroot and mount namespaces need root (CI runs as root)")
     path = tmp_path_factory.mktemp("debian") / DEBIAN_SUITE
     try:
         # debootstrap mounts /proc and /sys in the target itself: in a private namespace.
