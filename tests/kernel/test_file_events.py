@@ -1,0 +1,245 @@
+"""File events on the running kernel: opens with resolved and raw paths, the open filter,
+and the path-changing syscalls, with their decoded fields asserted exactly."""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+from syscall_sensor import Collector, start_sensor
+
+from sentinel.events.interest import Interest
+from sentinel.rules import render
+
+pytestmark = pytest.mark.kernel
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+TYPES = {"open", "openat", "openat2", "creat", "unlinkat", "unlink", "renameat2", "rename", "mkdir", "mkdirat",
+         "symlink", "symlinkat", "chmod", "fchmodat", "fchmod", "fchownat", "truncate", "ftruncate", "linkat", "rmdir"}  # fmt: skip
+LIBC = ctypes.CDLL(None, use_errno=True)
+SYS_OPEN = 2
+
+
+@pytest.fixture(scope="module")
+def sensor():
+    sensor = start_sensor(TYPES, open_path_prefixes=("/tmp/", "/var/tmp/"))
+    yield sensor
+    sensor.close()
+
+
+@pytest.fixture
+def collector(sensor):
+    return Collector(sensor)
+
+
+@pytest.fixture
+def workdir(tmp_path):
+    # tmp_path is under /tmp, one of the filter's prefixes; resolve() removes symlinks
+    path = (tmp_path / uuid.uuid4().hex[:8]).resolve()
+    path.mkdir()
+    return path
+
+
+def _mine(event_type, predicate):
+    return lambda e: e.type == event_type and e.proc.pid == os.getpid() and predicate(e)
+
+
+def test_truncating_open_renders_its_flags(collector, workdir):
+    target = workdir / "trunc.txt"
+    target.write_text("data")
+    fd = os.open(target, os.O_WRONLY | os.O_TRUNC)
+    os.close(fd)
+    # write_text's own open (O_CREAT) comes first: wait for the one without O_CREAT
+    event = collector.wait_for(_mine("openat", lambda e: e.fd.name == str(target) and not e.args["flags"] & os.O_CREAT))
+    assert render.open_flags(event.args["flags"]) == "O_TRUNC|O_WRONLY|O_CLOEXEC"
+    assert event.args["name"] == str(target)
+    assert event.args["dirfd"] == -100
+    assert event.fd.num == fd
+    assert event.fd.type == "file" and event.fd.typechar == "f"
+    assert event.fd.nameraw == str(target)
+    assert event.fd.created is False
+    assert event.fd.ino == os.stat(target).st_ino
+
+
+def test_creating_open_sets_created(collector, workdir):
+    target = workdir / "new.txt"
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+    os.close(fd)
+    event = collector.wait_for(_mine("openat", lambda e: e.fd.name == str(target)))
+    assert event.fd.created is True
+    assert event.args["mode"] == 0o640
+    assert render.open_flags(event.args["flags"]) == "O_EXCL|O_CREAT|O_WRONLY|O_CLOEXEC"
+
+
+def test_failed_relative_open_is_joined_with_the_cwd(collector, workdir):
+    before = os.getcwd()
+    os.chdir(workdir)
+    try:
+        with pytest.raises(FileNotFoundError):
+            os.open("missing.txt", os.O_RDONLY)
+    finally:
+        os.chdir(before)
+    event = collector.wait_for(_mine("openat", lambda e: e.args.get("name") == "missing.txt"))
+    assert event.res == -errno.ENOENT
+    assert render.errno_name(event.res) == "ENOENT"
+    assert event.fd.num == -1
+    assert event.fd.name == str(workdir / "missing.txt")
+    assert event.fd.nameraw == "missing.txt"
+
+
+def test_relative_open_after_chdir_resolves_the_opened_file(collector, workdir):
+    (workdir / "sub").mkdir()
+    (workdir / "sub" / "rel.txt").write_text("x")
+    before = os.getcwd()
+    os.chdir(workdir / "sub")
+    try:
+        fd = os.open("rel.txt", os.O_RDONLY)
+        os.close(fd)
+    finally:
+        os.chdir(before)
+    event = collector.wait_for(_mine("openat", lambda e: e.args.get("name") == "rel.txt" and e.res >= 0))
+    assert event.fd.name == str(workdir / "sub" / "rel.txt")
+    assert event.fd.nameraw == "rel.txt"
+    assert render.open_flags(event.args["flags"]) == "O_RDONLY|O_CLOEXEC"
+
+
+def test_open_through_a_symlink_reports_the_target(collector, workdir):
+    real = workdir / "real.txt"
+    real.write_text("x")
+    link = workdir / "link.txt"
+    link.symlink_to(real)
+    fd = os.open(link, os.O_RDONLY)
+    os.close(fd)
+    event = collector.wait_for(_mine("openat", lambda e: e.args.get("name") == str(link)))
+    assert event.fd.name == str(real)
+    assert event.fd.nameraw == str(link)
+
+
+def test_directory_open_is_typed_directory(collector, workdir):
+    fd = os.open(workdir, os.O_RDONLY | os.O_DIRECTORY)
+    os.close(fd)
+    event = collector.wait_for(_mine("openat", lambda e: e.args.get("name") == str(workdir)))
+    assert event.fd.type == "directory" and event.fd.typechar == "d"
+    assert event.fd.name == str(workdir)
+
+
+def test_legacy_open_syscall(collector, workdir):
+    target = workdir / "legacy.txt"
+    target.write_text("x")
+    fd = LIBC.syscall(SYS_OPEN, str(target).encode(), os.O_RDONLY, 0)
+    assert fd >= 0
+    os.close(fd)
+    event = collector.wait_for(_mine("open", lambda e: e.fd.name == str(target)))
+    assert event.res == fd and event.args["fd"] == fd
+    assert list(event.args) == ["fd", "name", "flags", "mode"]
+
+
+def test_open_filter_keeps_paths_outside_the_prefixes_in_the_kernel(sensor, collector, workdir):
+    seen_before, sent_before = sensor.open_counts()
+    for _ in range(50):
+        with open("/etc/hostname"):
+            pass
+    marker = workdir / "after-filter.txt"
+    marker.write_text("x")
+    collector.wait_for(_mine("openat", lambda e: e.fd.name == str(marker)))
+    assert not [e for e in collector.mine("openat") if e.fd.name == "/etc/hostname"]
+    seen, sent = sensor.open_counts()
+    assert seen - seen_before >= 51
+    assert sent - sent_before < 10
+    # failed opens outside the prefixes are filtered on the path as given
+    with pytest.raises(FileNotFoundError):
+        os.open("/etc/sentinel-missing-" + uuid.uuid4().hex, os.O_RDONLY)
+    marker2 = workdir / "after-failed.txt"
+    marker2.write_text("x")
+    collector.wait_for(_mine("openat", lambda e: e.fd.name == str(marker2)))
+    assert not [e for e in collector.mine("openat") if "sentinel-missing" in e.fd.name]
+
+
+def test_update_interest_refreshes_the_filter_maps(sensor, collector, workdir):
+    try:
+        sensor.update_interest(Interest(event_types=frozenset(TYPES), open_path_prefixes=("/etc/hostname",)))
+        with open("/etc/hostname"):
+            pass
+        event = collector.wait_for(_mine("openat", lambda e: e.fd.name == "/etc/hostname"))
+        assert event.fd.nameraw == "/etc/hostname"
+        # a listed comm passes whatever the path
+        sensor.update_interest(
+            Interest(event_types=frozenset(TYPES), open_path_prefixes=(), open_comms=frozenset({"cat"}))
+        )
+        subprocess.run(["cat", "/etc/os-release"], check=True, capture_output=True)
+        event = collector.wait_for(lambda e: e.type == "openat" and e.proc.comm == "cat" and e.fd.name.endswith("os-release"))
+        assert event.fd.nameraw == "/etc/os-release"
+    finally:
+        sensor.update_interest(Interest(event_types=frozenset(TYPES), open_path_prefixes=("/tmp/", "/var/tmp/")))
+
+
+def test_path_changing_syscalls_carry_falco_argument_names(collector, workdir):
+    src = workdir / "a.txt"
+    src.write_text("x")
+    os.rename(src, workdir / "b.txt")
+    os.mkdir(workdir / "d", 0o750)
+    os.symlink("b.txt", workdir / "s")
+    os.chmod(workdir / "b.txt", 0o4755)
+    os.truncate(workdir / "b.txt", 0)
+    os.unlink(workdir / "s")
+    os.rmdir(workdir / "d")
+    pid = os.getpid()
+    rename = collector.wait_for(lambda e: e.type in ("rename", "renameat2") and e.proc.pid == pid and e.args.get("newpath") == str(workdir / "b.txt"))
+    assert rename.args["oldpath"] == str(src) and rename.res == 0
+    mkdir = collector.wait_for(lambda e: e.type in ("mkdir", "mkdirat") and e.proc.pid == pid and e.args.get("path") == str(workdir / "d"))
+    assert mkdir.args["mode"] == 0o750
+    symlink = collector.wait_for(lambda e: e.type in ("symlink", "symlinkat") and e.proc.pid == pid and e.args.get("linkpath") == str(workdir / "s"))
+    assert symlink.args["target"] == "b.txt"
+    chmod = collector.wait_for(lambda e: e.type in ("chmod", "fchmodat") and e.proc.pid == pid and e.args.get("filename") == str(workdir / "b.txt"))
+    assert chmod.args["mode"] == 0o4755
+    truncate = collector.wait_for(lambda e: e.type == "truncate" and e.proc.pid == pid and e.args.get("path") == str(workdir / "b.txt"))
+    assert truncate.args["length"] == 0
+    unlink = collector.wait_for(lambda e: e.type in ("unlink", "unlinkat") and e.proc.pid == pid and e.args.get("name", e.args.get("path")) == str(workdir / "s"))
+    assert unlink.res == 0
+    rmdir = collector.wait_for(lambda e: e.type in ("rmdir", "unlinkat") and e.proc.pid == pid and e.args.get("name", e.args.get("path")) == str(workdir / "d"))
+    assert rmdir.res == 0
+
+
+def test_trace_cli_shows_resolved_and_raw_paths(workdir):
+    target = workdir / "traced.txt"
+    target.write_text("x")
+    link = workdir / "traced-link"
+    link.symlink_to(target)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sentinel.cli", "trace", "--type", "open", "--json"],
+        cwd=REPO_ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        found = None
+        while found is None and time.monotonic() < deadline:
+            fd = LIBC.syscall(SYS_OPEN, str(link).encode(), os.O_RDONLY, 0)
+            if fd >= 0:
+                os.close(fd)
+            time.sleep(0.5)
+            if proc.poll() is not None:
+                break
+            os.set_blocking(proc.stdout.fileno(), False)
+            for line in proc.stdout:
+                record = json.loads(line)
+                if record["type"] == "open" and record["fd"]["nameraw"] == str(link):
+                    found = record
+                    break
+        assert found is not None, "no open event from sentinel trace"
+        assert found["fd"]["name"] == str(target)
+        assert found["args"]["name"] == str(link)
+        assert found["proc"]["pid"] == os.getpid()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
