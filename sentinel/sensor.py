@@ -64,9 +64,10 @@ PROGRAMS: tuple[Program, ...] = (
     Program("snt_chdir_exit", TRACEPOINT, "syscalls:sys_exit_chdir", frozenset({"chdir"})),
     Program("snt_fchdir_exit", TRACEPOINT, "syscalls:sys_exit_fchdir", frozenset({"fchdir"})),
     # file, network and privilege syscalls: one entry and one exit program attached to the
-    # tracepoints of each syscall the rules want (sentinel.events.syscalls describes them)
+    # tracepoints of each syscall the rules want (sentinel.events.syscalls describes them);
+    # a syscall the kernel does not have (openat2 before 5.6, fchmodat2 before 6.6) is skipped
     *(
-        Program(name, TRACEPOINT, target, frozenset({spec.name}))
+        Program(name, TRACEPOINT, target, frozenset({spec.name}), optional=True)
         for spec in syscalls.SYSCALLS
         for name, target in zip(("snt_sys_enter", "snt_sys_exit"), syscalls.tracepoints(spec))
     ),

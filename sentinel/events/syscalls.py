@@ -126,7 +126,7 @@ SYSCALLS: tuple[SyscallSpec, ...] = (
     SyscallSpec("bpf", 321, ("cmd", "-", "size"), abi.DESC_BPF_ATTR),
     SyscallSpec("memfd_create", 319, ("name:s", "flags"), abi.DESC_FD_RES),
     SyscallSpec("mount", 165, ("dev:s", "dir:s", "type:s", "flags", "-")),
-    SyscallSpec("umount2", 166, ("name:s", "flags")),
+    SyscallSpec("umount2", 166, ("name:s", "flags"), tracepoint="umount"),
     SyscallSpec("userfaultfd", 323, ("flags",), abi.DESC_FD_RES),
     SyscallSpec("kill", 62, ("pid:pid", "sig")),
     SyscallSpec("tkill", 200, ("tid:pid", "sig")),

@@ -160,6 +160,8 @@ def decode_syscall(decoder: Decoder, data: bytes) -> Event | None:
     fd = None
     if flags & abi.F_SYS_FD:
         kind = fd_type(fd_mode, path, sock_family)
+        if not path.strip("/"):
+            path = _pseudo_name(kind, event_type, values, fd_ino)
         fd = Fd(fd_num, kind, path)
         fd.ino = fd_ino
         fd.dev = fd_dev
@@ -201,6 +203,18 @@ def decode_syscall(decoder: Decoder, data: bytes) -> Event | None:
     return Event(
         event_type, proc, res=res, args=args, fd=fd, boot_ns=boot_ns, time_ns=decoder.boot_to_utc_ns(boot_ns), tid=tid
     )
+
+
+_NAMESPACES = ((0x00020000, "mnt"), (0x02000000, "cgroup"), (0x04000000, "uts"), (0x08000000, "ipc"),
+               (0x10000000, "user"), (0x20000000, "pid"), (0x40000000, "net"), (0x00000080, "time"))  # fmt: skip
+
+
+def _pseudo_name(kind: str, event_type: str, values: tuple[int, ...], ino: int) -> str:
+    """The name the kernel generates for a file without a path (d_dname): pipe:[ino], net:[ino]."""
+    if event_type == "setns":
+        names = [name for bit, name in _NAMESPACES if values[1] & bit]
+        return "%s:[%d]" % (names[0] if len(names) == 1 else "ns", ino)
+    return "%s:[%d]" % (kind if kind == "pipe" else "anon_inode", ino)
 
 
 def _joined(base: str, raw: str) -> str:

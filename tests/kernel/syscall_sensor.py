@@ -45,7 +45,7 @@ class Collector:
         return [e for e in self.events if e.type == event_type and e.proc.pid == os.getpid()]
 
 
-def start_sensor(event_types: set[str], **interest) -> Sensor:
+def start_sensor(event_types: set[str], bootstrap: bool = False, **interest) -> Sensor:
     sensor = Sensor(Config(), Interest(event_types=frozenset(event_types), **interest))
-    sensor.start(bootstrap=False)
+    sensor.start(bootstrap=bootstrap)
     return sensor

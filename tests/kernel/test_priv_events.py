@@ -1,0 +1,195 @@
+"""Privilege and tampering events on the running kernel, and the blind spots of syscalls:*
+(32-bit syscalls, io_uring) raised as events of their own. Every target is a process, file
+or namespace the test created."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+from syscall_sensor import Collector, start_sensor
+
+pytestmark = pytest.mark.kernel
+
+PROGRAMS = Path(__file__).resolve().parent / "programs"
+TYPES = {"ptrace", "bpf", "memfd_create", "setns", "unshare", "setuid", "setresuid", "kill", "tgkill", "prctl",
+         "compat_syscall", "io_uring_setup", "io_uring_submit", "open", "openat", "mount", "umount2"}  # fmt: skip
+LIBC = ctypes.CDLL(None, use_errno=True)
+PTRACE_ATTACH, PTRACE_DETACH = 16, 17
+CLONE_NEWNET = 0x40000000
+BPF_PROG_LOAD = 5
+BPF_PROG_TYPE_SOCKET_FILTER = 1
+
+
+@pytest.fixture(scope="module")
+def sensor():
+    # opens are filtered to a prefix nothing here opens: the compat open must not show up as one anyway
+    sensor = start_sensor(TYPES, bootstrap=True, open_path_prefixes=("/nonexistent-prefix/",))
+    yield sensor
+    sensor.close()
+
+
+@pytest.fixture
+def collector(sensor):
+    return Collector(sensor)
+
+
+@pytest.fixture
+def sleeper():
+    child = subprocess.Popen(["sleep", "60"])
+    yield child
+    if child.poll() is None:
+        child.kill()
+        child.wait()
+
+
+def _mine(event_type, predicate=lambda e: True):
+    return lambda e: e.type == event_type and e.proc.pid == os.getpid() and predicate(e)
+
+
+def _build(tmp_path: Path, source: str, *flags: str) -> str:
+    binary = tmp_path / Path(source).stem
+    subprocess.run(["gcc", "-O1", *flags, "-o", str(binary), str(PROGRAMS / source)], check=True)
+    return str(binary)
+
+
+def test_ptrace_attach_to_a_child(collector, sleeper):
+    assert LIBC.ptrace(PTRACE_ATTACH, sleeper.pid, None, None) == 0
+    try:
+        os.waitpid(sleeper.pid, 0)
+    finally:
+        LIBC.ptrace(PTRACE_DETACH, sleeper.pid, None, None)
+    event = collector.wait_for(_mine("ptrace", lambda e: e.args["request"] == PTRACE_ATTACH))
+    assert event.args["pid"] == sleeper.pid
+    assert event.res == 0
+
+
+def test_bpf_prog_load_reports_cmd_type_and_name(collector):
+    insns = (ctypes.c_uint64 * 2)(0x00000000000000B7, 0x0000000000000095)  # r0 = 0; exit
+    license = ctypes.create_string_buffer(b"GPL")
+    attr = (ctypes.c_uint8 * 128)()
+    ctypes.memmove(attr, ctypes.byref(ctypes.c_uint32(BPF_PROG_TYPE_SOCKET_FILTER)), 4)
+    ctypes.memmove(ctypes.addressof(attr) + 4, ctypes.byref(ctypes.c_uint32(2)), 4)
+    ctypes.memmove(ctypes.addressof(attr) + 8, ctypes.byref(ctypes.c_uint64(ctypes.addressof(insns))), 8)
+    ctypes.memmove(ctypes.addressof(attr) + 16, ctypes.byref(ctypes.c_uint64(ctypes.addressof(license))), 8)
+    ctypes.memmove(ctypes.addressof(attr) + 48, b"snt_test_load", 13)
+    fd = LIBC.syscall(321, BPF_PROG_LOAD, attr, 128)
+    assert fd >= 0, os.strerror(ctypes.get_errno())
+    os.close(fd)
+    event = collector.wait_for(_mine("bpf", lambda e: e.args["cmd"] == BPF_PROG_LOAD and e.res == fd))
+    assert event.args["prog_type"] == BPF_PROG_TYPE_SOCKET_FILTER
+    assert event.args["prog_name"] == "snt_test_load"
+    assert event.args["size"] == 128
+
+
+def test_memfd_create_reports_its_name(collector):
+    name = "snt-" + uuid.uuid4().hex[:8]
+    fd = os.memfd_create(name, os.MFD_CLOEXEC)
+    os.close(fd)
+    event = collector.wait_for(_mine("memfd_create", lambda e: e.args["name"] == name))
+    assert event.res == fd and event.args["fd"] == fd
+    assert event.args["flags"] == os.MFD_CLOEXEC
+    assert event.fd.type == "memfd" and event.fd.name == "/memfd:" + name
+
+
+def test_setns_into_a_child_network_namespace(collector):
+    holder = subprocess.Popen(["unshare", "-n", "sleep", "60"])
+    try:
+        deadline = time.monotonic() + 5
+        own_ns = os.readlink("/proc/self/ns/net")
+        while os.readlink("/proc/%d/ns/net" % holder.pid) == own_ns and time.monotonic() < deadline:
+            time.sleep(0.05)  # unshare has not exec'd sleep in the new namespace yet
+        code = textwrap.dedent(
+            """
+            import ctypes, os, sys
+            fd = os.open("/proc/%d/ns/net", os.O_RDONLY)
+            sys.exit(ctypes.CDLL(None).setns(fd, %d))
+            """
+            % (holder.pid, CLONE_NEWNET)
+        )
+        helper = subprocess.run([sys.executable, "-c", code])
+        assert helper.returncode == 0
+        target_ns = os.readlink("/proc/%d/ns/net" % holder.pid)
+    finally:
+        holder.kill()
+        holder.wait()
+    event = collector.wait_for(
+        lambda e: e.type == "setns" and e.args.get("nstype") == CLONE_NEWNET and e.fd is not None and e.fd.name.endswith(target_ns)
+    )
+    assert event.res == 0
+    assert event.fd.name == target_ns  # as readlink shows it: "net:[inode]"
+
+
+def test_unshare_reports_its_flags(collector):
+    subprocess.run(["unshare", "-n", "true"], check=True)
+    event = collector.wait_for(lambda e: e.type == "unshare" and e.proc.comm == "unshare")
+    assert event.args["flags"] & CLONE_NEWNET
+    assert event.res == 0
+
+
+def test_setuid_updates_the_process_table(collector):
+    code = "import os, time; os.setuid(65534); time.sleep(0.2)"
+    child = subprocess.Popen([sys.executable, "-c", code])
+    child.wait()
+    event = collector.wait_for(lambda e: e.type == "setuid" and e.proc.pid == child.pid)
+    assert event.args["uid"] == 65534 and event.res == 0
+    assert event.proc.uid == 65534 and event.proc.euid == 65534
+
+
+def test_kill_to_another_process_but_not_to_itself(collector, sleeper):
+    os.kill(os.getpid(), 0)  # a signal to itself is dropped in the kernel
+    os.kill(sleeper.pid, signal.SIGTERM)
+    sleeper.wait()
+    event = collector.wait_for(_mine("kill", lambda e: e.args["pid"] == sleeper.pid))
+    assert event.args["sig"] == signal.SIGTERM and event.res == 0
+    assert not [e for e in collector.mine("kill") if e.args["pid"] == os.getpid()]
+
+
+def test_prctl_reports_its_option(collector):
+    code = "import ctypes; ctypes.CDLL(None).prctl(15, b'snt-prctl', 0, 0, 0)"  # PR_SET_NAME
+    child = subprocess.Popen([sys.executable, "-c", code])
+    assert child.wait() == 0
+    event = collector.wait_for(lambda e: e.type == "prctl" and e.proc.pid == child.pid and e.args["option"] == 15)
+    assert event.res == 0
+
+
+def test_int80_open_is_a_compat_event_and_invisible_to_syscall_tracepoints(collector, tmp_path):
+    target = tmp_path / "compat-target.txt"
+    target.write_text("x")
+    binary = _build(tmp_path, "compat_open.c", "-no-pie")
+    child = subprocess.run([binary, str(target)])
+    assert child.returncode == 0, "the three int 0x80 opens did not all succeed"
+    opens = []
+    deadline = time.monotonic() + 10
+    while len(opens) < 3 and time.monotonic() < deadline:
+        collector.drain(0.2)
+        opens = [e for e in collector.events if e.type == "compat_syscall" and e.args["nr"] == 5 and e.proc.comm == "compat_open"]
+    assert len(opens) == 3
+    assert opens[0].args["name"] == "open"
+    assert opens[0].args["arg1"] == 0  # O_RDONLY
+    # the same opens never reached syscalls:sys_enter_open / openat
+    assert not [e for e in collector.events if e.type in ("open", "openat") and e.proc.comm == "compat_open"
+                and e.args.get("name") == str(target)]  # fmt: skip
+
+
+def test_io_uring_setup_and_submissions_are_events(collector, tmp_path):
+    binary = _build(tmp_path, "uring_nop.c")
+    target = tmp_path / "uring-target.txt"
+    target.write_text("x")
+    child = subprocess.run([binary, str(target)])
+    assert child.returncode == 0
+    setup = collector.wait_for(lambda e: e.type == "io_uring_setup" and e.proc.comm == "uring_nop")
+    assert setup.res >= 0 and setup.args["entries"] == 4
+    assert setup.fd.type == "io_uring"
+    nop = collector.wait_for(lambda e: e.type == "io_uring_submit" and e.args["user_data"] == 0x5E17)
+    openat = collector.wait_for(lambda e: e.type == "io_uring_submit" and e.args["user_data"] == 0x5E18)
+    assert nop.args["op"] == "NOP" and openat.args["op"] == "OPENAT"
+    assert openat.args["opcode"] == 18
