@@ -101,8 +101,8 @@ SYSCALLS: tuple[SyscallSpec, ...] = (
     # network
     SyscallSpec("socket", 41, ("domain", "type", "proto"), abi.DESC_FD_RES),
     SyscallSpec("connect", 42, ("fd:fd", "addr:addr", "addrlen:addrlen"), abi.DESC_STATE_BEFORE),
-    SyscallSpec("accept", 43, ("fd", "-", "-"), abi.DESC_FD_RES),
-    SyscallSpec("accept4", 288, ("fd", "-", "-", "flags"), abi.DESC_FD_RES),
+    SyscallSpec("accept", 43, ("-", "-", "-"), abi.DESC_FD_RES),  # Falco: fd is the new socket
+    SyscallSpec("accept4", 288, ("-", "-", "-", "flags"), abi.DESC_FD_RES),
     SyscallSpec("bind", 49, ("fd:fd", "addr:addr", "addrlen:addrlen")),
     SyscallSpec("listen", 50, ("fd:fd", "backlog")),
     SyscallSpec("sendto", 44, ("fd:fd", "-", "size", "-", "addr:addr", "addrlen:addrlen"), _SEND),
