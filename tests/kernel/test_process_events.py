@@ -26,7 +26,7 @@ from sentinel.config import Config, SensorConfig
 from sentinel.events import abi
 from sentinel.events.interest import Interest
 from sentinel.kernel import hygiene, probe
-from sentinel.sensor import PROGRAMS, Sensor
+from sentinel.sensor import Sensor, programs_for
 
 pytestmark = pytest.mark.kernel
 
@@ -106,7 +106,7 @@ def exec_of(args_token: str, comm: str | None = None):
 
 
 def test_every_lifecycle_program_is_attached_and_ready_is_measured(sensor):
-    assert set(sensor.attached) == {p.name for p in PROGRAMS}
+    assert set(sensor.attached) == {p.name for p in programs_for(frozenset())}
     assert sensor.ready_seconds is not None and sensor.ready_seconds > 0
 
 
@@ -434,7 +434,7 @@ def test_every_program_and_map_is_named_as_sentinel_s(sensor):
     for kind in ("prog", "map"):
         shown = _bpftool_show(kind)
         names += [shown[i] for i in _program_ids_held_here(kind) if i in shown]
-    assert len(names) >= len(PROGRAMS) + 4
+    assert len(names) >= len({p.name for p in programs_for(frozenset())}) + 4
     assert hygiene.names_breaking_convention(names) == []
 
 
@@ -446,7 +446,7 @@ def test_full_ring_buffer_counts_lost_records_and_close_detaches(sensor):
     small.start(bootstrap=False)
     try:
         loaded = _program_ids_held_here() - before
-        assert len(loaded) == len(PROGRAMS) and loaded <= _loaded_program_ids()
+        assert len(loaded) == len({p.name for p in programs_for(frozenset())}) and loaded <= _loaded_program_ids()
         for _ in range(3):
             subprocess.run(["/bin/true", "x" * abi.ARGS_MAX], check=True)
         assert small.lost().get(abi.OP_EXEC, 0) >= 3
