@@ -140,7 +140,7 @@ def ancestry_tree(process_label: Text, ancestors: list[Ancestor]) -> Tree:
 
 
 def _ancestor_label(ancestor: Ancestor) -> Text:
-    label = Text()
+    label = Text(no_wrap=True, overflow="ellipsis")  # one line per process: the tree stays readable
     label.append(safe(ancestor.comm or "?", "bold"))
     label.append(" [%s] " % ("?" if ancestor.pid is None else ancestor.pid), style="dim")
     label.append(safe(ancestor.cmdline or ancestor.exepath))
@@ -179,6 +179,13 @@ def alert_detail(
     output = safe(alert.get("output"))
     output.no_wrap = False
     parts.append(Text.assemble(("output: ", "bold"), output))
+    parts.append(Text("process ancestry:", style="bold"))
+    proc = event or {}
+    own = Text(no_wrap=True, overflow="ellipsis")
+    own.append(safe(proc.get("proc_name") or (alert.get("output_fields") or {}).get("proc.name") or "?", "bold yellow"))
+    own.append(" [%s] " % (proc.get("proc_pid") or "?"), style="dim")
+    own.append(safe(proc.get("proc_cmdline") or ""))
+    parts.append(ancestry_tree(own, ancestors))
     tags = alert.get("tags")
     if tags:
         parts.append(Text.assemble(("tags: ", "bold"), safe(", ".join(str(t) for t in tags) if isinstance(tags, list) else tags)))
@@ -187,13 +194,6 @@ def alert_detail(
     for action in actions:
         line = "  %s %s %s -> %s" % (action.get("ts") or "", action.get("kind"), action.get("target") or "", action.get("outcome") or "")
         parts.append(safe(line, "magenta"))
-    parts.append(Text("process ancestry:", style="bold"))
-    proc = event or {}
-    own = Text()
-    own.append(safe(proc.get("proc_name") or (alert.get("output_fields") or {}).get("proc.name") or "?", "bold yellow"))
-    own.append(" [%s] " % (proc.get("proc_pid") or "?"), style="dim")
-    own.append(safe(proc.get("proc_cmdline") or ""))
-    parts.append(ancestry_tree(own, ancestors))
     fields = alert.get("output_fields")
     if isinstance(fields, dict) and fields:
         parts.append(Text("output fields:", style="bold"))
@@ -213,7 +213,7 @@ def event_detail(event: dict[str, Any], ancestors: list[Ancestor]) -> Renderable
     title.append(safe(event.get("evt_type"), "bold"))
     title.append(" " + stamp(event.get("time")), style="dim")
     title.append(" matched a rule" if event.get("matched") else " stored by type", style="dim")
-    own = Text()
+    own = Text(no_wrap=True, overflow="ellipsis")
     own.append(safe(event.get("proc_name") or "?", "bold yellow"))
     own.append(" [%s] " % (event.get("proc_pid") or "?"), style="dim")
     own.append(safe(event.get("proc_cmdline") or ""))
