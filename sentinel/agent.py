@@ -72,6 +72,7 @@ class Agent:
         self.table: Any = None
         self.alerts = AlertWriter(config.alerts.file)
         self.control: ControlServer | None = None
+        self.kernel_lock: Any = None
         self.forwarder: Any = None
         self.forward_events = any(output.options.get("events") for output in config.outputs)
         self.min_priority = PRIORITIES.index(normalise_priority(config.alerts.min_priority))
@@ -224,6 +225,7 @@ class Agent:
         self.load_rules()
         self._open_store()
         self._start_forwarding()
+        self._claim_kernel()
         from sentinel.enrich.proctable import ProcessTable
         from sentinel.sensor import Sensor
 
@@ -245,6 +247,25 @@ class Agent:
         self._start_metrics()
         notify.notify("READY=1")
         log.info("agent.ready", **{"agent.pid": self.pid, "store.path": self.config.db_path})
+
+    def _claim_kernel(self) -> None:
+        """Mount what the sensors need, then remove what an earlier agent of ours left behind.
+
+        A second agent on the same host (a test beside a service) leaves the first one's
+        objects alone: only the lock holder may clean.
+        """
+        from sentinel.kernel import hygiene, probe
+
+        probe.ensure_kernel_filesystems()
+        try:
+            self.kernel_lock = hygiene.acquire_kernel_lock()
+        except SentinelError as exc:
+            self.kernel_lock = None
+            log.warning("kernel.lock_busy", error=str(exc))
+            return
+        removed = hygiene.cleanup_leftovers(self.kernel_lock, keep_pins=self.config.enforce.keep_on_exit)
+        for line in removed:
+            log.warning("kernel.leftover_removed", detail=line)
 
     def _open_store(self) -> None:
         from sentinel.actions.store import StoreWriter
@@ -347,6 +368,8 @@ class Agent:
             self.store.close()
             store_stats = self.store.stats.as_dict()
         self.alerts.close()
+        if self.kernel_lock is not None:
+            self.kernel_lock.release()
         log.info(
             "agent.stopped",
             store=store_stats,
