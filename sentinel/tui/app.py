@@ -53,46 +53,29 @@ class SentinelApp(App[None]):
 
     CSS_PATH = "sentinel.tcss"
     TITLE = "sentinel"
+    # The help screen lists these: the tooltip is the long description (one source for both).
     BINDINGS = [
-        Binding("question_mark", "help", "Help"),
-        Binding("q", "quit", "Quit"),
-        Binding("v", "toggle_kind", "Alerts/Events"),
-        Binding("1", "show_kind('alerts')", "Alerts", show=False),
-        Binding("2", "show_kind('events')", "Events", show=False),
-        Binding("f", "focus_filter", "Filter"),
-        Binding("slash", "search", "Search", show=False),
-        Binding("space", "toggle_pause", "Pause"),
-        Binding("escape", "close_detail", "Close", show=False),
-        Binding("r", "quick_rule", "Rule", show=False),
-        Binding("n", "quick_process", "Process", show=False),
-        Binding("P", "quick_priority", "Priority", show=False),
-        Binding("T", "quick_time", "Time range", show=False),
-        Binding("c", "clear_filters", "Clear", show=False),
-        Binding("x", "surrounding_events", "Context"),
-        Binding("s", "summary", "Summary"),
-        Binding("a", "acknowledge", "Ack", show=False),
-        Binding("K", "kill", "Kill", show=False),
-        Binding("D", "deny", "Deny", show=False),
-        Binding("e", "export", "Export", show=False),
+        Binding("question_mark", "help", "Help", tooltip="this help"),
+        Binding("q", "quit", "Quit", tooltip="quit"),
+        Binding("v", "toggle_kind", "Alerts/Events", tooltip="switch between alerts and events"),
+        Binding("1", "show_kind('alerts')", "Alerts", show=False, tooltip="alerts"),
+        Binding("2", "show_kind('events')", "Events", show=False, tooltip="events"),
+        Binding("f", "focus_filter", "Filter", tooltip="filter bar: a rule condition, Enter applies it"),
+        Binding("slash", "search", "Search", show=False, tooltip="free-text search (the filter bar, starting with /)"),
+        Binding("space", "toggle_pause", "Pause", tooltip="pause / resume the live tail"),
+        Binding("escape", "close_detail", "Close", show=False, tooltip="close the details; leave the filter bar"),
+        Binding("r", "quick_rule", "Rule", show=False, tooltip="only alerts of the selected alert's rule (again: off)"),
+        Binding("n", "quick_process", "Process", show=False, tooltip="only the selected row's process name (again: off)"),
+        Binding("P", "quick_priority", "Priority", show=False, tooltip="minimum priority: notice, warning, error, critical, any"),
+        Binding("T", "quick_time", "Time range", show=False, tooltip="time range: last 15 min, 1 h, 24 h, all"),
+        Binding("c", "clear_filters", "Clear", show=False, tooltip="clear every filter"),
+        Binding("x", "surrounding_events", "Context", tooltip="the events of the selected process around that moment"),
+        Binding("s", "summary", "Summary", tooltip="rates, alerts per rule, top processes, the agent's losses"),
+        Binding("a", "acknowledge", "Ack", show=False, tooltip="acknowledge the selected alert (through the agent)"),
+        Binding("K", "kill", "Kill", show=False, tooltip="kill the selected process (through the agent)"),
+        Binding("D", "deny", "Deny", show=False, tooltip="deny executing the selected process's binary (through the agent)"),
+        Binding("e", "export", "Export", show=False, tooltip="export the current view as JSON lines"),
     ]
-    HELP_TEXT = {
-        "v": "switch between alerts and events (1 / 2 pick one)",
-        "f": "filter bar: a rule condition; / starts a free-text search",
-        "space": "pause / resume the live tail",
-        "enter": "details of the selected row (escape closes)",
-        "r": "only alerts of the selected alert's rule (again: off)",
-        "n": "only the selected row's process name (again: off)",
-        "P": "minimum priority: notice, warning, error, critical, any",
-        "T": "time range: 15 min, 1 h, 24 h, all",
-        "c": "clear every filter",
-        "x": "the events of the selected process around that moment",
-        "s": "summary: rates, alerts per rule, top processes, agent losses",
-        "a": "acknowledge the selected alert (through the agent)",
-        "K": "kill the selected process (through the agent)",
-        "D": "deny executing the selected process's binary (through the agent)",
-        "e": "export the current view as JSON lines",
-        "q": "quit",
-    }
 
     def __init__(self, db_path: str, socket_path: str = "", poll_seconds: float = POLL_SECONDS) -> None:
         super().__init__()
@@ -451,8 +434,7 @@ class SentinelApp(App[None]):
             self.poll_new_rows()
 
     def action_help(self) -> None:
-        bindings = [Binding(key, "", description) for key, description in self.HELP_TEXT.items()]
-        self.push_screen(HelpScreen(bindings))
+        self.push_screen(HelpScreen(self.BINDINGS))
 
     def action_summary(self) -> None:
         self.push_screen(SummaryScreen(self.db_lock, self.db, self.socket_path))

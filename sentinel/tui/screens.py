@@ -31,10 +31,13 @@ class HelpScreen(ModalScreen[None]):
         table = Table.grid(padding=(0, 2))
         table.add_column(style="bold cyan")
         table.add_column()
+        table.add_row("enter", "details of the selected row")
         for binding in self.bindings_shown:
-            table.add_row(binding.key.replace("question_mark", "?"), binding.description)
+            key = binding.key.replace("question_mark", "?").replace("slash", "/")
+            table.add_row(key, binding.tooltip or binding.description)
         table.add_row("", "")
         table.add_row("filter bar", "rule language: proc.name = curl and fd.sip != 127.0.0.1")
+        table.add_row("", "on alerts it tests the event that raised each alert")
         table.add_row("", "start with / for free-text search: /passwd")
         with Vertical(id="help"):
             yield Label("sentinel tui: keys", classes="title")
@@ -157,6 +160,9 @@ class SummaryScreen(Screen[None]):
 
     @work(thread=True, exclusive=True, group="agent-status")
     def load_agent_status(self) -> None:
+        if not self.socket_path:
+            self.app.call_from_thread(self.show_agent_status, None, "no control socket configured")
+            return
         try:
             status = request(self.socket_path, "status", timeout=2.0)
         except (ControlError, OSError, ValueError) as exc:
