@@ -1,0 +1,254 @@
+"""Enforcement policy: which rules act, in which mode, on whom; every action recorded.
+
+A rule may carry `action: kill` (kill the process that triggered it) or `action: deny`
+(the operation fails in the kernel). A rule acts only when both the global mode
+(config.enforce.mode, changed at runtime by `sentinel enforce mode`) and its own mode are
+`enforce`; a rule with an action and no mode is in audit. In audit nothing changes: the
+match is recorded as "would have killed/denied".
+
+deny rules are compiled (sentinel.actions.enforce_plan) into entries that the kernel half
+(sentinel.actions.enforce_kernel) installs; an entry several rules need is installed once
+and removed when the last of them goes (reference counts). kill rules are decided per
+matched event here, after the safety checks: never pid 1, any pid-namespace init unless
+the rule names proc.vpid, the agent, an allow-listed program, or beyond the rate limit.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter, deque
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from sentinel.actions.enforce_plan import DenyEntry, DenyPlan, compile_rules
+from sentinel.config import EnforceConfig
+from sentinel.errors import ConfigError, KernelError
+from sentinel.log import get_logger
+from sentinel.rules import ast
+
+log = get_logger("sentinel.actions.enforce")
+
+MODES = ("audit", "enforce")
+Recorder = Callable[..., Any]  # Store.add_action(kind, target, rule=..., mode=..., outcome=..., detail=...)
+
+
+def _names_field(node: ast.Expr, field_name: str) -> bool:
+    if isinstance(node, (ast.BinaryCheck, ast.UnaryCheck)):
+        return node.field.name == field_name
+    if isinstance(node, ast.Not):
+        return _names_field(node.child, field_name)
+    if isinstance(node, (ast.And, ast.Or)):
+        return any(_names_field(child, field_name) for child in node.children)
+    return False
+
+
+class RateLimiter:
+    """At most `per_minute` events in any sliding 60 s window."""
+
+    def __init__(self, per_minute: int) -> None:
+        self.per_minute = per_minute
+        self._times: deque[float] = deque()
+
+    def allow(self, now: float | None = None) -> bool:
+        now = time.monotonic() if now is None else now
+        while self._times and now - self._times[0] >= 60.0:
+            self._times.popleft()
+        if len(self._times) >= self.per_minute:
+            return False
+        self._times.append(now)
+        return True
+
+
+class Enforcer:
+    """Owns modes, deny plans and their reference counts, kill safety and action records."""
+
+    def __init__(self, config: EnforceConfig, record: Recorder, kernel: Any = None, agent_pid: int | None = None) -> None:
+        import os
+
+        if config.mode not in MODES:
+            raise ConfigError("enforce.mode must be audit or enforce, not %r" % config.mode)
+        self.config = config
+        self.record = record
+        self.kernel = kernel  # KernelEnforcer, or None where nothing may be loaded (tests, audit-only)
+        self.agent_pid = agent_pid or os.getpid()
+        self.global_mode = config.mode
+        self.rule_modes: dict[str, str] = {}  # runtime overrides, by rule name
+        self.rules: dict[str, Any] = {}  # rules with an action, by name
+        self.plans: dict[str, DenyPlan] = {}
+        self.references: Counter[DenyEntry] = Counter()
+        self.manual: set[DenyEntry] = set()  # entries added through the control socket
+        self.rate = RateLimiter(config.max_kills_per_minute)
+        self.counters: Counter[str] = Counter()
+        self._lock = threading.RLock()
+
+    # ------------------------------------------------------------------ rules and modes
+    @staticmethod
+    def check_rules(rules: Iterable[Any]) -> dict[str, DenyPlan]:
+        """Compile every deny rule (RuleError for one that cannot be pushed down)."""
+        return compile_rules(rules)
+
+    def apply_rules(self, rules: Iterable[Any], plans: dict[str, DenyPlan] | None = None) -> None:
+        rules = list(rules)
+        with self._lock:
+            self.plans = plans if plans is not None else compile_rules(rules)
+            self.rules = {r.name: r for r in rules if getattr(r, "action", None) in ("kill", "deny") and r.enabled}
+            self._sync()
+
+    def mode_of(self, rule_name: str) -> str:
+        rule = self.rules.get(rule_name)
+        own = self.rule_modes.get(rule_name) or (getattr(rule, "mode", None) if rule else None) or "audit"
+        return "enforce" if self.global_mode == "enforce" and own == "enforce" else "audit"
+
+    def set_mode(self, mode: str, rule: str | None = None) -> dict[str, Any]:
+        if mode not in MODES:
+            raise ConfigError("mode must be audit or enforce, not %r" % mode)
+        with self._lock:
+            if rule is None:
+                self.global_mode = mode
+            else:
+                if rule not in self.rules:
+                    raise ConfigError("no rule with an action is named %r" % rule)
+                self.rule_modes[rule] = mode
+            self._sync()
+        self.record("mode", rule or "*", mode=mode, outcome="set")
+        return self.modes()
+
+    def modes(self) -> dict[str, Any]:
+        return {"global": self.global_mode, "rules": {name: self.mode_of(name) for name in sorted(self.rules)}}
+
+    def _sync(self) -> None:
+        """Install the entries of deny rules in enforce mode; remove the rest."""
+        wanted: Counter[DenyEntry] = Counter()
+        for name, plan in self.plans.items():
+            if self.mode_of(name) == "enforce":
+                wanted.update(plan.entries)
+        wanted.update(self.manual)
+        if self.kernel is not None:
+            for entry in sorted(set(self.references) - set(wanted)):
+                self.kernel.remove(entry)
+            for entry in sorted(set(wanted) - set(self.references)):
+                try:
+                    self.kernel.add(entry)
+                except KernelError as exc:
+                    log.error("enforce.entry_failed", entry=str(entry), error=str(exc))
+                    self.record("deny", str(entry), outcome="failed", detail=str(exc))
+                    del wanted[entry]
+        self.references = wanted
+
+    # ------------------------------------------------------------------ decisions
+    def on_match(self, rule: Any, event: Any) -> str | None:
+        """A rule with an action matched `event`: act (or say what would have happened) and record it."""
+        action = getattr(rule, "action", None)
+        if action not in ("kill", "deny"):
+            return None
+        mode = self.mode_of(rule.name)
+        proc = event.proc
+        target = "pid %d (%s)" % (proc.pid, proc.comm)
+        if action == "deny":
+            # The kernel already decided; the event says whether the operation failed.
+            if mode == "audit":
+                outcome = "would have denied"
+            else:
+                outcome = "denied" if event.res < 0 else "allowed (not pushed down for this event)"
+            self.record("deny", target, rule=rule.name, mode=mode, outcome=outcome, detail=event.type)
+            return outcome
+        refusal = self.refusal(proc, rule)
+        if refusal:
+            outcome = "refused: " + refusal
+        elif mode == "audit":
+            outcome = "would have killed"
+        else:
+            outcome = self._kill(proc.pid, proc.start_ns)
+        self.record("kill", target, rule=rule.name, mode=mode, outcome=outcome, detail=event.type)
+        return outcome
+
+    def refusal(self, proc: Any, rule: Any = None) -> str:
+        """Why `proc` must not be killed, or "" when it may be."""
+        if proc.pid == 1:
+            return "pid 1"
+        if proc.pid == self.agent_pid:
+            return "the agent itself"
+        if getattr(proc, "vpid", 0) == 1 and not (rule is not None and _names_field(rule.expanded, "proc.vpid")):
+            return "a pid namespace init (the rule does not name proc.vpid)"
+        if proc.comm in self.config.allow_comms:
+            return "allow-listed program name %s" % proc.comm
+        if proc.exepath and proc.exepath in self.config.allow_exepaths:
+            return "allow-listed executable %s" % proc.exepath
+        if not self.rate.allow():
+            self.counters["rate_limited"] += 1
+            return "rate limit (%d kills per minute)" % self.config.max_kills_per_minute
+        return ""
+
+    def _kill(self, pid: int, start_ns: int) -> str:
+        if self.kernel is None:
+            return "failed: no kernel enforcement loaded"
+        try:
+            self.kernel.kill(pid, start_ns)
+        except KernelError as exc:
+            return "failed: %s" % exc
+        self.counters["kills"] += 1
+        return "killed"
+
+    def manual_kill(self, pid: int, start_ns: int | None, operator: str) -> str:
+        """A kill asked for through the control socket (safety checks apply)."""
+        from types import SimpleNamespace
+
+        from sentinel.actions.enforce_kernel import process_start_ns
+
+        start = start_ns if start_ns is not None else process_start_ns(pid)
+        if start is None:
+            outcome = "failed: no such process"
+        else:
+            comm, exepath = _comm_and_exe(pid)
+            refusal = self.refusal(SimpleNamespace(pid=pid, vpid=0, comm=comm, exepath=exepath))
+            outcome = "refused: " + refusal if refusal else self._kill(pid, start)
+        self.record("kill", "pid %d" % pid, mode="enforce", outcome=outcome, detail="by " + operator)
+        return outcome
+
+    def manual_deny(self, entry: DenyEntry, add: bool, operator: str) -> str:
+        with self._lock:
+            (self.manual.add if add else self.manual.discard)(entry)
+            self._sync()
+        outcome = "installed" if add else "removed"
+        self.record("deny", str(entry), mode="enforce", outcome=outcome, detail="by " + operator)
+        return outcome
+
+    def kernel_denial(self, kind: str, path: str, pid: int) -> None:
+        """The kernel refused an operation (a fanotify answer): recorded with the rules behind it."""
+        entry = DenyEntry("%s_file" % kind, path)
+        rules = [name for name, plan in self.plans.items() if entry in plan.entries and self.mode_of(name) == "enforce"]
+        self.record("deny", "pid %d %s %s" % (pid, kind, path), rule=",".join(rules) or None, mode="enforce", outcome="denied (EPERM)")
+
+    # ------------------------------------------------------------------ listing
+    def listing(self) -> dict[str, Any]:
+        with self._lock:
+            entries = [
+                {"entry": str(entry), "references": count,
+                 "mechanism": self.kernel.mechanism_for(entry) if self.kernel is not None else "none",
+                 "rules": sorted(n for n, p in self.plans.items() if entry in p.entries and self.mode_of(n) == "enforce")
+                 + (["(manual)"] if entry in self.manual else [])}
+                for entry, count in sorted(self.references.items())
+            ]
+        return {
+            "modes": self.modes(),
+            "entries": entries,
+            "kernel_maps": self.kernel.map_contents() if self.kernel is not None else {},
+            "attached": self.kernel.attached() if self.kernel is not None else [],
+            "counters": dict(self.counters),
+        }
+
+
+def _comm_and_exe(pid: int) -> tuple[str, str]:
+    import os
+
+    try:
+        with open("/proc/%d/comm" % pid) as f:
+            comm = f.read().strip()
+    except OSError:
+        comm = ""
+    try:
+        exe = os.readlink("/proc/%d/exe" % pid)
+    except OSError:
+        exe = ""
+    return comm, exe
