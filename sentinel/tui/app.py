@@ -308,7 +308,7 @@ class SentinelApp(App[None]):
                 ancestors = data.ancestry_from_processes(self.db, event.get("proc_pid"), event.get("proc_start_ns"))
             return alert_detail(row, event, ancestors, data.actions_for_alert(self.db, row["id"]))
         ancestors = data.ancestry_from_processes(self.db, row.get("proc_pid"), row.get("proc_start_ns"))
-        return event_detail(row, ancestors)
+        return event_detail(row, ancestors, data.alerts_for_event(self.db, row["id"]))
 
     def show_detail(self, seq: int, renderable: Any) -> None:
         self.detail_seq = seq

@@ -228,6 +228,12 @@ def actions_for_alert(db: sqlite_utils.Database, alert_id: str) -> list[dict[str
     return _dicts(_execute(db, sql, (alert_id,)))
 
 
+def alerts_for_event(db: sqlite_utils.Database, event_id: str) -> list[dict[str, Any]]:
+    """The alerts an event raised (through the alerts_event index)."""
+    sql = "SELECT seq, rule, priority, output, enforcement FROM alerts WHERE event_id = ? ORDER BY seq LIMIT 50"
+    return _dicts(_execute(db, sql, (event_id,)))
+
+
 @dataclass(frozen=True)
 class Ancestor:
     pid: int | None

@@ -208,7 +208,8 @@ def alert_detail(
     return Group(*parts)
 
 
-def event_detail(event: dict[str, Any], ancestors: list[Ancestor]) -> RenderableType:
+def event_detail(event: dict[str, Any], ancestors: list[Ancestor], alerts: list[dict[str, Any]] = ()) -> RenderableType:
+    """The event's process ancestry, the alerts it raised (rule, output, enforcement), every field."""
     title = Text()
     title.append(safe(event.get("evt_type"), "bold"))
     title.append(" " + stamp(event.get("time")), style="dim")
@@ -217,13 +218,22 @@ def event_detail(event: dict[str, Any], ancestors: list[Ancestor]) -> Renderable
     own.append(safe(event.get("proc_name") or "?", "bold yellow"))
     own.append(" [%s] " % (event.get("proc_pid") or "?"), style="dim")
     own.append(safe(event.get("proc_cmdline") or ""))
-    return Group(
-        title,
-        Text("process ancestry:", style="bold"),
-        ancestry_tree(own, ancestors),
-        Text("fields:", style="bold"),
-        _fields_table(event),
-    )
+    parts: list[RenderableType] = [title, Text("process ancestry:", style="bold"), ancestry_tree(own, ancestors)]
+    for alert in alerts:
+        priority = str(alert.get("priority") or "")
+        line = Text.assemble(
+            ("alert: ", "bold"),
+            (PRIORITY_SHORT.get(priority, priority.upper()) + " ", PRIORITY_STYLES.get(priority, "")),
+            safe(alert.get("rule"), "bold"),
+            " ",
+            safe(alert.get("output")),
+        )
+        line.no_wrap = False
+        parts.append(line)
+        if alert.get("enforcement"):
+            parts.append(Text.assemble(("  enforcement: ", "bold"), safe(alert.get("enforcement"))))
+    parts += [Text("fields:", style="bold"), _fields_table(event)]
+    return Group(*parts)
 
 
 def error_with_caret(condition: str, message: str, column: int) -> Text:

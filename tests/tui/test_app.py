@@ -200,6 +200,11 @@ def test_event_detail_walks_the_processes_table(sample_db):
         start = lines.index("process ancestry:")
         assert lines[start + 1].startswith("systemd [1]")
         assert lines[start + 4].startswith("└── curl [1003]")
+        # an event that raised an alert names it
+        await pilot.press("escape", "f", *["backspace"] * 50, *"fd.name = /etc/shadow", "enter")
+        await wait_for(pilot, lambda: app.query_state.condition == "fd.name = /etc/shadow" and app.first_page_shown.is_set())
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: "alert: WARN Read sensitive file untrusted Sensitive file opened" in screen_text(app))
 
     run(scenario, sample_db[0], size=(100, 40))
 
@@ -359,6 +364,54 @@ def test_export_writes_the_current_view_as_json_lines(sample_db, tmp_path):
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert [row["priority"] for row in rows] == ["critical", "warning"]
     assert isinstance(rows[0]["ancestry"], list) and rows[0]["ancestry"][0]["comm"] == "curl"
+
+
+def test_summary_shows_the_agents_loss_counters_when_it_answers(sample_db, tmp_path):
+    server = ControlServer(str(tmp_path / "control.sock"))
+    status = {"version": "t", "uptime_seconds": 5, "events_per_second": 12.5, "kernel_lost": 4242, "records_received": 9}
+    server.register("status", lambda request, peer: dict(status, store={"dropped": 17, "errors": 0}))
+    server.start()
+
+    async def scenario(app, pilot):
+        await pilot.press("s")
+        await wait_for(pilot, lambda: "kernel records lost" in screen_text(app), what="the agent's status")
+        lines = screen_text(app).splitlines()
+        assert any("kernel records lost" in line and "4242" in line for line in lines)
+        assert any("store rows dropped" in line and "17" in line for line in lines)
+
+    try:
+        run(scenario, sample_db[0], size=(100, 60), socket_path=str(tmp_path / "control.sock"))
+    finally:
+        server.stop()
+
+
+def test_a_burst_larger_than_a_page_replaces_the_list_with_the_newest_page(sample_db):
+    db_path = sample_db[0]
+
+    async def scenario(app, pilot):
+        await pilot.press("2")
+        await wait_for(pilot, lambda: app.query_state.kind == "events" and app.first_page_shown.is_set())
+        await pilot.press("space")  # paused: the burst is written meanwhile
+        subprocess.run([sys.executable, "-c", BURST % str(db_path)], check=True)
+        await pilot.press("space")
+        await wait_for(pilot, lambda: app.rows and app.rows[0]["fd_name"] == "/burst/299", what="the burst")
+        assert len(app.rows) == 200 and app.more
+        assert [row["fd_name"] for row in app.rows[:2]] == ["/burst/299", "/burst/298"]
+
+    run(scenario, db_path)
+
+
+BURST = """
+import time
+from sentinel.actions.store import Store
+from sentinel.config import StoreConfig
+from sentinel.tui.sample import open_event
+from sentinel.events.model import Process
+proc = Process(4000, 1, comm="burst")
+with Store(%r, StoreConfig(always_store=("openat",))) as store:
+    for index in range(300):
+        store.add_event(open_event(proc, "/burst/%%d" %% index, time.time_ns()), matched=False)
+"""
 
 
 def test_help_and_summary_screens(sample_db):
