@@ -73,6 +73,7 @@ class Agent:
         self.alerts = AlertWriter(config.alerts.file)
         self.control: ControlServer | None = None
         self.kernel_lock: Any = None
+        self.enforcement: Any = None  # sentinel.actions.enforce.AgentEnforcement
         self.forwarder: Any = None
         self.forward_events = any(output.options.get("events") for output in config.outputs)
         self.min_priority = PRIORITIES.index(normalise_priority(config.alerts.min_priority))
@@ -86,7 +87,12 @@ class Agent:
         self.rules_snapshot = self._rules_on_disk()
         guards = self_protection_rules(self.config, self.pid, self.config_path)
         ruleset = load_rules(list(self.config.rule_paths), extra=guards, match=self.config.alerts.match)
+        from sentinel.actions.enforce import Enforcer
+
+        deny_plans = Enforcer.check_rules(ruleset.rules)  # a deny rule the kernel cannot enforce fails the load
         self.ruleset = ruleset
+        if self.enforcement is not None:
+            self.enforcement.enforcer.apply_rules(ruleset.rules, deny_plans)
         self.ruleset_version = ruleset_version(list(self.rules_snapshot))
         for problem in ruleset.warnings:
             if problem.item.startswith("sigma rule"):  # a Sigma rule the host cannot evaluate: say why
@@ -120,6 +126,10 @@ class Agent:
             self.counters["own_events"] += 1
             return
         matches = self.ruleset.match(event)
+        if matches and self.enforcement is not None:
+            for rule in matches:  # enforcement first: a kill must not wait for the store
+                if rule.action is not None:
+                    self.enforcement.enforcer.on_match(rule, event)
         event_id = None
         if self.store is not None:
             event_id = self.store.add_event(event, matched=bool(matches))
@@ -202,7 +212,7 @@ class Agent:
             "counters": dict(self.counters),
             "events_per_second": round(self.counters["events"] / uptime, 1) if uptime else 0.0,
             "alerts_per_rule": dict(self.alerts_per_rule),
-            "store": self.store.stats.as_dict() if self.store is not None else {"error": self.store_error},
+            "store": self.store.status() if self.store is not None else {"error": self.store_error},
             "kernel_lost": sum(self.sensor.lost().values()) if self.sensor is not None else 0,
             "records_received": self.sensor.records_received if self.sensor is not None else 0,
             "process_table": self.table.stats() if self.table is not None else {},
@@ -226,6 +236,7 @@ class Agent:
         self._open_store()
         self._start_forwarding()
         self._claim_kernel()
+        self._start_enforcement()
         from sentinel.enrich.proctable import ProcessTable
         from sentinel.sensor import Sensor
 
@@ -243,6 +254,8 @@ class Agent:
         self.control.register("status", self.status)
         self.control.register("reload", lambda request, peer: self.reload_rules())
         self.control.register("ack", self.acknowledge)
+        for command, handler in self.enforcement.control_handlers().items():
+            self.control.register(command, handler)
         self.control.start()
         self._start_metrics()
         notify.notify("READY=1")
@@ -266,6 +279,17 @@ class Agent:
         removed = hygiene.cleanup_leftovers(self.kernel_lock, keep_pins=self.config.enforce.keep_on_exit)
         for line in removed:
             log.warning("kernel.leftover_removed", detail=line)
+
+    def _start_enforcement(self) -> None:
+        from sentinel.actions.enforce import start_enforcement
+
+        self.enforcement = start_enforcement(self.config, self._record_action, self.ruleset.rules, self.pid)
+
+    def _record_action(self, kind: str, target: str, **details: Any) -> None:
+        details = {key: value for key, value in details.items() if value is not None}
+        log.info("enforce.action", kind=kind, target=target, **details)
+        if self.store is not None:
+            self.store.add_action(kind, target, **details)
 
     def _open_store(self) -> None:
         from sentinel.actions.store import StoreWriter
@@ -339,6 +363,8 @@ class Agent:
             self._reload_requested.clear()
             self.reload_rules()
         self.check_drops()
+        if self.enforcement is not None:
+            self.enforcement.housekeeping()
         # Lost events must not poison the process table on an idle host either.
         self.table.maybe_reconcile()
 
@@ -359,6 +385,10 @@ class Agent:
             for event in self.sensor.poll(timeout=0.05):
                 self.handle(event)
             self.sensor.close()
+        if self.enforcement is not None:
+            kept = self.enforcement.close()  # fail-open unless keep_on_exit
+            if kept:
+                log.warning("enforce.active_after_exit", kept=kept)
         if self.control is not None:
             self.control.stop()
         if self.forwarder is not None:
