@@ -21,7 +21,6 @@ from textual.containers import VerticalScroll
 from textual.widgets import DataTable, Footer, Input, Static
 from textual.worker import get_current_worker
 
-from sentinel.actions.record import PRIORITIES
 from sentinel.actions.store import open_readonly
 from sentinel.control import ControlError, request
 from sentinel.errors import RuleError, SentinelError
@@ -394,7 +393,6 @@ class SentinelApp(App[None]):
     def action_quick_priority(self) -> None:
         current = self.query_state.min_priority
         step = (PRIORITY_STEPS.index(current) + 1) % len(PRIORITY_STEPS) if current in PRIORITY_STEPS else 0
-        assert all(p in PRIORITIES for p in PRIORITY_STEPS if p)
         self.set_query(self.query_state.with_(min_priority=PRIORITY_STEPS[step]))
 
     def action_quick_time(self) -> None:

@@ -62,6 +62,10 @@ class Tmux:
                 raise AssertionError("%r not on screen (%s) after %.0f s:\n%s" % (needle, size, timeout, screen))
             time.sleep(0.1)
 
+    def pane_title(self) -> str:
+        result = subprocess.run(["tmux", "display", "-p", "-t", self.name, "#{pane_title}"], capture_output=True, text=True)
+        return result.stdout.strip()
+
     def kill(self) -> None:
         subprocess.run(["tmux", "kill-session", "-t", self.name], capture_output=True)
 
@@ -118,6 +122,26 @@ def test_tui_in_a_terminal_shows_the_real_agents_alert_filters_details_and_acks(
         time.sleep(0.3)
         tmux.keys("y")
         tmux.wait_for("ack: {'acknowledged': 1")
+
+        # A program whose name sets the terminal title and whose argv holds Rich markup,
+        # run while the TUI is live: shown escaped, the title untouched.
+        title_before = tmux.pane_title()
+        hostile = payload_dir / "ev\x1b]0;pwned\x07il"
+        shutil.copy("/bin/true", hostile)
+        subprocess.run([str(hostile), "[bold]" + token], check=True)
+        tmux.keys("Escape", "c")
+        time.sleep(0.3)
+        tmux.type("/")
+        time.sleep(0.3)
+        tmux.type("pwned")
+        tmux.keys("Enter")
+        tmux.wait_for(" 1 rows text~pwned")
+        time.sleep(0.3)
+        tmux.keys("Enter")
+        screen = tmux.wait_for("process ancestry:")
+        assert "ev\\x1b]0;pwned\\x07il" in screen
+        assert "[bold]" + token in screen.replace("\n", "")
+        assert tmux.pane_title() == title_before != "pwned"
         tmux.keys("q")
         time.sleep(0.5)
     finally:
