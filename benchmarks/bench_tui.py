@@ -20,6 +20,7 @@ import sys
 import tempfile
 import time
 
+from sentinel.tui import data
 from sentinel.tui.app import SentinelApp
 from sentinel.tui.sample import write_bulk
 
@@ -124,6 +125,14 @@ def main() -> None:
     ]
     for condition, times in asyncio.run(filter_times(db_path, "2", event_filters)).items():
         print("events filter %-48r Enter -> first page: median %6.0f ms" % (condition, statistics.median(times) * 1000))
+    db = data.open_store(db_path)
+    summaries = []
+    for _ in range(REPEATS):
+        started = time.perf_counter()
+        result = data.summary(db)
+        summaries.append(time.perf_counter() - started)
+    print("summary (events/s a minute, alerts per rule, top processes) over %d events in its window: median %.0f ms" % (
+        round(sum(result.events_per_second) * 60), statistics.median(summaries) * 1000))
     alert_filters = ["proc.name = proc00"]  # every alert is on a proc00 event  # alerts filter through their event (EXISTS on events.id)
     for condition, times in asyncio.run(filter_times(db_path, "1", alert_filters)).items():
         print("alerts filter %-48r Enter -> first page: median %6.0f ms" % (condition, statistics.median(times) * 1000))

@@ -21,7 +21,6 @@ from textual.containers import VerticalScroll
 from textual.widgets import DataTable, Footer, Input, Static
 from textual.worker import get_current_worker
 
-from sentinel.actions.store import open_readonly
 from sentinel.control import ControlError, request
 from sentinel.errors import RuleError, SentinelError
 from sentinel.tui import data
@@ -31,11 +30,6 @@ from sentinel.tui.screens import ConfirmScreen, ExportScreen, HelpScreen, Summar
 POLL_SECONDS = 0.5
 MAX_ROWS = 2000  # rows kept in the list; older ones are paged in again on demand
 PRIORITY_STEPS = ("", "notice", "warning", "error", "critical")
-
-
-def _surrogate_text(raw: bytes) -> str:
-    """TEXT that is not UTF-8 (written by another tool) is kept as surrogates, shown as \\xNN."""
-    return raw.decode("utf-8", "surrogateescape")
 
 
 class RowList(DataTable):
@@ -81,8 +75,7 @@ class SentinelApp(App[None]):
         self.db_path = db_path
         self.socket_path = socket_path
         self.poll_seconds = poll_seconds
-        self.db = open_readonly(db_path)
-        self.db.conn.text_factory = _surrogate_text
+        self.db = data.open_store(db_path)
         self.db_lock = threading.Lock()
         self.query_state = data.ViewQuery()
         self.rows: list[dict[str, Any]] = []
@@ -435,7 +428,7 @@ class SentinelApp(App[None]):
         self.push_screen(HelpScreen(self.BINDINGS))
 
     def action_summary(self) -> None:
-        self.push_screen(SummaryScreen(self.db_lock, self.db, self.socket_path))
+        self.push_screen(SummaryScreen(self.db_path, self.socket_path))
 
     # ------------------------------------------------------------------ actions through the agent
     def target_process(self, callback) -> None:

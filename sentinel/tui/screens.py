@@ -104,10 +104,12 @@ class SummaryScreen(Screen[None]):
     ]
     MAX_RULES = 6
 
-    def __init__(self, db_lock: Any, db: Any, socket_path: str) -> None:
+    REFRESH_SECONDS = 10.0
+
+    def __init__(self, db_path: str, socket_path: str) -> None:
         super().__init__()
-        self.db_lock = db_lock
-        self.db = db
+        # Its own connection: a summary of a busy store must not hold up the live list.
+        self.db = data.open_store(db_path)
         self.socket_path = socket_path
 
     def compose(self) -> ComposeResult:
@@ -115,7 +117,7 @@ class SummaryScreen(Screen[None]):
             yield Label("events/s, last 30 minutes (one bar a minute)", classes="title", id="eps-title")
             yield Sparkline([0], id="eps")
             yield Vertical(id="rules")
-            yield Label("top processes (events, last 30 minutes)", classes="title")
+            yield Label("top processes (events, last 30 minutes)", classes="title", id="top-title")
             yield Static(id="top")
             yield Label("agent", classes="title")
             yield Static("asking the agent…", id="agent")
@@ -123,7 +125,7 @@ class SummaryScreen(Screen[None]):
 
     def on_mount(self) -> None:
         self.action_refresh_summary()
-        self.set_interval(5.0, self.action_refresh_summary)
+        self.set_interval(self.REFRESH_SECONDS, self.action_refresh_summary)
 
     def action_refresh_summary(self) -> None:
         self.load_summary()
@@ -131,8 +133,7 @@ class SummaryScreen(Screen[None]):
 
     @work(thread=True, exclusive=True, group="summary")
     def load_summary(self) -> None:
-        with self.db_lock:
-            result = data.summary(self.db)
+        result = data.summary(self.db)
         self.app.call_from_thread(self.show_summary, result)
 
     def show_summary(self, result: data.Summary) -> None:
@@ -151,6 +152,9 @@ class SummaryScreen(Screen[None]):
         if not widgets:
             widgets.append(Label("no alerts in the last %d minutes" % result.minutes, classes="hint"))
         rules.mount_all(widgets)
+        self.query_one("#top-title", Label).update(
+            "top processes (newest %d events of the last %d minutes)" % (result.top_sample, result.minutes)
+        )
         table = Table.grid(padding=(0, 2))
         table.add_column(justify="right")
         table.add_column()
