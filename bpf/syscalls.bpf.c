@@ -33,7 +33,8 @@ struct sentinel_sys_enter {
 	u32 nr;
 	u32 connected;  /* SENTINEL_DESC_STATE_BEFORE: the socket had a peer at entry */
 };
-BPF_TABLE("lru_hash", u32, struct sentinel_sys_enter, snt_sys_args, 16384);
+/* per-CPU LRU lists (the table is shared): no global lock on the hot path of every syscall */
+BPF_F_TABLE("lru_hash", u32, struct sentinel_sys_enter, snt_sys_args, 16384, BPF_F_NO_COMMON_LRU);
 BPF_ARRAY(snt_sys_desc, struct sentinel_sys_desc, SENTINEL_SYS_NR_MAX);
 
 /* The open filter (sentinel.sensor fills it from the rules' Interest). */
@@ -96,13 +97,13 @@ static __always_inline struct sentinel_walk *sentinel_walk_path(struct dentry *d
 #ifdef SENTINEL_CAN_CROSS_MOUNTS
 	char *mnt = (char *)vfsmnt - SENTINEL_MOUNT_OFF_MNT;
 #endif
+	struct dentry *mnt_root = SENTINEL_FIELD(vfsmnt, mnt_root);
 	int i;
 	for (i = 0; i < SENTINEL_PATH_DEPTH; i++) {
 		if (!dentry)
 			return w;
 		if (dentry == root_dentry && vfsmnt == root_mnt)
 			return w;
-		struct dentry *mnt_root = SENTINEL_FIELD(vfsmnt, mnt_root);
 		if (dentry == mnt_root) {
 #ifdef SENTINEL_CAN_CROSS_MOUNTS
 			char *parent_mnt = 0;
@@ -112,6 +113,7 @@ static __always_inline struct sentinel_walk *sentinel_walk_path(struct dentry *d
 			bpf_probe_read_kernel(&dentry, sizeof(dentry), mnt + SENTINEL_MOUNT_OFF_MOUNTPOINT);
 			mnt = parent_mnt;
 			vfsmnt = (struct vfsmount *)(parent_mnt + SENTINEL_MOUNT_OFF_MNT);
+			mnt_root = SENTINEL_FIELD(vfsmnt, mnt_root);
 			continue;
 #else
 			w->flags |= trunc_flag;
@@ -121,8 +123,9 @@ static __always_inline struct sentinel_walk *sentinel_walk_path(struct dentry *d
 		u32 n = w->count;
 		if (n >= SENTINEL_PATH_DEPTH)
 			break;
-		w->names[n] = (u64)SENTINEL_FIELD(dentry, d_name.name);
-		w->lens[n] = SENTINEL_FIELD(dentry, d_name.len);
+		struct qstr name = SENTINEL_FIELD(dentry, d_name);  /* one read: len and pointer */
+		w->names[n] = (u64)name.name;
+		w->lens[n] = name.len;
 		w->count = n + 1;
 		struct dentry *parent = SENTINEL_FIELD(dentry, d_parent);
 		if (parent == dentry) {
@@ -177,18 +180,21 @@ static __always_inline int sentinel_prefix_match(const char *text, u32 len)
 	struct sentinel_prefix_key *key = snt_prefix_buf.lookup(&zero);
 	if (!key)
 		return 1;  /* cannot check: over-approximate */
-	__builtin_memset(key->data, 0, sizeof(key->data));
-	if (len > SENTINEL_PREFIX_MAX - 1)
-		len = SENTINEL_PREFIX_MAX - 1;  /* longer paths compare on their first bytes */
-	bpf_probe_read_kernel(key->data, len & (SENTINEL_PREFIX_MAX - 1), text);
-	key->prefixlen = len * 8;
+	/* no clearing: the trie compares only the first prefixlen bits of the key */
+	u64 size = len;
+	if (size > SENTINEL_PREFIX_MAX - 1)
+		size = SENTINEL_PREFIX_MAX - 1;  /* longer paths compare on their first bytes */
+	/* the mask in asm so that the verifier sees it on the register passed to the helper */
+	asm volatile("%[size] &= 0xff" : [size] "+r"(size));
+	bpf_probe_read_kernel(key->data, size, text);
+	key->prefixlen = size * 8;
 	return snt_open_prefixes.lookup(key) != 0;
 }
 
-static __always_inline int sentinel_comm_listed(struct sentinel_header *hdr)
+static __always_inline int sentinel_comm_listed(void)
 {
 	struct sentinel_comm_key key = {};
-	__builtin_memcpy(key.comm, hdr->comm, SENTINEL_COMM_LEN);
+	bpf_get_current_comm(key.comm, sizeof(key.comm));
 	return snt_open_comms.lookup(&key) != 0;
 }
 
@@ -324,21 +330,48 @@ static __always_inline u64 sentinel_addr_digest(const char *addr, u32 len)
 	return (words[0] * 31 + words[1]) * 31 + words[2] * 7 + words[3] + len;
 }
 
+/* The syscall's arguments from the user registers saved at entry (x86_64: the kernel does
+ * not change them during the open family's syscalls). */
+static __always_inline int sentinel_args_from_regs(struct sentinel_sys_enter *saved)
+{
+#if defined(__x86_64__) || defined(__TARGET_ARCH_x86)
+	struct pt_regs *regs = (struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf());
+	struct pt_regs copy = {};
+	if (bpf_probe_read_kernel(&copy, sizeof(copy), regs) != 0)
+		return -1;
+	saved->args[0] = copy.di;
+	saved->args[1] = copy.si;
+	saved->args[2] = copy.dx;
+	saved->args[3] = copy.r10;
+	saved->args[4] = copy.r8;
+	saved->args[5] = copy.r9;
+	return 0;
+#else
+	return -1;
+#endif
+}
+
 int snt_sys_exit(struct sentinel_sys_exit_args *args)
 {
 	u32 tid = (u32)bpf_get_current_pid_tgid();
-	struct sentinel_sys_enter *enter = snt_sys_args.lookup(&tid);
-	if (!enter)
-		return 0;
-	struct sentinel_sys_enter saved = *enter;
-	snt_sys_args.delete(&tid);
-	u32 nr = saved.nr;
-	if (nr != (u32)args->syscall_nr)
-		return 0;  /* an entry left by a syscall that never returned */
+	u32 nr = (u32)args->syscall_nr;
 	struct sentinel_sys_desc *desc = snt_sys_desc.lookup(&nr);
 	if (!desc)
 		return 0;
 	u32 dflags = desc->flags;
+	struct sentinel_sys_enter saved = {};
+	if (dflags & SENTINEL_DESC_ARGS_AT_EXIT) {
+		if (sentinel_args_from_regs(&saved) != 0)
+			return 0;
+	} else {
+		struct sentinel_sys_enter *enter = snt_sys_args.lookup(&tid);
+		if (!enter)
+			return 0;
+		saved = *enter;
+		snt_sys_args.delete(&tid);
+		if (saved.nr != nr)
+			return 0;  /* an entry left by a syscall that never returned */
+	}
 	s64 res = args->ret;
 	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
 	if (dflags & SENTINEL_DESC_OTHER_PID && desc->pid_arg) {
@@ -356,73 +389,76 @@ int snt_sys_exit(struct sentinel_sys_exit_args *args)
 		if (!ptr)
 			return 0;  /* sendto on a connected socket: nothing new to report */
 	}
-	char *rec = sentinel_record();
-	if (!rec)
-		return 0;
-	struct sentinel_sys_event *e = (struct sentinel_sys_event *)rec;
-	__builtin_memset(e, 0, sizeof(*e));
-	sentinel_fill_header(&e->hdr, SENTINEL_OP_SYSCALL, task);
-	struct sentinel_cursor *cur = sentinel_cursor_reset();
-	if (!cur)
-		return 0;
-	char *tail = rec + sizeof(*e);
-	e->res = res;
-	e->nr = nr;
-	__builtin_memcpy(e->args, saved.args, sizeof(e->args));  /* the six real ones */
-	if (saved.connected)
-		e->flags |= SENTINEL_F_SYS_CONNECTED;
-
 	s64 fd = -1;
 	if (dflags & SENTINEL_DESC_FD_RES)
 		fd = res;
 	else if (desc->fd_arg)
 		fd = (s64)(s32)saved.args[(desc->fd_arg - 1) & 7];
-	e->fd = (s32)fd;
 	struct file *file = sentinel_fd_file(task, fd);
+	u32 fmode = SENTINEL_FIELD(file, f_mode);
 	struct fs_struct *fs = SENTINEL_FIELD(task, fs);
-	struct dentry *root_dentry = SENTINEL_FIELD(fs, root.dentry);
-	struct vfsmount *root_mnt = SENTINEL_FIELD(fs, root.mnt);
+	struct path root = SENTINEL_FIELD(fs, root);  /* one read for both members */
+	struct dentry *root_dentry = root.dentry;
+	struct vfsmount *root_mnt = root.mnt;
+	struct sentinel_cursor *cur = sentinel_cursor_reset();
+	char *rec = sentinel_record();
+	if (!rec || !cur)
+		return 0;
+	struct sentinel_sys_event *e = (struct sentinel_sys_event *)rec;
+	char *tail = rec + sizeof(*e);
 	u32 start = 0;
+	u32 path_len = 0;
 	int open_filter = 0;
+	int is_socket = 0;
+	struct inode *inode = SENTINEL_FIELD(file, f_inode);
+	u32 mode = SENTINEL_FIELD(inode, i_mode);
 	if (dflags & SENTINEL_DESC_OPEN) {
+		/* the open filter first, before anything is copied for the record */
 		u32 zero = 0;
-		struct sentinel_open_cfg *cfg = snt_open_cfg.lookup(&zero);
-		open_filter = cfg && cfg->enabled && !sentinel_comm_listed(&e->hdr);
-		if (open_filter && cfg->pass_created && file &&
-		    (SENTINEL_FIELD(file, f_mode) & SENTINEL_FMODE_CREATED))
-			open_filter = 0;
 		u64 *seen = snt_open_stats.lookup(&zero);
 		if (seen)
 			*seen += 1;
+		struct sentinel_open_cfg *cfg = snt_open_cfg.lookup(&zero);
+		open_filter = cfg && cfg->enabled && !sentinel_comm_listed();
+		if (open_filter && cfg->pass_created && (fmode & SENTINEL_FMODE_CREATED))
+			open_filter = 0;
 	}
-	if (file) {
-		struct inode *inode = SENTINEL_FIELD(file, f_inode);
-		struct super_block *sb = SENTINEL_FIELD(inode, i_sb);
-		e->flags |= SENTINEL_F_SYS_FD;
-		e->fd_mode = SENTINEL_FIELD(inode, i_mode);
-		e->fd_ino = SENTINEL_FIELD(inode, i_ino);
-		e->fd_dev = SENTINEL_FIELD(sb, s_dev);
-		e->fd_fmode = SENTINEL_FIELD(file, f_mode);
-		e->fd_oflags = SENTINEL_FIELD(file, f_flags);
-		if ((e->fd_mode & SENTINEL_S_IFMT) == SENTINEL_S_IFSOCK) {
-			sentinel_socket(e, file, tail, cur);
-		} else {
-			struct sentinel_walk *w = sentinel_walk_path(
-				SENTINEL_FIELD(file, f_path.dentry), SENTINEL_FIELD(file, f_path.mnt), root_dentry,
-				root_mnt, SENTINEL_F_SYS_PATH_TRUNC, SENTINEL_F_SYS_PATH_DETACHED);
-			if (w) {
-				start = cur->off;
-				sentinel_put_walk(tail, cur, w);
-				e->path_len = cur->off - start;
-				if (open_filter) {
-					if (start >= SENTINEL_TAIL_MAX)
-						return 0;
-					if (!sentinel_prefix_match(tail + (start & SENTINEL_TAIL_MASK), e->path_len))
-						return 0;
-					open_filter = 0;
-				}
+	if (file && (mode & SENTINEL_S_IFMT) == SENTINEL_S_IFSOCK) {
+		is_socket = 1;
+	} else if (file) {
+		struct path file_path = SENTINEL_FIELD(file, f_path);
+		struct sentinel_walk *w = sentinel_walk_path(file_path.dentry, file_path.mnt, root_dentry, root_mnt,
+							     SENTINEL_F_SYS_PATH_TRUNC, SENTINEL_F_SYS_PATH_DETACHED);
+		if (w) {
+			sentinel_put_walk(tail, cur, w);
+			path_len = cur->off;
+			if (open_filter) {
+				if (!sentinel_prefix_match(tail, path_len))
+					return 0;
+				open_filter = 0;
 			}
 		}
+	}
+	/* the record's body; the path is already in the tail */
+	__builtin_memset(e, 0, sizeof(*e));
+	sentinel_fill_header(&e->hdr, SENTINEL_OP_SYSCALL, task);
+	e->res = res;
+	e->nr = nr;
+	__builtin_memcpy(e->args, saved.args, sizeof(e->args));  /* the six real ones */
+	if (saved.connected)
+		e->flags |= SENTINEL_F_SYS_CONNECTED;
+	e->fd = (s32)fd;
+	e->path_len = path_len;
+	if (file) {
+		struct super_block *sb = SENTINEL_FIELD(inode, i_sb);
+		e->flags |= SENTINEL_F_SYS_FD;
+		e->fd_mode = mode;
+		e->fd_ino = SENTINEL_FIELD(inode, i_ino);
+		e->fd_dev = SENTINEL_FIELD(sb, s_dev);
+		e->fd_fmode = fmode;
+		e->fd_oflags = SENTINEL_FIELD(file, f_flags);
+		if (is_socket)
+			sentinel_socket(e, file, tail, cur);
 	}
 	/* user strings, read at exit (at entry a page not yet resident would fault) */
 	u32 first_len = 0;

@@ -70,6 +70,7 @@ PROGRAMS: tuple[Program, ...] = (
         Program(name, TRACEPOINT, target, frozenset({spec.name}), optional=True)
         for spec in syscalls.SYSCALLS
         for name, target in zip(("snt_sys_enter", "snt_sys_exit"), syscalls.tracepoints(spec))
+        if name == "snt_sys_exit" or not spec.flags & abi.DESC_ARGS_AT_EXIT
     ),
     # the blind spots of syscalls:*
     Program("snt_compat_enter", RAW_TRACEPOINT, "sys_enter", frozenset({"compat_syscall"})),

@@ -181,6 +181,9 @@ struct sentinel_chdir {
 #define SENTINEL_DESC_OTHER_PID     (1U << 5)  /* pid_arg names a target: drop when it is the caller */
 #define SENTINEL_DESC_BPF_ATTR      (1U << 6)  /* bpf(): read the prog type / name of BPF_PROG_LOAD */
 #define SENTINEL_DESC_OPEN_HOW      (1U << 7)  /* openat2: args[2..4] become open_how's flags, mode, resolve */
+#define SENTINEL_DESC_ARGS_AT_EXIT  (1U << 8)  /* no entry program: arguments from the saved user
+						  * registers at exit (x86_64; the open family, whose
+						  * rate makes an entry map update too dear) */
 
 /* Argument numbers in a desc are index + 1 (0: none). */
 struct sentinel_sys_desc {

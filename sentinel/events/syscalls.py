@@ -67,7 +67,7 @@ class SyscallSpec:
         }
 
 
-_OPEN = abi.DESC_OPEN | abi.DESC_FD_RES
+_OPEN = abi.DESC_OPEN | abi.DESC_FD_RES | abi.DESC_ARGS_AT_EXIT
 _SEND = abi.DESC_NEED_ADDR | abi.DESC_STATE_BEFORE
 
 SYSCALLS: tuple[SyscallSpec, ...] = (
