@@ -252,3 +252,98 @@ def _comm_and_exe(pid: int) -> tuple[str, str]:
     except OSError:
         exe = ""
     return comm, exe
+
+
+# ---------------------------------------------------------------------- agent wiring
+
+
+class AgentEnforcement:
+    """What the agent holds: the Enforcer, its kernel half, and the records the kernel's
+    threads (fanotify answers, kill reaper) leave for the agent's own thread to store."""
+
+    def __init__(self, enforcer: Enforcer, kernel: Any, store_action: Recorder) -> None:
+        self.enforcer = enforcer
+        self.kernel = kernel
+        self.store_action = store_action
+        self._pending: deque[tuple[tuple[Any, ...], dict[str, Any]]] = deque()
+
+    def defer(self, *args: Any, **details: Any) -> None:
+        """Record later, from the agent's thread (called from the kernel's threads)."""
+        self._pending.append((args, details))
+
+    def drain(self) -> None:
+        while self._pending:
+            args, details = self._pending.popleft()
+            self.store_action(*args, **details)
+
+    def housekeeping(self) -> None:
+        self.drain()
+        if self.kernel is not None:
+            self.kernel.refresh()
+
+    def close(self) -> list[str]:
+        kept = self.kernel.close() if self.kernel is not None else []
+        self.drain()
+        return kept
+
+    # control commands: handler(request, peer)
+    def control_handlers(self) -> dict[str, Callable[[dict[str, Any], Any], Any]]:
+        return {"kill": self._control_kill, "deny": self._control_deny, "mode": self._control_mode,
+                "enforce_list": lambda request, peer: self.enforcer.listing()}
+
+    def _control_kill(self, request: dict[str, Any], peer: Any) -> dict[str, Any]:
+        pid, start_ns = request.get("pid"), request.get("start_ns")
+        if not isinstance(pid, int) or (start_ns is not None and not isinstance(start_ns, int)):
+            raise ConfigError("kill needs pid (and optionally start_ns) as integers")
+        return {"outcome": self.enforcer.manual_kill(pid, start_ns, "uid %d" % peer.uid)}
+
+    def _control_deny(self, request: dict[str, Any], peer: Any) -> dict[str, Any]:
+        kind, target, port = request.get("kind"), request.get("target"), request.get("port", 0)
+        if kind not in ("exec_file", "exec_dir", "exec_name", "open_file", "open_dir", "net") or not isinstance(target, str):
+            raise ConfigError("deny needs kind (exec_file, exec_dir, exec_name, open_file, open_dir, net) and target")
+        if not isinstance(port, int) or not 0 <= port < 65536:
+            raise ConfigError("deny: port must be 0..65535")
+        entry = DenyEntry(kind, target, port)
+        return {"outcome": self.enforcer.manual_deny(entry, not request.get("remove", False), "uid %d" % peer.uid)}
+
+    def _control_mode(self, request: dict[str, Any], peer: Any) -> dict[str, Any]:
+        return self.enforcer.set_mode(str(request.get("mode")), request.get("rule"))
+
+
+def start_enforcement(config: Any, store_action: Recorder, rules: Iterable[Any], agent_pid: int) -> AgentEnforcement:
+    """Probe the mechanisms, load the kernel half (audit-only if it cannot load) and apply `rules`."""
+    from sentinel.kernel import probe
+
+    holder: list[AgentEnforcement] = []
+
+    def defer(*args: Any, **details: Any) -> None:
+        holder[0].defer(*args, **details)
+
+    kernel = None
+    enforcer_ref: list[Enforcer] = []
+    try:
+        from sentinel.actions.enforce_kernel import KernelEnforcer
+
+        mechanisms = probe.enforcement_mechanisms(probe.run_probes(config.sensor.btf_cache_dir))
+        kernel = KernelEnforcer(
+            mechanisms,
+            agent_pid=agent_pid,
+            keep_on_exit=config.enforce.keep_on_exit,
+            on_denial=lambda denial: enforcer_ref[0].kernel_denial(denial.kind, denial.path, denial.pid),
+            on_kill_done=lambda result: defer(
+                "kill_done", "pid %d" % result.pid, mode="enforce", outcome="dead",
+                detail="%.2f ms after the decision%s" % (result.latency_ms, ", pidfd backstop" if result.backstop else "")),
+        )
+        kernel.set_allowed_exes(config.enforce.allow_exepaths)
+        log.info("enforce.mechanisms", **{"mechanism." + k: ",".join(v) or "none" for k, v in mechanisms.items()})
+    except Exception as exc:  # bcc raises bare exceptions; enforcement must not stop detection
+        log.error("enforce.unavailable", error=str(exc))
+        kernel = None
+    enforcer = Enforcer(config.enforce, defer, kernel, agent_pid=agent_pid)
+    enforcer_ref.append(enforcer)
+    wiring = AgentEnforcement(enforcer, kernel, store_action)
+    holder.append(wiring)
+    enforcer.apply_rules(rules)
+    if kernel is not None:
+        kernel.take_over_pins()
+    return wiring

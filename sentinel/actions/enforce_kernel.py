@@ -478,6 +478,18 @@ class KernelEnforcer:
             log.warning("enforce.kept_on_exit", kept=kept)
         return kept
 
+    def take_over_pins(self) -> list[str]:
+        """Unpin what an earlier agent kept (keep_on_exit) once this one enforces: its pinned
+        programs and maps go away with their last reference."""
+        removed = []
+        if os.path.isdir(self.pin_dir):
+            for name in sorted(os.listdir(self.pin_dir)):
+                os.unlink(os.path.join(self.pin_dir, name))
+                removed.append(name)
+        if removed:
+            log.info("enforce.pins_taken_over", pins=removed)
+        return removed
+
     def _pin(self) -> list[str]:
         from bcc.libbcc import lib
 

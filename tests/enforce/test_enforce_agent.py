@@ -1,0 +1,200 @@
+"""`sentinel run` with rules that carry actions: kills, denies, audit, control commands,
+fail-open on stop and no stale deny after a crash. Targets are binaries, processes and a
+loopback port this test created."""
+
+from __future__ import annotations
+
+import errno
+import importlib.util
+import shutil
+import signal
+import socket
+import sqlite3
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from sentinel.control import request
+
+pytestmark = pytest.mark.kernel
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _running_agent_class():
+    spec = importlib.util.spec_from_file_location("agent_test_support", REPO / "tests" / "agent" / "conftest.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.RunningAgent
+
+
+RunningAgent = _running_agent_class()
+
+RULES = """
+- rule: kill test sleeper
+  desc: a kill rule
+  condition: evt.type in (execve, execveat) and proc.name = {kill_name}
+  output: "killing %proc.name (%proc.pid)"
+  priority: WARNING
+  action: kill
+  mode: enforce
+- rule: deny test tool
+  desc: a deny rule
+  condition: evt.type in (execve, execveat) and proc.exepath = {denied}
+  output: "denied %proc.exepath"
+  priority: WARNING
+  action: deny
+  mode: enforce
+- rule: audit test tool
+  desc: an audited deny rule
+  condition: evt.type in (execve, execveat) and proc.exepath = {audited}
+  output: "would deny %proc.exepath"
+  priority: WARNING
+  action: deny
+"""
+
+NET_RULE = """
+- rule: deny test port
+  desc: a network deny
+  condition: evt.type = connect and fd.rip = 127.0.0.1 and fd.rport = {port}
+  output: "denied connect"
+  priority: WARNING
+  action: deny
+  mode: enforce
+"""
+
+
+@pytest.fixture
+def workdir():
+    directory = Path(tempfile.mkdtemp(prefix="sentinel-enforce-"))
+    yield directory
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+def _spawn(argv, **kwargs):
+    return subprocess.run(argv, capture_output=True, text=True, timeout=30, **kwargs)
+
+
+def _exec_status(path) -> str:
+    try:
+        return str(_spawn([str(path)]).returncode)
+    except PermissionError:
+        return "EPERM"
+
+
+def _actions(db: Path) -> list[dict]:
+    with sqlite3.connect(db) as conn:
+        conn.row_factory = sqlite3.Row
+        return [dict(row) for row in conn.execute("SELECT kind, target, rule, mode, outcome, detail FROM actions")]
+
+
+def _wait(predicate, timeout=15.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.1)
+    return predicate()
+
+
+def _connect(port: int) -> int:
+    s = socket.socket()
+    try:
+        s.connect(("127.0.0.1", port))
+        return 0
+    except OSError as exc:
+        return exc.errno
+    finally:
+        s.close()
+
+
+ENFORCE_CONFIG = "enforce:\n  mode: enforce\n"
+
+
+def test_agent_kills_denies_audits_and_fails_open(workdir):
+    kill_name = "sntk%d" % (time.monotonic_ns() % 100000)
+    (workdir / "bin").mkdir()
+    sleeper, bystander = workdir / "bin" / kill_name, workdir / "bin" / "sleeper"
+    denied, audited = workdir / "bin" / "denied", workdir / "bin" / "audited"
+    for path, source in ((sleeper, "/bin/sleep"), (bystander, "/bin/sleep"), (denied, "/bin/true"), (audited, "/bin/true")):
+        shutil.copy(source, path)
+    rules = workdir / "rules.yaml"
+    rules.write_text(RULES.format(kill_name=kill_name, denied=denied, audited=audited))
+    agent = RunningAgent(workdir, [rules], extra_config=ENFORCE_CONFIG)
+    try:
+        agent.wait_for_notification("READY=1")
+        assert _exec_status(denied) == "EPERM"
+        assert _exec_status(audited) == "0"
+
+        victim = subprocess.Popen([str(sleeper), "60"])
+        other = subprocess.Popen([str(bystander), "60"])
+        try:
+            assert victim.wait(15) == -signal.SIGKILL
+            assert other.poll() is None
+        finally:
+            other.kill()
+            other.wait()
+        agent.wait_for_alert(lambda a: a["rule"] == "audit test tool")
+
+        listing = request(str(agent.socket_path), "enforce_list")
+        assert any(e["entry"] == "exec_file %s" % denied and e["mechanism"] == "fanotify" for e in listing["entries"])
+        assert listing["modes"]["rules"]["audit test tool"] == "audit"
+
+        request(str(agent.socket_path), "mode", mode="audit", rule="deny test tool")
+        assert _exec_status(denied) == "0"
+        request(str(agent.socket_path), "mode", mode="enforce", rule="deny test tool")
+        assert _exec_status(denied) == "EPERM"
+
+        actions = _wait(lambda: [a for a in _actions(agent.db) if a["kind"] == "deny" and a["rule"] == "deny test tool"])
+        assert any(a["outcome"] == "denied (EPERM)" for a in actions)
+        recorded = _actions(agent.db)
+        assert any(a["kind"] == "kill" and a["rule"] == "kill test sleeper" and a["outcome"] == "killed" for a in recorded)
+        assert any(a["rule"] == "audit test tool" and a["outcome"] == "would have denied" for a in recorded)
+        assert any(a["kind"] == "mode" for a in recorded)
+    finally:
+        assert agent.stop() == 0
+    assert _exec_status(denied) == "0"  # a clean stop detaches everything
+
+
+def test_a_rule_the_kernel_cannot_enforce_stops_the_load(workdir):
+    rules = workdir / "rules.yaml"
+    rules.write_text(
+        "- rule: unpushable\n  desc: x\n  condition: evt.type = connect and proc.name = curl\n"
+        "  output: x\n  priority: WARNING\n  action: deny\n"
+    )
+    agent = RunningAgent(workdir, [rules], extra_config=ENFORCE_CONFIG)
+    agent.process.wait(120)
+    code = agent.stop()
+    log = agent.log_path.read_text()
+    assert code != 0
+    assert "cannot push down `proc.name = curl`" in log and "rules.yaml:1" in log, log[-2000:]
+
+
+def test_a_crashed_agent_leaves_no_stale_deny_after_the_next_start(workdir):
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    port = listener.getsockname()[1]
+    try:
+        rules = workdir / "rules.yaml"
+        rules.write_text(NET_RULE.format(port=port))
+        (workdir / "first").mkdir()
+        (workdir / "second").mkdir()
+        first = RunningAgent(workdir / "first", [rules], extra_config=ENFORCE_CONFIG)
+        first.wait_for_notification("READY=1")
+        assert _connect(port) == errno.EPERM
+        first.stop(signal.SIGKILL)
+        assert _connect(port) == errno.EPERM  # cgroup programs outlive a crashed loader
+        rules.write_text("[]\n")
+        second = RunningAgent(workdir / "second", [rules], extra_config=ENFORCE_CONFIG)
+        try:
+            second.wait_for_notification("READY=1")
+            assert _connect(port) == 0
+        finally:
+            second.stop()
+    finally:
+        listener.close()
