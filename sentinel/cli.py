@@ -401,5 +401,53 @@ def rules_test(paths: tuple[str, ...], rules_dirs: tuple[str, ...]) -> None:
     sys.exit(1 if failed else 0)
 
 
+@main.group()
+def enforce() -> None:
+    """Kill and deny decisions in the kernel: what is enforced now, and in which mode."""
+
+
+@enforce.command("list")
+@click.option("--config", "config_path", metavar="FILE", type=click.Path(dir_okay=False), help="Configuration file (for the socket path).")
+@click.option("--json", "as_json", is_flag=True, help="Print the raw JSON.")
+def enforce_list(config_path: str | None, as_json: bool) -> None:
+    """Show modes, deny entries with their rules and mechanisms, and the kernel maps now.
+
+    Without a running agent, shows what sentinel still has in the kernel (bpftool).
+    Example: sudo sentinel enforce list
+    """
+    import json
+
+    from sentinel import config as configuration
+    from sentinel.actions.enforce import format_listing, kernel_objects_text
+    from sentinel.control import ControlError, request
+
+    try:
+        listing = request(configuration.load(config_path).control_socket, "enforce_list")
+    except ControlError as exc:
+        click.echo("no agent answers (%s); sentinel objects in the kernel:" % exc, err=True)
+        click.echo(kernel_objects_text())
+        return
+    click.echo(json.dumps(listing, indent=2, sort_keys=True) if as_json else format_listing(listing))
+
+
+@enforce.command("mode")
+@click.argument("mode", type=click.Choice(["audit", "enforce"]))
+@click.option("--rule", metavar="NAME", help="Only this rule (default: the global mode).")
+@click.option("--config", "config_path", metavar="FILE", type=click.Path(dir_okay=False), help="Configuration file (for the socket path).")
+def enforce_mode(mode: str, rule: str | None, config_path: str | None) -> None:
+    """Switch the running agent (or one rule) between audit and enforce.
+
+    A rule acts only when both the global mode and its own are enforce.
+    Example: sudo sentinel enforce mode enforce --rule "Deny crypto miners"
+    """
+    from sentinel import config as configuration
+    from sentinel.control import request
+
+    result = request(configuration.load(config_path).control_socket, "mode", mode=mode, rule=rule)
+    click.echo("global mode: %s" % result["global"])
+    for name, rule_mode in result["rules"].items():
+        click.echo("  %-40s %s" % (name, rule_mode))
+
+
 if __name__ == "__main__":
     main()

@@ -347,3 +347,42 @@ def start_enforcement(config: Any, store_action: Recorder, rules: Iterable[Any],
     if kernel is not None:
         kernel.take_over_pins()
     return wiring
+
+
+def format_listing(listing: dict[str, Any]) -> str:
+    """`sentinel enforce list` as text: modes, entries with their rules, then the kernel maps."""
+    lines = ["global mode: %s" % listing["modes"]["global"]]
+    for name, mode in listing["modes"]["rules"].items():
+        lines.append("  rule %-40s %s" % (name, mode))
+    lines.append("entries (%d):" % len(listing["entries"]))
+    for entry in listing["entries"]:
+        lines.append("  %-50s %-16s refs=%d  %s" % (entry["entry"], entry["mechanism"], entry["references"], ", ".join(entry["rules"])))
+    lines.append("attached: %s" % (", ".join(listing["attached"]) or "nothing"))
+    lines.append("kernel maps now:")
+    for map_name, rows in listing["kernel_maps"].items():
+        lines.append("  %s (%d)" % (map_name, len(rows)))
+        lines.extend("    %s" % " ".join("%s=%s" % item for item in row.items()) for row in rows)
+    return "\n".join(lines)
+
+
+def kernel_objects_text() -> str:
+    """What sentinel has in the kernel when no agent answers: programs, maps (with their
+    entries, through bpftool), cgroup attachments and pins."""
+    import json
+    import subprocess
+
+    from sentinel.kernel import hygiene
+
+    objects = hygiene.list_sentinel_objects()
+    lines = ["programs: %s" % (", ".join("%s (id %s)" % (p.get("name"), p.get("id")) for p in objects.programs) or "none")]
+    lines.append("cgroup attachments: %s" % (", ".join("%s %s on %s" % (a.name, a.attach_type, a.cgroup) for a in objects.cgroup_attachments) or "none"))
+    lines.append("pins: %s" % (", ".join(objects.pins) or "none"))
+    enforcement_maps = [m for m in objects.maps if m.get("name", "").startswith(("snt_deny", "snt_kill", "snt_allow", "snt_enf"))]
+    for entry in enforcement_maps:
+        dumped = subprocess.run(["bpftool", "-j", "map", "dump", "id", str(entry["id"])], capture_output=True, text=True)
+        try:
+            count = len(json.loads(dumped.stdout or "[]"))
+        except ValueError:
+            count = -1
+        lines.append("map %s (id %s, %s): %d entries" % (entry.get("name"), entry.get("id"), entry.get("type"), count))
+    return "\n".join(lines)
