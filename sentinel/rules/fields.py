@@ -324,11 +324,11 @@ def _is_open_create(event: Event) -> bool:
     return bool(_open_flags(event) & render.O_TMPFILE == render.O_TMPFILE and event.res >= 0)
 
 
-_field("evt.is_open_read", "bool", "an open for reading (O_RDONLY or O_RDWR); false for other events", "open flags read at sys_enter, kept until exit",
+_field("evt.is_open_read", "bool", "an open for reading (O_RDONLY or O_RDWR); false for other events", "open flags from the syscall's saved user registers at sys_exit",
        lambda e: e.type in _OPEN_FLAG_TYPES and render.is_open_read(_open_flags(e)))
-_field("evt.is_open_write", "bool", "an open for writing (O_WRONLY or O_RDWR); false for other events", "open flags read at sys_enter, kept until exit",
+_field("evt.is_open_write", "bool", "an open for writing (O_WRONLY or O_RDWR); false for other events", "open flags from the syscall's saved user registers at sys_exit",
        lambda e: e.type in _OPEN_FLAG_TYPES and render.is_open_write(_open_flags(e)))
-_field("evt.is_open_exec", "bool", "an open or creat that creates a file with an execute bit in its mode", "open flags and mode read at sys_enter", _is_open_exec)
+_field("evt.is_open_exec", "bool", "an open or creat that creates a file with an execute bit in its mode", "open flags and mode from the syscall's saved user registers at sys_exit", _is_open_exec)
 _field("evt.is_open_create", "bool", "an open that created the file", "FMODE_CREATED on the new file at sys_exit (or O_TMPFILE and success)", _is_open_create)
 
 
@@ -502,7 +502,8 @@ def _fd_types(arg: str | None) -> Extractor:
     return lambda e: e.fd.type if e.fd is not None and e.fd.num == index else None
 
 
-_SOCKET_SOURCE = "socket from the fd argument: sk->__sk_common (skc_family, skc_rcv_saddr/skc_daddr, skc_num/skc_dport) read at sys_exit"
+_SOCKET_SOURCE = ("socket of the fd (argument, or result for accept/dup), task->files->fdt->fd[n] -> sk->__sk_common (skc_family, "
+                  "skc_rcv_saddr/skc_daddr or the v6 pair, skc_num/skc_dport) read at sys_exit; sendto/sendmsg peer from the address argument")
 _FD_PATH_SOURCE = "path resolved at sys_exit from the new fd's file->f_path (bounded dentry/mount walk)"
 
 _field("fd.num", "int", "file descriptor number", "syscall result (open) or fd argument (sys_enter)", lambda e: None if e.fd is None else e.fd.num)
@@ -520,8 +521,8 @@ _field("fd.l4proto", "string", "transport protocol: tcp, udp, icmp, raw", "sk->s
 _field("fd.sockfamily", "string", "socket family: ip or unix", "sk->__sk_common.skc_family at sys_exit",
        lambda e: None if e.fd is None else {"ipv4": "ip", "ipv6": "ip", "unix": "unix"}.get(e.fd.type))
 _field("fd.is_server", "bool", "the local end is the server", "accept/listen side of the socket at sys_exit", _socket_attr("is_server"))
-_field("fd.connected", "bool", "the socket is connected", "socket state at sys_exit", _fd_attr("connected", skip_empty=False))
-_field("fd.name_changed", "bool", "the event gave the fd a new name (e.g. sendto to a new peer)", "comparison with the previous peer address at sys_exit", _fd_attr("name_changed", skip_empty=False))
+_field("fd.connected", "bool", "the socket is connected", "socket state (TCP_ESTABLISHED) read at sys_enter: the socket had a peer before the event", _fd_attr("connected", skip_empty=False))
+_field("fd.name_changed", "bool", "the event gave the fd a new name (e.g. sendto to a new peer)", "sendto/sendmsg address compared at sys_exit with the last one the socket sent to (kernel LRU map by struct sock)", _fd_attr("name_changed", skip_empty=False))
 _field("fd.lip", "ipaddr", "local IP address", _SOCKET_SOURCE, _socket_attr("lip"))
 _field("fd.rip", "ipaddr", "remote IP address", _SOCKET_SOURCE, _socket_attr("rip"))
 _field("fd.sip", "ipaddr", "server IP address", _SOCKET_SOURCE, _socket_attr("sip"))
