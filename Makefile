@@ -43,6 +43,12 @@ $(VENV)/.installed: pyproject.toml
 bench: deps-test venv
 	$(PY) -m benchmarks.run_all
 
+# The BPF LSM programs, for real: a guest kernel with the BPF LSM (Debian's, under QEMU;
+# the first run downloads it and qemu through apt) runs tests/lsm against this checkout,
+# which the guest sees read-only at the same path. ~45-65 s once set up.
+lsm-test: venv
+	./tests/lsm/lsm_vm.sh 'cd $(CURDIR) && PYTHONDONTWRITEBYTECODE=1 SENTINEL_BTF_CACHE_DIR=/run/sentinel-btf $(CURDIR)/$(PY) -m pytest -p no:cacheprovider --basetemp=/run/sentinel-lsm-tests tests/lsm -v -rs'
+
 # dist/sentinel_<version>_<arch>.deb: dpkg-deb over a staging root, the Python
 # dependencies bundled in /usr/lib/sentinel/venv (see packaging/deb/build.sh)
 deb: deps-run

@@ -77,6 +77,15 @@ def process_start_ns(pid: int) -> int | None:
     return int(fields[19]) * (1_000_000_000 // os.sysconf("SC_CLK_TCK"))
 
 
+def process_state(pid: int) -> str:
+    """The one-letter state of /proc/<pid>/stat (R running, S/D asleep, T stopped), "" if gone."""
+    try:
+        with open("/proc/%d/stat" % pid, "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0].decode()
+    except (OSError, IndexError):
+        return ""
+
+
 def same_process(pid: int, start_ns: int) -> bool:
     """True when `pid` is still the process image that started at `start_ns` (not a reused pid)."""
     seen = process_start_ns(pid)
@@ -375,6 +384,13 @@ class KernelEnforcer:
             table[ctypes.c_uint32(pid)] = value
             self._kills[pidfd] = result
             self._sync_attachments()
+        if process_state(pid) in ("S", "D", "T", "t"):
+            # Asleep or stopped: no syscall entry is coming soon, signal it now.
+            result.backstop = True
+            try:
+                signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         os.write(self._wake_write, b"k")
         return result
 

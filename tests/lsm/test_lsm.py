@@ -1,0 +1,127 @@
+"""The BPF LSM programs (bpf/lsm.bpf.c) denying exec, open and connect/sendto with EPERM.
+
+They only run where the kernel loads BPF LSM programs: `make lsm-test` boots a guest
+kernel with the BPF LSM (tests/lsm/lsm_vm.sh) and runs this file there. On a kernel that
+refuses them (this project's development host returns EPERM) the whole module is
+skipped, and the skip reason says why.
+"""
+
+from __future__ import annotations
+
+import errno
+import shutil
+import socket
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from sentinel.actions.enforce_kernel import KernelEnforcer
+from sentinel.actions.enforce_plan import DenyEntry
+from sentinel.kernel.probe import probe_bpf_lsm
+
+pytestmark = pytest.mark.kernel
+
+LSM = {"deny_exec": ("lsm",), "deny_open": ("lsm",), "deny_connect": ("lsm",), "kill": ("bpf-send-signal",)}
+
+
+@pytest.fixture(scope="module")
+def lsm_available():
+    result = probe_bpf_lsm()
+    if not result.ok:
+        pytest.skip("BPF LSM programs cannot load on this kernel: %s %s" % (result.error, result.detail))
+
+
+@pytest.fixture
+def kernel(lsm_available):
+    enforcer = KernelEnforcer(LSM)
+    assert enforcer.lsm
+    yield enforcer
+    enforcer.close()
+
+
+def _exec_status(path) -> str:
+    try:
+        return str(subprocess.run([str(path)], preexec_fn=lambda: None, timeout=30).returncode)
+    except PermissionError:
+        return "EPERM"
+
+
+def test_exec_of_a_denied_file_gets_eperm(kernel, tmp_path):
+    (tmp_path / "a").mkdir()
+    denied, other = tmp_path / "a" / "tool", tmp_path / "tool"
+    for path in (denied, other):
+        shutil.copy("/bin/true", path)
+    kernel.add(DenyEntry("exec_file", str(denied)))
+    assert kernel.mechanism_for(DenyEntry("exec_file", str(denied))) == "lsm"
+    assert _exec_status(denied) == "EPERM"
+    assert _exec_status(other) == "0"
+    kernel.remove(DenyEntry("exec_file", str(denied)))
+    assert _exec_status(denied) == "0"
+
+
+def test_exec_by_name_and_under_a_directory_gets_eperm(kernel, tmp_path):
+    (tmp_path / "dir").mkdir()
+    named, inside, other = tmp_path / "sntlsmname", tmp_path / "dir" / "tool", tmp_path / "other"
+    for path in (named, inside, other):
+        shutil.copy("/bin/true", path)
+    kernel.add(DenyEntry("exec_name", "sntlsmname"))
+    kernel.add(DenyEntry("exec_dir", str(tmp_path / "dir")))
+    assert _exec_status(named) == "EPERM"
+    assert _exec_status(inside) == "EPERM"
+    assert _exec_status(other) == "0"
+
+
+def test_open_of_a_denied_file_or_directory_gets_eperm(kernel, tmp_path):
+    (tmp_path / "dir").mkdir()
+    secret, inside, other = tmp_path / "secret", tmp_path / "dir" / "f", tmp_path / "other"
+    for path in (secret, inside, other):
+        path.write_text("x")
+    kernel.add(DenyEntry("open_file", str(secret)))
+    kernel.add(DenyEntry("open_dir", str(tmp_path / "dir")))
+    for path in (secret, inside):
+        result = subprocess.run(["cat", str(path)], capture_output=True, text=True, timeout=30)
+        assert "Operation not permitted" in result.stderr
+    assert subprocess.run(["cat", str(other)], capture_output=True, text=True, timeout=30).stdout == "x"
+
+
+CLIENT = textwrap.dedent(
+    """
+    import socket, sys
+    host, port, kind = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+    s = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET,
+                      socket.SOCK_STREAM if kind == "tcp" else socket.SOCK_DGRAM)
+    try:
+        s.connect((host, port)) if kind == "tcp" else s.sendto(b"x", (host, port))
+        print(0)
+    except OSError as exc:
+        print(exc.errno)
+    """
+)
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "::ffff:127.0.0.1"])
+@pytest.mark.parametrize("kind", ["tcp", "udp"])
+def test_connect_and_sendto_a_denied_port_get_eperm(kernel, host, kind):
+    servers = []
+    for _ in range(2):
+        s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM if kind == "tcp" else socket.SOCK_DGRAM)
+        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        s.bind(("::", 0))
+        if kind == "tcp":
+            s.listen(4)
+        servers.append(s)
+    denied, allowed = (s.getsockname()[1] for s in servers)
+    try:
+        kernel.add(DenyEntry("net", "127.0.0.1/32", denied))
+
+        def attempt(port: int) -> int:
+            out = subprocess.run([sys.executable, "-c", CLIENT, host, str(port), kind], capture_output=True, text=True, timeout=30)
+            return int(out.stdout)
+
+        assert attempt(denied) == errno.EPERM
+        assert attempt(allowed) == 0
+    finally:
+        for s in servers:
+            s.close()
