@@ -87,6 +87,7 @@ class SentinelApp(App[None]):
         self.column_keys: list[str] = []
         self.detail_seq: int | None = None
         self.first_page_shown = threading.Event()  # for tests and the benchmark
+        self.page_query_running = threading.Event()
 
     # ------------------------------------------------------------------ layout
     def compose(self) -> ComposeResult:
@@ -170,15 +171,24 @@ class SentinelApp(App[None]):
     def reload(self) -> None:
         self.generation += 1
         self.first_page_shown.clear()
+        if self.page_query_running.is_set():
+            # The query it replaces may be a long scan (a rare `contains` on a big store):
+            # stop it, so the new one does not wait for the lock behind it.
+            self.db.conn.interrupt()
         self.load_first_page(self.query_state, self.generation)
 
     @work(thread=True, exclusive=True, group="load")
     def load_first_page(self, query: data.ViewQuery, generation: int) -> None:
         try:
             with self.db_lock:
-                result = data.page(self.db, query)
+                self.page_query_running.set()
+                try:
+                    result = data.page(self.db, query)
+                finally:
+                    self.page_query_running.clear()
         except SentinelError as exc:
-            self.call_from_thread(self.show_message, str(exc), True)
+            if generation == self.generation:  # an interrupted, superseded query is no error
+                self.call_from_thread(self.show_message, str(exc), True)
             return
         if not get_current_worker().is_cancelled:
             self.call_from_thread(self.show_first_page, result, generation)

@@ -435,3 +435,40 @@ def test_a_missing_store_is_a_clear_error(tmp_path):
         assert "no event store here" in str(exc)
     else:
         raise AssertionError("opened a store that does not exist")
+
+
+def test_a_new_filter_interrupts_a_long_scan_it_replaces(tmp_path, monkeypatch):
+    from sentinel.tui import data
+    from sentinel.tui.sample import write_bulk
+
+    db_path = tmp_path / "bulk.db"
+    write_bulk(str(db_path), 200_000)
+    outcomes = []
+    page = data.page
+
+    def recording_page(db, query, *args, **kwargs):
+        try:
+            result = page(db, query, *args, **kwargs)
+        except SentinelError as exc:
+            outcomes.append((query.condition, str(exc)))
+            raise
+        outcomes.append((query.condition, len(result.rows)))
+        return result
+
+    monkeypatch.setattr(data, "page", recording_page)
+
+    async def scenario(app, pilot):
+        await pilot.press("2")
+        await wait_for(pilot, lambda: app.query_state.kind == "events" and app.first_page_shown.is_set())
+        # A condition no row matches scans the whole table; the next filter must not wait for it.
+        slow = "proc.cmdline glob '*a*b*c*d*e*f*g*h*i*j*k*l*m*n*o*p*q*r*s*t*u*v*w*x*y*z*'"
+        app.set_query(app.query_state.with_(condition=slow))
+        await wait_for(pilot, app.page_query_running.is_set, what="the scan to start")
+        app.set_query(app.query_state.with_(condition="proc.name = proc03"))
+        await wait_for(pilot, lambda: app.first_page_shown.is_set(), what="the replacing filter's page")
+        assert {row["proc_name"] for row in app.rows} == {"proc03"}
+        assert "interrupted" not in screen_text(app)
+
+    run(scenario, db_path)
+    slow_outcome = [outcome for condition, outcome in outcomes if condition.startswith("proc.cmdline glob")]
+    assert slow_outcome == ["reading the store failed: interrupted"]
