@@ -290,6 +290,15 @@ int snt_sys_enter(struct sentinel_sys_enter_args *args)
 	return 0;
 }
 
+/* sched:sched_process_exit, for every thread: an entry left by a syscall the thread never
+ * returned from (killed inside it) goes with the thread instead of waiting for LRU eviction. */
+int snt_sys_thread_exit(void *ctx)
+{
+	u32 tid = (u32)bpf_get_current_pid_tgid();
+	snt_sys_args.delete(&tid);
+	return 0;
+}
+
 /* Copy the sockaddr argument (or a msghdr's msg_name) into the tail; returns its length. */
 static __always_inline u32 sentinel_put_sockaddr(char *tail, struct sentinel_cursor *cur,
 						 struct sentinel_sys_desc *desc, struct sentinel_sys_enter *saved)

@@ -72,6 +72,12 @@ PROGRAMS: tuple[Program, ...] = (
         for name, target in zip(("snt_sys_enter", "snt_sys_exit"), syscalls.tracepoints(spec))
         if name == "snt_sys_exit" or not spec.flags & abi.DESC_ARGS_AT_EXIT
     ),
+    Program(
+        "snt_sys_thread_exit",
+        TRACEPOINT,
+        "sched:sched_process_exit",
+        frozenset(s.name for s in syscalls.SYSCALLS if not s.flags & abi.DESC_ARGS_AT_EXIT),
+    ),
     # the blind spots of syscalls:*
     Program("snt_compat_enter", RAW_TRACEPOINT, "sys_enter", frozenset({"compat_syscall"})),
     Program("snt_io_uring_submit", TRACEPOINT, "io_uring:io_uring_submit_req", frozenset({"io_uring_submit"}), True),

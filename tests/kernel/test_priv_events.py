@@ -17,6 +17,8 @@ from pathlib import Path
 import pytest
 from syscall_sensor import Collector, start_sensor
 
+from sentinel.events import syscalls
+
 pytestmark = pytest.mark.kernel
 
 PROGRAMS = Path(__file__).resolve().parent / "programs"
@@ -193,3 +195,18 @@ def test_io_uring_setup_and_submissions_are_events(collector, tmp_path):
     openat = collector.wait_for(lambda e: e.type == "io_uring_submit" and e.args["user_data"] == 0x5E18)
     assert nop.args["op"] == "NOP" and openat.args["op"] == "OPENAT"
     assert openat.args["opcode"] == 18
+
+
+
+def test_a_thread_that_exits_leaves_no_syscall_entry(sensor, sleeper):
+    """An entry the exit side never consumed (a thread that died inside a syscall) is removed
+    when the thread exits instead of waiting for LRU eviction."""
+    entries = sensor._bpf[b"snt_sys_args"]
+    key = entries.Key(sleeper.pid)
+    value = entries.Leaf()
+    value.nr = syscalls.BY_NR[42].nr  # as if it were inside connect()
+    entries[key] = value
+    assert any(k.value == sleeper.pid for k in entries.keys())
+    sleeper.kill()
+    sleeper.wait()
+    assert not any(k.value == sleeper.pid for k in entries.keys())
