@@ -50,6 +50,20 @@ def test_alerts_newest_first_and_cursor_moves_with_arrows(sample_db):
     run(scenario, sample_db[0])
 
 
+def test_priority_is_shown_by_colour(sample_db):
+    async def scenario(app, pilot):
+        priority_cells = [app.table.get_row_at(index)[2] for index in range(3)]
+        assert [(cell.plain, cell.style) for cell in priority_cells] == [
+            ("NOTE", "cyan"),
+            ("CRIT", "bold red"),
+            ("WARN", "yellow"),
+        ]
+        rule_cell = app.table.get_row_at(1)[3]
+        assert rule_cell.style == "bold red"
+
+    run(scenario, sample_db[0])
+
+
 def test_switching_to_events_and_back(sample_db):
     async def scenario(app, pilot):
         await pilot.press("v")
@@ -337,6 +351,32 @@ def test_ack_goes_to_the_agent_after_confirmation_and_a_missing_command_shows_it
         run(scenario, sample_db[0], socket_path=str(tmp_path / "control.sock"))
     finally:
         server.stop()
+
+
+def test_kill_and_deny_carry_the_process_identity_to_the_agent(sample_db, tmp_path):
+    received = []
+    server = ControlServer(str(tmp_path / "control.sock"))
+    for command in ("kill", "deny"):
+        server.register(command, lambda request, peer: received.append(request) or "done")
+    server.start()
+
+    async def scenario(app, pilot):
+        await pilot.press("end", "K")  # the /etc/shadow alert of curl
+        await wait_for(pilot, lambda: "Kill process curl pid 1003?" in screen_text(app))
+        await pilot.press("y")
+        await wait_for(pilot, lambda: len(received) == 1)
+        await pilot.press("D")
+        await wait_for(pilot, lambda: "Deny executing /usr/bin/curl" in screen_text(app))
+        await pilot.press("y")
+        await wait_for(pilot, lambda: len(received) == 2)
+
+    try:
+        run(scenario, sample_db[0], socket_path=str(tmp_path / "control.sock"))
+    finally:
+        server.stop()
+    alert_id = sample_db[1]["shadow"]
+    assert received[0] == {"cmd": "kill", "pid": 1003, "start_ns": 10**18 + 3, "alert_id": alert_id}
+    assert received[1] == {"cmd": "deny", "kind": "exec", "target": "/usr/bin/curl", "alert_id": alert_id}
 
 
 def test_actions_without_an_agent_say_so(sample_db, tmp_path):
