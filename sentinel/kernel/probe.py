@@ -358,13 +358,16 @@ def run_probes(configured_cache_dir: str | None = None) -> list[ProbeResult]:
 # ------------------------------------------------------------ what follows from them
 
 # Mechanism names, strongest first per action, and what each can match.
+# What a deny rule can name is the same for every mechanism (sentinel.actions.enforce_plan:
+# files, directories, program names, addresses/CIDRs/ports); the scope says which part
+# each fallback takes and how.
 MECHANISM_SCOPE = {
-    "lsm": "any rule",
-    "fanotify": "specific files",
-    "kill-at-exec": "by name/prefix",
-    "kill-at-open": "after the open",
-    "cgroup-sock-addr": "any rule",
-    "bpf-send-signal": "any rule",
+    "lsm": "EPERM, before the operation",
+    "fanotify": "specific files, EPERM",
+    "kill-at-exec": "names and directories (files without fanotify), SIGKILL before the first instruction",
+    "kill-at-open": "SIGKILL after the open: O_CREAT/O_TRUNC may have happened",
+    "cgroup-sock-addr": "connect and UDP sendmsg, IPv4/IPv6, EPERM",
+    "bpf-send-signal": "any kill rule, at the next syscall; pidfd for sleepers",
 }
 
 
