@@ -7,6 +7,7 @@ closes one file N times. Prints, as ratios to the loop without any BPF program:
 - sentinel with the open filter keeping those opens in the kernel (the file is outside the
   rules' path prefixes): the cost of an uninteresting open;
 - sentinel with the filter off (every open decoded in this process);
+- the filtered sensor plus the 32-bit syscall watch (a program on every syscall's entry);
 and, for a storm of matching opens (every one passes the filter), the records delivered vs
 generated and the records the kernel counted as lost (ring buffer full).
 
@@ -106,9 +107,10 @@ def overheads(binary: str, iterations: int, rounds: int, matching: str) -> dict:
     configurations = {
         "filtered": Interest(event_types=frozenset({"openat"}), open_path_prefixes=(os.path.dirname(matching) + "/",)),
         "unfiltered": Interest(event_types=frozenset({"openat"})),
+        "compat": Interest(event_types=frozenset({"openat", "compat_syscall"}), open_path_prefixes=(os.path.dirname(matching) + "/",)),
     }
     empty = EmptyPrograms()
-    ratios: dict[str, list[float]] = {"empty": [], "filtered": [], "unfiltered": []}
+    ratios: dict[str, list[float]] = {"empty": [], "filtered": [], "unfiltered": [], "compat": []}
     baselines = []
     sensor = Sensor(Config(), lifecycle)
     sensor.start(bootstrap=False)
@@ -162,6 +164,7 @@ def main() -> None:
     print("  sentinel, opens filtered out      %.2fx  (kernel saw %d opens of one loop, sent %d)"
           % (measured["filtered"], measured["filter_seen"], measured["filter_sent"]))  # fmt: skip
     print("  sentinel, open filter off         %.2fx  (every open sent to userspace and decoded)" % measured["unfiltered"])
+    print("  filtered + compat-syscall watch   %.2fx  (raw_syscalls:sys_enter on every syscall)" % measured["compat"])
     print("storm of %d matching opens (%.1f ns/open while draining)" % (options.storm, stormed["ns"]))
     print("  delivered %d of %d generated (%.1f%%), kernel sent %d, lost (ring buffer full) %d"
           % (stormed["delivered"], options.storm, 100.0 * stormed["delivered"] / options.storm, stormed["kernel_sent"], stormed["lost"]))  # fmt: skip

@@ -114,6 +114,23 @@ def _socket_name(fd: Fd) -> str:
     return "%s:%d->%s:%d" % (fd.cip, fd.cport, fd.sip, fd.sport)
 
 
+_NUMBER, _SIGNED, _STRING = 0, 1, 2
+
+
+def _arg_plan(spec) -> tuple[tuple[int, str, int], ...]:
+    """(index, Falco name, how to read it) of the reported arguments, computed once per syscall."""
+    plan = []
+    for index, arg in enumerate(spec.args):
+        name, _, kind = arg.partition(":")
+        if name == "-" or kind in ("addr", "msg", "addrlen"):
+            continue  # a sockaddr is reported as "addr", from its bytes
+        plan.append((index, name, _STRING if kind == "s" else _SIGNED if name in _SIGNED_ARGS else _NUMBER))
+    return tuple(plan)
+
+
+_PLANS = {nr: (spec, _arg_plan(spec)) for nr, spec in BY_NR.items()}
+
+
 def decode_syscall(decoder: Decoder, data: bytes) -> Event | None:
     (
         _op, _abi, _size, boot_ns, start_ns, _cgroup_id, pid, tid, _cpu, _pad, comm,
@@ -121,40 +138,36 @@ def decode_syscall(decoder: Decoder, data: bytes) -> Event | None:
         sock_family, sock_type, sk_protocol, lport, rport, _sk_state, _pad1, laddr, raddr, bpf_prog_name,
         str0_len, str1_len, path_len, base_len, addr_len, unix_len, str2_len, _pad2,
     ) = _SYSCALL(data)  # fmt: skip
-    spec = BY_NR.get(nr)
-    if spec is None:
+    plan = _PLANS.get(nr)
+    if plan is None:
         raise ValueError("syscall record for untraced syscall %d" % nr)
+    spec, arg_plan = plan
     values = _ARGS(raw_args)
     position = _SYSCALL_SIZE
-    path = _text(data[position : position + path_len])
+    path = _text(data[position : position + path_len]) if path_len else ""
     position += path_len
     unix_raw = data[position : position + unix_len]
     position += unix_len
     strings = []
     for length in (str0_len, str1_len, str2_len):
-        strings.append(_cstring(data, position, length))
-        position += length
-    base = _text(data[position : position + base_len])
+        if length:
+            strings.append(_cstring(data, position, length))
+            position += length
+    base = _text(data[position : position + base_len]) if base_len else ""
     position += base_len
     addr_raw = data[position : position + addr_len]
 
     args: dict[str, Any] = {}
-    string_iter = iter(strings)
-    first_string = None
-    for name, value in zip(spec.args, values):
-        arg_name, _, kind = name.partition(":")
-        if arg_name == "-":
-            continue
-        if kind == "s":
-            args[arg_name] = next(string_iter)
-            if first_string is None:
-                first_string = args[arg_name]
-        elif kind in ("addr", "msg", "addrlen"):
-            continue
-        elif arg_name in _SIGNED_ARGS:
-            args[arg_name] = _signed32(value)
+    first_string = strings[0] if strings else None
+    string_index = 0
+    for index, arg_name, kind in arg_plan:
+        if kind == _STRING:
+            args[arg_name] = strings[string_index] if string_index < len(strings) else ""
+            string_index += 1
+        elif kind == _SIGNED:
+            args[arg_name] = _signed32(values[index])
         else:
-            args[arg_name] = value
+            args[arg_name] = values[index]
     event_type = spec.name
 
     fd = None
