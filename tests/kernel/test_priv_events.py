@@ -210,3 +210,14 @@ def test_a_thread_that_exits_leaves_no_syscall_entry(sensor, sleeper):
     sleeper.kill()
     sleeper.wait()
     assert not any(k.value == sleeper.pid for k in entries.keys())
+
+
+def test_mount_and_umount_in_a_private_mount_namespace(collector, tmp_path):
+    target = tmp_path / "mnt"
+    target.mkdir()
+    script = "mount -t tmpfs -o size=1m sentinel-test %s && umount %s" % (target, target)
+    subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c", script], check=True)
+    mount = collector.wait_for(lambda e: e.type == "mount" and e.args.get("dir") == str(target))
+    assert (mount.args["dev"], mount.args["type"], mount.res) == ("sentinel-test", "tmpfs", 0)
+    umount = collector.wait_for(lambda e: e.type == "umount2" and e.args.get("name") == str(target))
+    assert umount.res == 0
