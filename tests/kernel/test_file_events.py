@@ -7,6 +7,7 @@ import ctypes
 import errno
 import json
 import os
+import struct
 import subprocess
 import sys
 import time
@@ -26,6 +27,7 @@ TYPES = {"open", "openat", "openat2", "creat", "unlinkat", "unlink", "renameat2"
          "symlink", "symlinkat", "chmod", "fchmodat", "fchmod", "fchownat", "truncate", "ftruncate", "linkat", "rmdir"}  # fmt: skip
 LIBC = ctypes.CDLL(None, use_errno=True)
 SYS_OPEN = 2
+SYS_OPENAT2 = 437
 
 
 @pytest.fixture(scope="module")
@@ -243,3 +245,15 @@ def test_trace_cli_shows_resolved_and_raw_paths(workdir):
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_openat2_flags_and_mode_come_from_open_how(collector, workdir):
+    target = workdir / "how.txt"
+    how = struct.pack("<QQQ", os.O_WRONLY | os.O_CREAT, 0o600, 0)  # struct open_how: flags, mode, resolve
+    fd = LIBC.syscall(SYS_OPENAT2, -100, str(target).encode(), how, len(how))
+    assert fd >= 0, os.strerror(ctypes.get_errno())
+    os.close(fd)
+    event = collector.wait_for(_mine("openat2", lambda e: e.fd.name == str(target)))
+    assert render.open_flags(event.args["flags"]) == "O_CREAT|O_WRONLY"
+    assert event.args["mode"] == 0o600 and event.args["resolve"] == 0
+    assert event.fd.created is True and event.res == fd
