@@ -47,11 +47,11 @@ struct sentinel_prefix_key {
 	u32 prefixlen;
 	char data[SENTINEL_PREFIX_MAX];
 };
-BPF_LPM_TRIE(snt_open_prefixes, struct sentinel_prefix_key, u8, 1024);
+BPF_LPM_TRIE(snt_open_prefixes, struct sentinel_prefix_key, u8, SENTINEL_OPEN_FILTER_ENTRIES);
 struct sentinel_comm_key {
 	char comm[SENTINEL_COMM_LEN];
 };
-BPF_HASH(snt_open_comms, struct sentinel_comm_key, u8, 1024);
+BPF_HASH(snt_open_comms, struct sentinel_comm_key, u8, SENTINEL_OPEN_FILTER_ENTRIES);
 BPF_PERCPU_ARRAY(snt_prefix_buf, struct sentinel_prefix_key, 1);
 /* Opens seen by the exit program and opens it sent on (index 0 and 1), for the cost note. */
 BPF_PERCPU_ARRAY(snt_open_stats, u64, 2);

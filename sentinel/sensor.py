@@ -274,23 +274,29 @@ class Sensor:
         kernel resolved), comms, created files. Over-approximates the rules, never narrows them."""
         prefixes = interest.open_path_prefixes
         enabled = prefixes is not None and "" not in prefixes
+        reasons = list(interest.reasons)
+        too_many = [what for what, items in (("prefixes", prefixes or ()), ("comms", interest.open_comms))
+                    if len(set(items)) > abi.OPEN_FILTER_ENTRIES]  # fmt: skip
+        if enabled and too_many:
+            enabled = False
+            reasons.append("more open filter %s than the kernel map holds (%d)" % (" and ".join(too_many), abi.OPEN_FILTER_ENTRIES))
         if not enabled and bool(interest.event_types & syscalls.OPEN_TYPES):
             log.info(
                 "sensor.open_filter_off",
-                cost="every open of the attached types reaches userspace (~1 us each in Python)",
-                reasons=list(interest.reasons),
+                cost="every open of the attached types reaches userspace (~5 us each to decode in Python)",
+                reasons=reasons,
             )
         trie = self._bpf[b"snt_open_prefixes"]
         comms = self._bpf[b"snt_open_comms"]
         trie.clear()
         comms.clear()
-        for prefix in sorted(set(prefixes or ())):
+        for prefix in sorted(set(prefixes or ())) if enabled else ():
             raw = prefix.encode("utf-8", "surrogateescape")[: abi.OPEN_PREFIX_MAX - 1]
             key = trie.Key()
             key.prefixlen = len(raw) * 8
             ctypes.memmove(ctypes.addressof(key) + 4, raw, len(raw))
             trie[key] = ctypes.c_uint8(1)
-        for comm in interest.open_comms:
+        for comm in interest.open_comms if enabled else ():
             raw = comm.encode("utf-8", "surrogateescape")[: abi.COMM_LEN - 1]
             key = comms.Key()
             ctypes.memmove(ctypes.addressof(key), raw, len(raw))

@@ -58,3 +58,46 @@ def test_private_struct_offsets_read_from_btf_match_bpftool():
         (expected,) = [m["bits_offset"] // 8 for m in structs[struct_name]["members"] if m["name"] == member]
         assert defines[macro] == expected, macro
     assert {"SENTINEL_MOUNT_OFF_MNT", "SENTINEL_MOUNT_OFF_PARENT", "SENTINEL_MOUNT_OFF_MOUNTPOINT"} <= set(defines)
+
+
+def test_an_open_filter_larger_than_the_kernel_map_is_turned_off_not_truncated(monkeypatch):
+    """Dropping prefixes would narrow the rules: the filter is switched off instead, with the reason."""
+    from structlog.testing import capture_logs
+
+    from sentinel.events import abi
+    from sentinel.events.interest import Interest
+
+    class FakeMap:
+        """What _fill_open_filter uses of a bcc table."""
+
+        def __init__(self) -> None:
+            self.items = []
+
+        def Key(self):  # noqa: N802 - bcc's spelling
+            return _Key()
+
+        def Leaf(self):  # noqa: N802
+            return _Leaf()
+
+        def clear(self) -> None:
+            self.items.clear()
+
+        def __setitem__(self, key, value) -> None:
+            self.items.append(value)
+
+    class _Key:
+        prefixlen = 0
+
+    class _Leaf:
+        enabled = pass_created = 0
+
+    maps = {b"snt_open_prefixes": FakeMap(), b"snt_open_comms": FakeMap(), b"snt_open_cfg": FakeMap()}
+    sensor = Sensor(Config(), Interest(), table=object())
+    sensor._bpf = maps
+    many = tuple("/p%d/" % i for i in range(abi.OPEN_FILTER_ENTRIES + 1))
+    with capture_logs() as logs:
+        sensor._fill_open_filter(Interest(event_types=frozenset({"openat"}), open_path_prefixes=many))
+    (leaf,) = maps[b"snt_open_cfg"].items
+    assert leaf.enabled == 0 and not maps[b"snt_open_prefixes"].items
+    (entry,) = [e for e in logs if e["event"] == "sensor.open_filter_off"]
+    assert "more open filter prefixes than the kernel map holds (1024)" in entry["reasons"]
