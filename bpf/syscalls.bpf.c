@@ -41,6 +41,8 @@ BPF_ARRAY(snt_sys_desc, struct sentinel_sys_desc, SENTINEL_SYS_NR_MAX);
 struct sentinel_open_cfg {
 	u32 enabled;        /* 0: every open reaches userspace */
 	u32 pass_created;   /* opens that created their file pass */
+	u32 has_comms;      /* snt_open_comms is not empty */
+	u32 _pad;
 };
 BPF_ARRAY(snt_open_cfg, struct sentinel_open_cfg, 1);
 struct sentinel_prefix_key {
@@ -369,10 +371,9 @@ int snt_sys_exit(struct sentinel_sys_exit_args *args)
 		return 0;
 	u32 dflags = desc->flags;
 	struct sentinel_sys_enter saved = {};
-	if (dflags & SENTINEL_DESC_ARGS_AT_EXIT) {
-		if (sentinel_args_from_regs(&saved) != 0)
-			return 0;
-	} else {
+	/* ARGS_AT_EXIT (the open family): arguments are read only for opens that pass the filter */
+	int args_at_exit = dflags & SENTINEL_DESC_ARGS_AT_EXIT;
+	if (!args_at_exit) {
 		struct sentinel_sys_enter *enter = snt_sys_args.lookup(&tid);
 		if (!enter)
 			return 0;
@@ -428,7 +429,7 @@ int snt_sys_exit(struct sentinel_sys_exit_args *args)
 		if (seen)
 			*seen += 1;
 		struct sentinel_open_cfg *cfg = snt_open_cfg.lookup(&zero);
-		open_filter = cfg && cfg->enabled && !sentinel_comm_listed();
+		open_filter = cfg && cfg->enabled && !(cfg->has_comms && sentinel_comm_listed());
 		if (open_filter && cfg->pass_created && (fmode & SENTINEL_FMODE_CREATED))
 			open_filter = 0;
 	}
@@ -448,6 +449,8 @@ int snt_sys_exit(struct sentinel_sys_exit_args *args)
 			}
 		}
 	}
+	if (args_at_exit && sentinel_args_from_regs(&saved) != 0)
+		return 0;
 	/* the record's body; the path is already in the tail */
 	__builtin_memset(e, 0, sizeof(*e));
 	sentinel_fill_header(&e->hdr, SENTINEL_OP_SYSCALL, task);

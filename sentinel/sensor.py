@@ -305,6 +305,7 @@ class Sensor:
         value = cfg.Leaf()
         value.enabled = int(enabled)
         value.pass_created = int(interest.open_created)
+        value.has_comms = int(enabled and bool(interest.open_comms))
         cfg[ctypes.c_uint(0)] = value
 
     def _attach(self, programs: tuple[Program, ...]) -> None:

@@ -89,7 +89,7 @@ def test_an_open_filter_larger_than_the_kernel_map_is_turned_off_not_truncated(m
         prefixlen = 0
 
     class _Leaf:
-        enabled = pass_created = 0
+        enabled = pass_created = has_comms = 0
 
     maps = {b"snt_open_prefixes": FakeMap(), b"snt_open_comms": FakeMap(), b"snt_open_cfg": FakeMap()}
     sensor = Sensor(Config(), Interest(), table=object())
