@@ -321,3 +321,29 @@ def test_a_crashed_agent_leaves_no_stale_deny_after_the_next_start(cgroup, serve
     removed = hygiene.cleanup_leftovers(cgroup_root=cgroup, pin_dir=str(tmp_path / "pins"), lock_path=str(tmp_path / "lock"))
     assert any("snt_connect4" in line for line in removed)
     assert _in_cgroup(cgroup, "127.0.0.1", port, "tcp") == 0
+
+
+def test_keep_on_exit_keeps_exec_and_network_denies_until_taken_over(cgroup, servers, tmp_path):
+    pin_dir = "/sys/fs/bpf/sentinel-test-%d" % os.getpid()
+    name = "sntkeep%d" % (os.getpid() % 10000)
+    named = tmp_path / name
+    shutil.copy("/bin/true", named)
+    port = servers("tcp")
+    kernel = KernelEnforcer(MECHANISMS, cgroup_path=cgroup, keep_on_exit=True, pin_dir=pin_dir)
+    try:
+        kernel.add(DenyEntry("exec_name", name))
+        kernel.add(DenyEntry("net", "127.0.0.1/32", port))
+    finally:
+        kept = kernel.close()
+    try:
+        assert any("kill-at-exec" in line for line in kept) and any("cgroup" in line for line in kept)
+        assert _exec_status(str(named)) == str(-9)  # still enforced with no loader alive
+        assert _in_cgroup(cgroup, "127.0.0.1", port, "tcp") == errno.EPERM
+    finally:
+        successor = KernelEnforcer(MECHANISMS, cgroup_path=cgroup, pin_dir=pin_dir)
+        successor.take_over_pins()
+        successor.close()
+        hygiene.cleanup_leftovers(cgroup_root=cgroup, pin_dir=pin_dir, lock_path=str(tmp_path / "lock"))
+        shutil.rmtree(pin_dir, ignore_errors=True)
+    assert _exec_status(str(named)) == "0"
+    assert _in_cgroup(cgroup, "127.0.0.1", port, "tcp") == 0
