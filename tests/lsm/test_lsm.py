@@ -19,6 +19,7 @@ import pytest
 
 from sentinel.actions.enforce_kernel import KernelEnforcer
 from sentinel.actions.enforce_plan import DenyEntry
+from sentinel.errors import KernelError
 from sentinel.kernel.probe import probe_bpf_lsm
 
 pytestmark = pytest.mark.kernel
@@ -27,18 +28,23 @@ LSM = {"deny_exec": ("lsm",), "deny_open": ("lsm",), "deny_connect": ("lsm",), "
 
 
 @pytest.fixture(scope="module")
-def lsm_available():
-    result = probe_bpf_lsm()
-    if not result.ok:
+def loaded():
+    """One compile for the module (a guest under emulation compiles slowly)."""
+    try:
+        enforcer = KernelEnforcer(LSM)
+    except KernelError:
+        result = probe_bpf_lsm()
         pytest.skip("BPF LSM programs cannot load on this kernel: %s %s" % (result.error, result.detail))
-
-
-@pytest.fixture
-def kernel(lsm_available):
-    enforcer = KernelEnforcer(LSM)
     assert enforcer.lsm
     yield enforcer
     enforcer.close()
+
+
+@pytest.fixture
+def kernel(loaded):
+    yield loaded
+    for entry in loaded.entries():
+        loaded.remove(entry)
 
 
 def _exec_status(path) -> str:
