@@ -149,8 +149,10 @@ class Enforcer:
             # The kernel already decided; the event says whether the operation failed.
             if mode == "audit":
                 outcome = "would have denied"
+            elif event.res < 0:
+                outcome = "denied"
             else:
-                outcome = "denied" if event.res < 0 else "allowed (not pushed down for this event)"
+                outcome = self._after_the_fact(rule.name)
             self.record("deny", target, rule=rule.name, mode=mode, outcome=outcome, detail=event.type)
             return outcome
         refusal = self.refusal(proc, rule)
@@ -162,6 +164,13 @@ class Enforcer:
             outcome = self._kill(proc.pid, proc.start_ns)
         self.record("kill", target, rule=rule.name, mode=mode, outcome=outcome, detail=event.type)
         return outcome
+
+    def _after_the_fact(self, rule_name: str) -> str:
+        """The operation succeeded: a kill-at-exec/open mechanism kills right after it."""
+        plan = self.plans.get(rule_name)
+        mechanisms = {self.kernel.mechanism_for(e) for e in plan.entries} if plan and self.kernel is not None else set()
+        killers = sorted(m for m in mechanisms if m.startswith("kill-at-"))
+        return "killed by %s" % ",".join(killers) if killers else "not denied (entry not in the kernel yet)"
 
     def refusal(self, proc: Any, rule: Any = None) -> str:
         """Why `proc` must not be killed, or "" when it may be."""
