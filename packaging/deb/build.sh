@@ -84,7 +84,7 @@ install -D -m 0644 "$REPO/packaging/logrotate/sentinel" "$root/etc/logrotate.d/s
 # for them outside a checkout.
 install -d -m 0755 "$root/usr/share/sentinel"
 for tree in rules bpf; do
-    tar -C "$REPO" --exclude=__pycache__ -cf - "$tree" | tar -C "$root/usr/share/sentinel" -xf -
+    tar -C "$REPO" --exclude=__pycache__ -cf - "$tree" | tar -C "$root/usr/share/sentinel" --no-same-permissions -xf -
 done
 install -D -m 0644 "$REPO/README.md" "$root/usr/share/doc/sentinel/README.md"
 install -D -m 0644 "$HERE/copyright" "$root/usr/share/doc/sentinel/copyright"

@@ -86,6 +86,8 @@ def test_files_are_where_the_agent_looks_for_them(contents):
     assert [path for path in required if path not in contents] == []
     assert contents["usr/bin/sentinel"][0] == "-rwxr-xr-x"
     assert {owner for _mode, owner in contents.values()} == {"root/root"}
+    # whatever the umask of the checkout, nothing is writable but by root
+    assert [path for path, (mode, _owner) in contents.items() if mode[0] != "l" and "w" in mode[4:]] == []
     assert not [path for path in contents if "/.git" in path or path.endswith(".egg-info")]
 
 

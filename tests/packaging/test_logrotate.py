@@ -23,6 +23,7 @@ def rotate(tmp_path: Path, agent_active: bool) -> tuple[Path, list[str]]:
     text = SHIPPED.read_text()
     assert ALERTS in text
     config.write_text(text.replace(ALERTS, str(logs / "alerts.json")))
+    config.chmod(0o644)
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     calls = tmp_path / "systemctl.calls"
@@ -41,9 +42,13 @@ def rotate(tmp_path: Path, agent_active: bool) -> tuple[Path, list[str]]:
     return logs, calls.read_text().splitlines() if calls.exists() else []
 
 
-def test_configuration_parses():
-    result = subprocess.run(["logrotate", "--debug", "--state", "/dev/null", str(SHIPPED)], capture_output=True, text=True)
+def test_configuration_parses(tmp_path):
+    installed = tmp_path / "sentinel"
+    installed.write_text(SHIPPED.read_text())
+    installed.chmod(0o644)  # as packaged: logrotate ignores group-writable files
+    result = subprocess.run(["logrotate", "--debug", "--state", "/dev/null", str(installed)], capture_output=True, text=True)
     assert result.returncode == 0 and "error" not in result.stderr.lower(), result.stderr
+    assert "Handling 1 logs" in result.stderr and "rotating pattern: %s" % ALERTS in result.stderr
 
 
 @pytest.mark.parametrize("agent_active", [True, False])

@@ -41,9 +41,10 @@ class NotifySocket:
         deadline = time.monotonic() + timeout
         while not any(state in message.split("\n") for _pid, message in self.received):
             remaining = deadline - time.monotonic()
-            assert remaining > 0, "no %s within %ss; got %r" % (state, timeout, self.received)
+            if remaining <= 0:
+                raise AssertionError("no %s within %ss; got %r; log:\n%s" % (state, timeout, self.received, self._log_tail()))
             if self.sender is not None and self.sender.poll() is not None:
-                raise AssertionError("the agent exited (%s) before %s:\n%s" % (self.sender.returncode, state, self.log.read_text()[-3000:]))
+                raise AssertionError("the agent exited (%s) before %s:\n%s" % (self.sender.returncode, state, self._log_tail()))
             self.sock.settimeout(min(remaining, 1.0))
             try:
                 data, ancillary, _flags, _addr = self.sock.recvmsg(4096, socket.CMSG_SPACE(12))
@@ -54,6 +55,9 @@ class NotifySocket:
                 if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS:
                     pid = struct.unpack("iII", payload[:12])[0]
             self.received.append((pid, data.decode()))
+
+    def _log_tail(self) -> str:
+        return self.log.read_text()[-3000:] if self.log is not None else ""
 
     def close(self) -> None:
         self.sock.close()
