@@ -161,7 +161,7 @@ class Enforcer:
         elif mode == "audit":
             outcome = "would have killed"
         else:
-            outcome = self._kill(proc.pid, proc.start_ns)
+            outcome = self._kill(proc.pid, proc.start_ns, event.time_ns)
         self.record("kill", target, rule=rule.name, mode=mode, outcome=outcome, detail=event.type)
         return outcome
 
@@ -189,11 +189,11 @@ class Enforcer:
             return "rate limit (%d kills per minute)" % self.config.max_kills_per_minute
         return ""
 
-    def _kill(self, pid: int, start_ns: int) -> str:
+    def _kill(self, pid: int, start_ns: int, event_time_ns: int = 0) -> str:
         if self.kernel is None:
             return "failed: no kernel enforcement loaded"
         try:
-            self.kernel.kill(pid, start_ns)
+            self.kernel.kill(pid, start_ns, event_time_ns)
         except KernelError as exc:
             return "failed: %s" % exc
         self.counters["kills"] += 1
@@ -341,7 +341,8 @@ def start_enforcement(config: Any, store_action: Recorder, rules: Iterable[Any],
             on_denial=lambda denial: enforcer_ref[0].kernel_denial(denial.kind, denial.path, denial.pid),
             on_kill_done=lambda result: defer(
                 "kill_done", "pid %d" % result.pid, mode="enforce", outcome="dead",
-                detail="%.2f ms after the decision%s" % (result.latency_ms, ", pidfd backstop" if result.backstop else "")),
+                detail="dead %.2f ms after the decision, %.2f ms after the event%s"
+                % (result.latency_ms, result.event_to_death_ms, ", pidfd backstop" if result.backstop else "")),
         )
         kernel.set_allowed_exes(config.enforce.allow_exepaths)
         log.info("enforce.mechanisms", **{"mechanism." + k: ",".join(v) or "none" for k, v in mechanisms.items()})

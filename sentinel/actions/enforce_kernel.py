@@ -100,11 +100,17 @@ class KillResult:
     decided_ns: int  # CLOCK_MONOTONIC when the kill was decided
     dead_ns: int = 0  # CLOCK_MONOTONIC when the process was seen gone
     backstop: bool = False  # pidfd_send_signal was needed
+    event_time_ns: int = 0  # wall clock of the event that led to the kill (0: none)
+    dead_time_ns: int = 0  # wall clock when the process was seen gone
     done: threading.Event = field(default_factory=threading.Event)
 
     @property
     def latency_ms(self) -> float:
         return (self.dead_ns - self.decided_ns) / 1e6 if self.dead_ns else -1.0
+
+    @property
+    def event_to_death_ms(self) -> float:
+        return (self.dead_time_ns - self.event_time_ns) / 1e6 if self.dead_time_ns and self.event_time_ns else -1.0
 
 
 class KernelEnforcer:
@@ -360,13 +366,13 @@ class KernelEnforcer:
         self._cgroup_fd = None
 
     # ------------------------------------------------------------------ kills
-    def kill(self, pid: int, start_ns: int) -> KillResult:
+    def kill(self, pid: int, start_ns: int, event_time_ns: int = 0) -> KillResult:
         """Kill the process image (pid, start_ns): at its next syscall entry, or by pidfd.
 
         The caller has already checked safety; a pid that now belongs to another process
         (start time differs) is never signalled.
         """
-        result = KillResult(pid, start_ns, time.monotonic_ns())
+        result = KillResult(pid, start_ns, time.monotonic_ns(), event_time_ns=event_time_ns)
         try:
             pidfd = os.pidfd_open(pid)
         except ProcessLookupError:
@@ -411,6 +417,7 @@ class KernelEnforcer:
             for pidfd, result in pending.items():
                 if pidfd in readable:
                     result.dead_ns = now
+                    result.dead_time_ns = time.time_ns()
                     self._forget_kill(pidfd, result)
                 elif not result.backstop and now - result.decided_ns > BACKSTOP_SECONDS * 1e9:
                     result.backstop = True

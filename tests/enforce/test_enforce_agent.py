@@ -155,6 +155,8 @@ def test_agent_kills_denies_audits_and_fails_open(workdir):
         assert any(a["kind"] == "kill" and a["rule"] == "kill test sleeper" and a["outcome"] == "killed" for a in recorded)
         assert any(a["rule"] == "audit test tool" and a["outcome"] == "would have denied" for a in recorded)
         assert any(a["kind"] == "mode" for a in recorded)
+        deaths = _wait(lambda: [a for a in _actions(agent.db) if a["kind"] == "kill_done"])
+        assert deaths and "after the event" in deaths[0]["detail"]
     finally:
         assert agent.stop() == 0
     assert _exec_status(denied) == "0"  # a clean stop detaches everything

@@ -79,7 +79,7 @@ class FakeKernel:
     def mechanism_for(self, entry):
         return "fake"
 
-    def kill(self, pid, start_ns):
+    def kill(self, pid, start_ns, event_time_ns=0):
         self.kills.append((pid, start_ns))
 
     def map_contents(self):

@@ -22,7 +22,7 @@ from sentinel.actions.enforce_plan import DenyEntry
 from sentinel.errors import KernelError
 from sentinel.kernel.probe import probe_bpf_lsm
 
-pytestmark = pytest.mark.kernel
+pytestmark = [pytest.mark.kernel, pytest.mark.lsm]
 
 LSM = {"deny_exec": ("lsm",), "deny_open": ("lsm",), "deny_connect": ("lsm",), "kill": ("bpf-send-signal",)}
 
