@@ -70,16 +70,26 @@ struct sentinel_walk {
 };
 BPF_PERCPU_ARRAY(snt_walks, struct sentinel_walk, 1);
 
+/* Copies of kernel objects read whole: one helper call instead of one per member (each
+ * bpf_probe_read_kernel costs tens of ns, which on the open path adds up). */
+BPF_PERCPU_ARRAY(snt_file_copy, struct file, 1);
+BPF_PERCPU_ARRAY(snt_dentry_copy, struct dentry, 1);
+
 static __always_inline struct file *sentinel_fd_file(struct task_struct *task, s64 fd)
 {
 	if (fd < 0 || fd > 0x7fffffff)
 		return 0;
 	struct files_struct *files = SENTINEL_FIELD(task, files);
 	struct fdtable *fdt = SENTINEL_FIELD(files, fdt);
-	unsigned int max_fds = SENTINEL_FIELD(fdt, max_fds);
-	if ((u64)fd >= max_fds)
+	struct {
+		unsigned int max_fds;
+		struct file **fd;
+	} head = {};  /* the first two members of struct fdtable, in one read */
+	_Static_assert(__builtin_offsetof(struct fdtable, fd) == 8, "struct fdtable starts with max_fds, fd");
+	bpf_probe_read_kernel(&head, sizeof(head), fdt);
+	if ((u64)fd >= head.max_fds)
 		return 0;
-	struct file **fds = SENTINEL_FIELD(fdt, fd);
+	struct file **fds = head.fd;
 	struct file *file = 0;
 	bpf_probe_read_kernel(&file, sizeof(file), &fds[fd]);
 	return file;
@@ -92,7 +102,8 @@ static __always_inline struct sentinel_walk *sentinel_walk_path(struct dentry *d
 {
 	u32 zero = 0;
 	struct sentinel_walk *w = snt_walks.lookup(&zero);
-	if (!w)
+	struct dentry *copy = snt_dentry_copy.lookup(&zero);
+	if (!w || !copy)
 		return 0;
 	w->count = 0;
 	w->flags = 0;
@@ -125,11 +136,12 @@ static __always_inline struct sentinel_walk *sentinel_walk_path(struct dentry *d
 		u32 n = w->count;
 		if (n >= SENTINEL_PATH_DEPTH)
 			break;
-		struct qstr name = SENTINEL_FIELD(dentry, d_name);  /* one read: len and pointer */
-		w->names[n] = (u64)name.name;
-		w->lens[n] = name.len;
+		if (bpf_probe_read_kernel(copy, sizeof(*copy), dentry) != 0)
+			break;
+		w->names[n] = (u64)copy->d_name.name;
+		w->lens[n] = copy->d_name.len;
 		w->count = n + 1;
-		struct dentry *parent = SENTINEL_FIELD(dentry, d_parent);
+		struct dentry *parent = copy->d_parent;
 		if (parent == dentry) {
 			w->flags |= detached_flag;
 			return w;
@@ -405,7 +417,15 @@ int snt_sys_exit(struct sentinel_sys_exit_args *args)
 	else if (desc->fd_arg)
 		fd = (s64)(s32)saved.args[(desc->fd_arg - 1) & 7];
 	struct file *file = sentinel_fd_file(task, fd);
-	u32 fmode = SENTINEL_FIELD(file, f_mode);
+	u32 zero = 0;
+	struct file *fcopy = snt_file_copy.lookup(&zero);
+	if (!fcopy)
+		return 0;
+	if (!file || bpf_probe_read_kernel(fcopy, sizeof(*fcopy), file) != 0) {
+		file = 0;
+		__builtin_memset(fcopy, 0, sizeof(*fcopy));
+	}
+	u32 fmode = fcopy->f_mode;
 	struct fs_struct *fs = SENTINEL_FIELD(task, fs);
 	struct path root = SENTINEL_FIELD(fs, root);  /* one read for both members */
 	struct dentry *root_dentry = root.dentry;
@@ -420,11 +440,10 @@ int snt_sys_exit(struct sentinel_sys_exit_args *args)
 	u32 path_len = 0;
 	int open_filter = 0;
 	int is_socket = 0;
-	struct inode *inode = SENTINEL_FIELD(file, f_inode);
+	struct inode *inode = fcopy->f_inode;
 	u32 mode = SENTINEL_FIELD(inode, i_mode);
 	if (dflags & SENTINEL_DESC_OPEN) {
 		/* the open filter first, before anything is copied for the record */
-		u32 zero = 0;
 		u64 *seen = snt_open_stats.lookup(&zero);
 		if (seen)
 			*seen += 1;
@@ -436,8 +455,7 @@ int snt_sys_exit(struct sentinel_sys_exit_args *args)
 	if (file && (mode & SENTINEL_S_IFMT) == SENTINEL_S_IFSOCK) {
 		is_socket = 1;
 	} else if (file) {
-		struct path file_path = SENTINEL_FIELD(file, f_path);
-		struct sentinel_walk *w = sentinel_walk_path(file_path.dentry, file_path.mnt, root_dentry, root_mnt,
+		struct sentinel_walk *w = sentinel_walk_path(fcopy->f_path.dentry, fcopy->f_path.mnt, root_dentry, root_mnt,
 							     SENTINEL_F_SYS_PATH_TRUNC, SENTINEL_F_SYS_PATH_DETACHED);
 		if (w) {
 			sentinel_put_walk(tail, cur, w);
@@ -468,7 +486,7 @@ int snt_sys_exit(struct sentinel_sys_exit_args *args)
 		e->fd_ino = SENTINEL_FIELD(inode, i_ino);
 		e->fd_dev = SENTINEL_FIELD(sb, s_dev);
 		e->fd_fmode = fmode;
-		e->fd_oflags = SENTINEL_FIELD(file, f_flags);
+		e->fd_oflags = fcopy->f_flags;
 		if (is_socket)
 			sentinel_socket(e, file, tail, cur);
 	}
