@@ -14,9 +14,10 @@ import time
 from typing import Any
 
 from rich.text import Text
-from textual import on, work
+from textual import events, on, work
 from textual.app import App, ComposeResult
 from textual.binding import Binding
+from textual.message import Message
 from textual.containers import VerticalScroll
 from textual.widgets import DataTable, Footer, Input, Static
 from textual.worker import get_current_worker
@@ -39,6 +40,16 @@ class RowList(DataTable):
         Binding("home", "scroll_top", "First", show=False),
         Binding("end", "scroll_bottom", "Last", show=False),
     ]
+
+    class Resized(Message):
+        """The list's own width changed (also seen when its screen comes back after a resize)."""
+
+        def __init__(self, width: int) -> None:
+            super().__init__()
+            self.width = width
+
+    def on_resize(self, event: events.Resize) -> None:
+        self.post_message(self.Resized(event.size.width))
 
 
 class SentinelApp(App[None]):
@@ -88,40 +99,49 @@ class SentinelApp(App[None]):
         self.detail_seq: int | None = None
         self.first_page_shown = threading.Event()  # for tests and the benchmark
         self.page_query_running = threading.Event()
+        self.list_width = 80  # until the list reports its size
 
     # ------------------------------------------------------------------ layout
     def compose(self) -> ComposeResult:
-        yield Static(id="status")
-        yield Input(
+        # Kept as attributes: messages may still arrive while the app shuts its screen down.
+        self.status_bar = Static(id="status")
+        self.filter_input = Input(
             placeholder="filter: proc.name = curl and fd.sip != 127.0.0.1   (/text: search)", id="filter", select_on_focus=False
         )
-        yield Static(id="filter-error")
-        yield RowList(id="list", cursor_type="row", zebra_stripes=True)
-        with VerticalScroll(id="detail-pane"):
-            yield Static(id="detail")
-        yield Static(id="message")
+        self.filter_error = Static(id="filter-error")
+        self.list_view = RowList(id="list", cursor_type="row", zebra_stripes=True)
+        self.detail_view = Static(id="detail")
+        self.detail_pane = VerticalScroll(self.detail_view, id="detail-pane")
+        self.message_line = Static(id="message")
+        yield self.status_bar
+        yield self.filter_input
+        yield self.filter_error
+        yield self.list_view
+        yield self.detail_pane
+        yield self.message_line
         yield Footer()
 
     def on_mount(self) -> None:
-        self.query_one("#filter-error").display = False
-        self.query_one("#detail-pane").display = False
-        self.query_one("#list", DataTable).focus()
+        self.filter_error.display = False
+        self.detail_pane.display = False
+        self.list_view.focus()
         self.build_columns()
         self.reload()
         self.set_interval(self.poll_seconds, self.poll_new_rows)
 
-    def on_resize(self) -> None:
-        if self.is_mounted:
+    @on(RowList.Resized)
+    def on_list_resized(self, event: RowList.Resized) -> None:
+        if event.width != self.list_width:
+            self.list_width = event.width
             self.build_columns()
             self.render_rows()
 
     @property
     def table(self) -> DataTable:
-        return self.query_one("#list", DataTable)
+        return self.list_view
 
     def build_columns(self) -> None:
-        width = self.size.width or 80
-        columns = columns_for(self.query_state.kind, width)
+        columns = columns_for(self.query_state.kind, self.list_width)
         self.column_keys = [key for key, _, _ in columns]
         table = self.table
         table.clear(columns=True)
@@ -154,10 +174,10 @@ class SentinelApp(App[None]):
         described = self.query_state.describe()
         if described:
             text.append_text(safe(described, "cyan"))
-        self.query_one("#status", Static).update(text)
+        self.status_bar.update(text)
 
     def show_message(self, message: str, error: bool = False) -> None:
-        self.query_one("#message", Static).update(Text(message, style="bold red" if error else "green"))
+        self.message_line.update(Text(message, style="bold red" if error else "green"))
 
     # ------------------------------------------------------------------ loading
     def set_query(self, query: data.ViewQuery) -> None:
@@ -244,7 +264,7 @@ class SentinelApp(App[None]):
         if event.cursor_row >= len(self.rows) - 1 and self.more and not self.loading_older and self.rows:
             self.loading_older = True
             self.load_older(self.query_state, self.generation, self.rows[-1]["seq"])
-        if self.query_one("#detail-pane").display and event.row_key is not None and event.row_key.value != str(self.detail_seq):
+        if self.detail_pane.display and event.row_key is not None and event.row_key.value != str(self.detail_seq):
             self.load_detail(self.query_state.kind, int(event.row_key.value))
 
     @work(thread=True, exclusive=True, group="older")
@@ -287,7 +307,7 @@ class SentinelApp(App[None]):
     @on(DataTable.RowSelected, "#list")
     def on_row_selected(self, event: DataTable.RowSelected) -> None:
         if event.row_key is not None and event.row_key.value is not None:
-            self.query_one("#detail-pane").display = True
+            self.detail_pane.display = True
             self.load_detail(self.query_state.kind, int(event.row_key.value))
 
     @work(thread=True, exclusive=True, group="detail")
@@ -314,25 +334,25 @@ class SentinelApp(App[None]):
 
     def show_detail(self, seq: int, renderable: Any) -> None:
         self.detail_seq = seq
-        self.query_one("#detail", Static).update(renderable)
-        self.query_one("#detail-pane").scroll_home(animate=False)
+        self.detail_view.update(renderable)
+        self.detail_pane.scroll_home(animate=False)
 
     def action_close_detail(self) -> None:
-        if self.focused is self.query_one("#filter", Input):
+        if self.focused is self.filter_input:
             self.table.focus()
             return
         self.close_detail()
 
     def close_detail(self) -> None:
-        self.query_one("#detail-pane").display = False
+        self.detail_pane.display = False
         self.detail_seq = None
 
     # ------------------------------------------------------------------ filters
     def action_focus_filter(self) -> None:
-        self.query_one("#filter", Input).focus()
+        self.filter_input.focus()
 
     def action_search(self) -> None:
-        field = self.query_one("#filter", Input)
+        field = self.filter_input
         if not field.value.startswith("/"):
             field.value = "/"
         field.cursor_position = len(field.value)
@@ -345,7 +365,7 @@ class SentinelApp(App[None]):
             query = self.query_state.with_(search=text[1:], condition="")
         else:
             query = self.query_state.with_(condition=text, search="")
-        error = self.query_one("#filter-error", Static)
+        error = self.filter_error
         try:
             query.where()
         except RuleError as exc:
@@ -406,8 +426,8 @@ class SentinelApp(App[None]):
 
     def action_clear_filters(self) -> None:
         self.time_range = 0
-        self.query_one("#filter", Input).value = ""
-        self.query_one("#filter-error").display = False
+        self.filter_input.value = ""
+        self.filter_error.display = False
         self.set_query(data.ViewQuery(kind=self.query_state.kind))
 
     def action_surrounding_events(self) -> None:

@@ -92,6 +92,21 @@ def test_columns_fit_80_and_grow_when_wider(sample_db):
     assert len(widths[140]) > len(widths[80])  # the enforcement column appears
 
 
+def test_resizing_under_another_screen_relayouts_the_list_when_it_returns(sample_db):
+    async def scenario(app, pilot):
+        narrow = [column.width for column in app.table.columns.values()]
+        await pilot.press("s")
+        await wait_for(pilot, lambda: "top processes" in screen_text(app))
+        await pilot.resize_terminal(140, 30)
+        await pilot.pause(0.2)
+        await pilot.press("escape")
+        await wait_for(pilot, lambda: len(app.table.columns) == len(narrow) + 1, what="the wide layout")
+        assert max(len(line) for line in screen_text(app).splitlines()) <= 140
+        assert app.table.row_count == 3
+
+    run(scenario, sample_db[0], size=(80, 24))
+
+
 # --- filtering --------------------------------------------------------------------------------
 
 
