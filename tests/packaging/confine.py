@@ -1,11 +1,13 @@
 """Run a command under the confinement sentinel.service asks systemd for, without systemd.
 
-    python confine.py -- COMMAND [ARG...]
+    python confine.py [--deny NAME,NAME...] -- COMMAND [ARG...]
 
 Sets no_new_privs (NoNewPrivileges=yes) and installs the seccomp filter systemd builds for
 MemoryDenyWriteExecute=yes (mmap with PROT_WRITE|PROT_EXEC, and mprotect, pkey_mprotect or
-shmat asking for execute rights, fail with EPERM), then execs COMMAND. The capability
-bounding set is applied around this by `setpriv`. The filter is x86_64 only.
+shmat asking for execute rights, fail with EPERM) and for a SystemCallFilter= deny list
+with SystemCallErrorNumber=EPERM (the named system calls fail with EPERM), then execs
+COMMAND. The capability bounding set is applied around this by `setpriv`. The filter is
+x86_64 only; syscall numbers come from the kernel's uapi header.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import ctypes
 import os
 import platform
+import re
 import struct
 import sys
 
@@ -51,7 +54,20 @@ def _block(number: int, test: list[tuple[int, int, int, int]]) -> list[tuple[int
     return [(JEQ_K, 0, len(body), number), *body]
 
 
-def mdwe_filter() -> list[tuple[int, int, int, int]]:
+UNISTD_64 = "/usr/include/x86_64-linux-gnu/asm/unistd_64.h"
+
+
+def syscall_numbers(header: str = UNISTD_64) -> dict[str, int]:
+    numbers = {}
+    with open(header) as text:
+        for line in text:
+            match = re.match(r"#define __NR_(\w+)\s+(\d+)", line)
+            if match:
+                numbers[match.group(1)] = int(match.group(2))
+    return numbers
+
+
+def mdwe_filter(denied: tuple[int, ...] = ()) -> list[tuple[int, int, int, int]]:
     """The filter as (code, jt, jf, k) instructions; jumps are relative to the next one."""
     program = [
         (LD_W_ABS, 0, 0, OFFSET_ARCH),
@@ -59,6 +75,8 @@ def mdwe_filter() -> list[tuple[int, int, int, int]]:
         (RET_K, 0, 0, SECCOMP_RET_ALLOW),  # a foreign arch: not ours to judge
         (LD_W_ABS, 0, 0, OFFSET_NR),
     ]
+    for number in denied:
+        program += [(JEQ_K, 0, 1, number), (RET_K, 0, 0, SECCOMP_RET_ERRNO | EPERM)]
     # mmap(addr, len, prot, ...): prot & (W|X) == W|X
     program += _block(
         SYS_MMAP,
@@ -75,13 +93,13 @@ def mdwe_filter() -> list[tuple[int, int, int, int]]:
     return program
 
 
-def install() -> None:
+def install(denied: tuple[int, ...] = ()) -> None:
     if platform.machine() != "x86_64":
         raise SystemExit("confine: the MemoryDenyWriteExecute filter is written for x86_64")
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_NO_NEW_PRIVS)")
-    program = mdwe_filter()
+    program = mdwe_filter(denied)
     raw = b"".join(struct.pack("=HBBI", *insn) for insn in program)
     buffer = ctypes.create_string_buffer(raw, len(raw))
 
@@ -94,8 +112,11 @@ def install() -> None:
 
 
 def main(argv: list[str]) -> None:
-    command = argv[argv.index("--") + 1 :]
-    install()
+    options, command = argv[: argv.index("--")], argv[argv.index("--") + 1 :]
+    names = options[options.index("--deny") + 1].split(",") if "--deny" in options else []
+    numbers = syscall_numbers()
+    # names of other architectures' calls (e.g. clock_settime64) have no number here
+    install(tuple(sorted({numbers[name] for name in names if name in numbers})))
     os.execvp(command[0], command)
 
 

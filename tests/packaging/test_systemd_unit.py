@@ -117,6 +117,21 @@ mount -o remount,bind,ro / && mount -o remount,bind,ro /run && exec "$@"
 CACHE_DIRECTORY = "/var/cache/sentinel"
 
 
+def denied_syscalls() -> list[str]:
+    """SystemCallFilter=~ as system call names, the @sets expanded by systemd-analyze."""
+    (rule,) = directives("Service")["SystemCallFilter"]
+    pending, names = rule.removeprefix("~").split(), set()
+    while pending:
+        token = pending.pop()
+        if not token.startswith("@"):
+            names.add(token)
+            continue
+        listing = subprocess.run(["systemd-analyze", "syscall-filter", "--no-pager", token], capture_output=True, text=True, check=True)
+        body = [line.strip() for line in listing.stdout.splitlines()[1:]]
+        pending += [line for line in body if line and not line.startswith("#")]
+    return sorted(names)
+
+
 def unit_environment() -> dict[str, str]:
     return dict(value.split("=", 1) for value in directives("Service").get("Environment", []))
 
@@ -128,7 +143,7 @@ def confined_command(capabilities: list[str], command: list[str]) -> list[str]:
     names = ",".join("+" + cap.removeprefix("CAP_").lower() for cap in capabilities)
     wrapper = ["unshare", "--mount", "--propagation", "private", "/bin/sh", "-c", STRICT_FILESYSTEM, "sh"]
     wrapper += ["setpriv", "--bounding-set=-all" + ("," + names if names else ""), "--inh-caps=-all"]
-    wrapper += [sys.executable, str(HERE / "confine.py"), "--"]
+    wrapper += [sys.executable, str(HERE / "confine.py"), "--deny", ",".join(denied_syscalls()), "--"]
     return wrapper + command
 
 
@@ -206,6 +221,22 @@ try:
 except PermissionError:
     print("refused")
 """
+
+
+def test_deny_list_expands_to_system_calls():
+    denied = denied_syscalls()
+    assert {"settimeofday", "init_module", "reboot", "swapon", "ptrace", "process_vm_writev"} <= set(denied)
+    assert not {"bpf", "perf_event_open", "mount", "fanotify_init", "setrlimit"} & set(denied)
+
+
+def test_confine_refuses_denied_system_calls():
+    # uname(NULL): EFAULT (14) from the kernel, EPERM (1) when the filter refuses it first
+    probe = "import ctypes; libc = ctypes.CDLL(None, use_errno=True); libc.uname(None); print(ctypes.get_errno())"
+    denied = subprocess.run(
+        [sys.executable, str(HERE / "confine.py"), "--deny", "uname", "--", sys.executable, "-c", probe], capture_output=True, text=True
+    )
+    free = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert (denied.stdout.strip(), free.stdout.strip()) == ("1", "14")
 
 
 def test_confine_refuses_writable_executable_memory():
