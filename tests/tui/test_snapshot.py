@@ -27,6 +27,7 @@ def shots(db_path: str) -> dict[str, str]:
         app = SentinelApp(db_path, poll_seconds=60)
         async with app.run_test(size=(80, 24)) as pilot:
             await wait_for(pilot, app.first_page_shown.is_set)
+            await wait_for(pilot, lambda: "? Help" in screen_text(app), what="the footer")
             await pilot.pause(0.2)
             taken["alerts_80x24"] = screen_text(app)
             await pilot.press("down", "down", "enter")
