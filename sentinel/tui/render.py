@@ -69,9 +69,9 @@ def stamp(time_ns: Any) -> str:
     return "%s.%06dZ" % (whole, (time_ns % 1_000_000_000) // 1000)
 
 
-# (key, label, minimum width, weight of the spare width it takes); None = shown only when wide.
+# Per column: key, label, minimum width, its share of the spare width, and the terminal
+# width from which it is shown at all (0: always; everything with 0 fits 80 columns).
 _LAYOUT: dict[str, tuple[tuple[str, str, int, int, int], ...]] = {
-    # key, label, width, grow weight, shown from this terminal width on
     ALERTS: (
         ("time", "time", 8, 0, 0),
         ("ack", "A", 1, 0, 0),

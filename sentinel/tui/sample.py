@@ -117,7 +117,10 @@ def write_live(path: str, count: int, interval: float = 0.05, comm: str = "livew
             time.sleep(interval)
 
 
-_BULK_COLUMNS = ("id", "time", "matched", "evt_type", "evt_res", "proc_pid", "proc_start_ns", "proc_ppid", "proc_name", "proc_exepath", "proc_args", "fd_name", "user_name")
+_BULK_COLUMNS = (
+    "id", "time", "matched", "evt_type", "evt_res", "proc_pid", "proc_start_ns",
+    "proc_ppid", "proc_name", "proc_exepath", "proc_args", "fd_name", "user_name",
+)  # fmt: skip
 NAMES = tuple("proc%02d" % i for i in range(50))
 
 
@@ -131,15 +134,24 @@ def write_bulk(path: str, count: int, batch: int = 50_000, now_ns: int | None = 
     conn.execute("PRAGMA journal_mode = WAL")
     conn.execute("PRAGMA synchronous = OFF")
     insert = "INSERT INTO events (%s) VALUES (%s)" % (", ".join(_BULK_COLUMNS), ", ".join("?" * len(_BULK_COLUMNS)))
-    insert_alert = "INSERT INTO alerts (id, time, rule, priority, source, output, event_id, ancestry) VALUES (?, ?, ?, ?, 'syscall', ?, ?, '[]')"
+    insert_alert = (
+        "INSERT INTO alerts (id, time, rule, priority, source, output, event_id, ancestry) "
+        "VALUES (?, ?, ?, ?, 'syscall', ?, ?, '[]')"
+    )
     for first in range(0, count, batch):
         rows, alerts = [], []
         for index in range(first, min(first + batch, count)):
             name = NAMES[index % len(NAMES)]
             event_id = "ev-%d" % index
-            rows.append((event_id, start + index * 1_000_000, int(index % 1000 == 0), "openat", "SUCCESS", 10_000 + index % 500, 7, 1, name, "/usr/bin/" + name, "--n %d" % index, "/data/%s/file%d" % (name, index), "alice"))
-            if index % 1000 == 0:
-                alerts.append(("al-%d" % index, start + index * 1_000_000, "Bulk rule %d" % (index % 7), "warning", "bulk alert %d" % index, event_id))
+            when = start + index * 1_000_000
+            path = "/data/%s/file%d" % (name, index)
+            matched = index % 1000 == 0
+            rows.append(
+                (event_id, when, int(matched), "openat", "SUCCESS", 10_000 + index % 500, 7, 1, name, "/usr/bin/" + name,
+                 "--n %d" % index, path, "alice")
+            )  # fmt: skip
+            if matched:
+                alerts.append(("al-%d" % index, when, "Bulk rule %d" % (index % 7), "warning", "bulk alert %d" % index, event_id))
         conn.execute("BEGIN")
         conn.executemany(insert, rows)
         conn.executemany(insert_alert, alerts)
