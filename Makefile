@@ -47,7 +47,7 @@ bench: deps-test venv
 # the first run downloads it and qemu through apt) runs tests/lsm against this checkout,
 # which the guest sees read-only at the same path. ~45-65 s once set up.
 lsm-test: venv
-	./tests/lsm/lsm_vm.sh 'cd $(CURDIR) && PYTHONDONTWRITEBYTECODE=1 SENTINEL_BTF_CACHE_DIR=/run/sentinel-btf $(CURDIR)/$(PY) -m pytest -p no:cacheprovider --basetemp=/run/sentinel-lsm-tests tests/lsm -v -rs'
+	./tests/lsm/lsm_vm.sh 'cd $(CURDIR) && PYTHONDONTWRITEBYTECODE=1 SENTINEL_BTF_CACHE_DIR=/run/sentinel-btf $(CURDIR)/$(PY) -m pytest -p no:cacheprovider -o faulthandler_timeout=150 --basetemp=/run/sentinel-lsm-tests tests/lsm -v -rs'
 
 # dist/sentinel_<version>_<arch>.deb: dpkg-deb over a staging root, the Python
 # dependencies bundled in /usr/lib/sentinel/venv (see packaging/deb/build.sh)

@@ -34,11 +34,16 @@ static __always_inline void snt_comm_of_filename(const char *filename, struct sn
 	int len = bpf_probe_read_kernel_str(scratch->path, sizeof(scratch->path), filename);
 	if (len <= 0)
 		return;
-	for (u32 i = 0; i < SNT_NAME_BUF; i++) {
-		if (i >= (u32)len)
+	/* Backwards to the last '/': every iteration either stops or leaves `start` unchanged,
+	 * so the verifier's states stay few (a forward scan tracking the last '/' is quadratic). */
+	for (int back = 0; back < SNT_NAME_BUF; back++) {
+		int i = len - 2 - back;	/* len counts the NUL */
+		if (i < 0)
 			break;
-		if (scratch->path[i] == '/')
+		if (scratch->path[i & (SNT_NAME_BUF - 1)] == '/') {
 			start = i + 1;
+			break;
+		}
 	}
 	for (u32 j = 0; j < 15; j++) {
 		u32 at = start + j;
