@@ -12,7 +12,6 @@ from __future__ import annotations
 import ipaddress
 import posixpath
 import socket
-import stat
 import struct
 from typing import TYPE_CHECKING, Any
 
@@ -88,21 +87,23 @@ def _address(family: int, raw: bytes) -> str:
     return str(ipaddress.IPv6Address(raw))
 
 
+_S_IFMT, _S_IFREG, _S_IFDIR, _S_IFSOCK = 0o170000, 0o100000, 0o040000, 0o140000
+_SIMPLE_TYPES = {0o040000: "directory", 0o010000: "pipe", 0o020000: "file", 0o060000: "file", 0o120000: "file"}
+
+
 def fd_type(mode: int, path: str, family: int) -> str:
     """Falco's fd.type from the inode mode (and the socket family or anon-inode name)."""
-    kind = stat.S_IFMT(mode)
-    if kind == stat.S_IFSOCK:
+    kind = mode & _S_IFMT
+    if kind == _S_IFREG:
+        return "memfd" if path.startswith("/memfd:") else "file"
+    simple = _SIMPLE_TYPES.get(kind)
+    if simple is not None:
+        return simple
+    if kind == _S_IFSOCK:
         return _FD_FAMILIES.get(family, "socket")
-    if kind == stat.S_IFDIR:
-        return "directory"
-    if kind == stat.S_IFIFO:
-        return "pipe"
-    if kind == stat.S_IFREG and path.startswith("/memfd:"):
-        return "memfd"
-    if kind == 0 or "anon_inode" in path or path.startswith("/["):
-        for marker, name in _ANON_TYPES:
-            if marker in path:
-                return name
+    for marker, name in _ANON_TYPES:  # anonymous inodes: no file type bits
+        if marker in path:
+            return name
     return "file"
 
 
