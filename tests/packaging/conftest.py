@@ -90,6 +90,12 @@ class Rootfs:
 
 
 @pytest.fixture(scope="session")
+def debian_suite() -> str:
+    """The Debian release of the roots (a test module cannot import conftest reliably)."""
+    return DEBIAN_SUITE
+
+
+@pytest.fixture(scope="session")
 def built_deb(tmp_path_factory) -> Path:
     return build_deb(tmp_path_factory.mktemp("deb"))
 

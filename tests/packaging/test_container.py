@@ -20,7 +20,6 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import DEBIAN_SUITE
 from sentinel import config
 
 REPO = Path(__file__).resolve().parents[2]
@@ -75,7 +74,7 @@ class Image:
         self.volumes: list[str] = []
 
 
-def build(rootfs, context: Path, build_args: dict[str, str]) -> Image:
+def build(rootfs, context: Path, build_args: dict[str, str], suite: str) -> Image:
     image = Image(rootfs)
     variables: dict[str, str] = {}
 
@@ -83,7 +82,7 @@ def build(rootfs, context: Path, build_args: dict[str, str]) -> Image:
         return re.sub(r"\$\{(\w+)\}|\$(\w+)", lambda m: variables[m.group(1) or m.group(2)], text)
 
     steps = instructions()
-    assert steps[0] == ("FROM", "debian:%s" % DEBIAN_SUITE), "the stand-in root is Debian %s" % DEBIAN_SUITE
+    assert steps[0] == ("FROM", "debian:%s" % suite), "the stand-in root is Debian %s" % suite
     for instruction, arguments in steps[1:]:
         if instruction == "ARG":
             name, _sep, default = arguments.partition("=")
@@ -120,11 +119,11 @@ def test_default_command_is_the_service_command():
 
 @pytest.mark.slow
 @pytest.mark.kernel
-def test_containerfile_builds_and_the_agent_runs(bare_rootfs, built_deb, tmp_path):
+def test_containerfile_builds_and_the_agent_runs(bare_rootfs, built_deb, debian_suite, tmp_path):
     context = tmp_path / "context"
     (context / "dist").mkdir(parents=True)
     shutil.copy(built_deb, context / "dist")
-    image = build(bare_rootfs, context, {"SENTINEL_DEB": "dist/" + built_deb.name})
+    image = build(bare_rootfs, context, {"SENTINEL_DEB": "dist/" + built_deb.name}, debian_suite)
 
     assert image.volumes == ["/var/lib/sentinel", "/var/cache/sentinel"]
     assert not (bare_rootfs.path / "tmp/sentinel.deb").exists()  # the layer is cleaned
