@@ -46,8 +46,11 @@ bench: deps-test venv
 # The BPF LSM programs, for real: a guest kernel with the BPF LSM (Debian's, under QEMU;
 # the first run downloads it and qemu through apt) runs tests/lsm against this checkout,
 # which the guest sees read-only at the same path. ~45-65 s once set up.
+# The guest's /lib/modules is a tmpfs whose entry points into the host's work directory,
+# which the guest does not see: point `build` and `source` at the Debian headers (host /usr/src).
+LSM_GUEST_HEADERS := r=$$(uname -r) && rm -f /lib/modules/$$r && mkdir -p /lib/modules/$$r && ln -s /usr/src/linux-headers-$$r /lib/modules/$$r/build && ln -s /usr/src/linux-headers-$${r%-amd64}-common /lib/modules/$$r/source
 lsm-test: venv
-	./tests/lsm/lsm_vm.sh 'cd $(CURDIR) && PYTHONDONTWRITEBYTECODE=1 SENTINEL_BTF_CACHE_DIR=/run/sentinel-btf $(CURDIR)/$(PY) -m pytest -p no:cacheprovider -o faulthandler_timeout=150 --basetemp=/run/sentinel-lsm-tests tests/lsm -v -rs'
+	./tests/lsm/lsm_vm.sh 'cd $(CURDIR) && $(LSM_GUEST_HEADERS) && PYTHONDONTWRITEBYTECODE=1 SENTINEL_BTF_CACHE_DIR=/run/sentinel-btf $(CURDIR)/$(PY) -m pytest -p no:cacheprovider -o faulthandler_timeout=150 --basetemp=/run/sentinel-lsm-tests tests/lsm -v -rs'
 
 # dist/sentinel_<version>_<arch>.deb: dpkg-deb over a staging root, the Python
 # dependencies bundled in /usr/lib/sentinel/venv (see packaging/deb/build.sh)
