@@ -42,7 +42,7 @@ struct sentinel_open_cfg {
 	u32 enabled;        /* 0: every open reaches userspace */
 	u32 pass_created;   /* opens that created their file pass */
 	u32 has_comms;      /* snt_open_comms is not empty */
-	u32 _pad;
+	u32 has_basenames;  /* snt_open_basenames is not empty */
 };
 BPF_ARRAY(snt_open_cfg, struct sentinel_open_cfg, 1);
 struct sentinel_prefix_key {
@@ -55,6 +55,11 @@ struct sentinel_comm_key {
 };
 BPF_HASH(snt_open_comms, struct sentinel_comm_key, u8, SENTINEL_OPEN_FILTER_ENTRIES);
 BPF_PERCPU_ARRAY(snt_prefix_buf, struct sentinel_prefix_key, 1);
+struct sentinel_basename_key {
+	char name[SENTINEL_OPEN_BASENAME_MAX];
+};
+BPF_HASH(snt_open_basenames, struct sentinel_basename_key, u8, SENTINEL_OPEN_FILTER_ENTRIES);
+
 /* Opens seen by the exit program and opens it sent on (index 0 and 1), for the cost note. */
 BPF_PERCPU_ARRAY(snt_open_stats, u64, 2);
 
@@ -74,6 +79,19 @@ BPF_PERCPU_ARRAY(snt_walks, struct sentinel_walk, 1);
  * bpf_probe_read_kernel costs tens of ns, which on the open path adds up). */
 BPF_PERCPU_ARRAY(snt_file_copy, struct file, 1);
 BPF_PERCPU_ARRAY(snt_dentry_copy, struct dentry, 1);
+
+/* Whether the walked path's last component is one of the configured file names. */
+static __always_inline int sentinel_basename_listed(struct sentinel_walk *w)
+{
+	if (w->count == 0)
+		return 0;
+	u32 len = w->lens[0];
+	if (len >= SENTINEL_OPEN_BASENAME_MAX)
+		return 0;  /* longer than any configured name */
+	struct sentinel_basename_key key = {};
+	bpf_probe_read_kernel(key.name, len & (SENTINEL_OPEN_BASENAME_MAX - 1), (void *)w->names[0]);
+	return snt_open_basenames.lookup(&key) != 0;
+}
 
 static __always_inline struct file *sentinel_fd_file(struct task_struct *task, s64 fd)
 {
@@ -461,7 +479,10 @@ int snt_sys_exit(struct sentinel_sys_exit_args *args)
 			sentinel_put_walk(tail, cur, w);
 			path_len = cur->off;
 			if (open_filter) {
-				if (!sentinel_prefix_match(tail, path_len))
+				u32 zero_key = 0;
+				struct sentinel_open_cfg *cfg = snt_open_cfg.lookup(&zero_key);
+				if (!(cfg && cfg->has_basenames && sentinel_basename_listed(w)) &&
+				    !sentinel_prefix_match(tail, path_len))
 					return 0;
 				open_filter = 0;
 			}

@@ -275,8 +275,13 @@ class Sensor:
         prefixes = interest.open_path_prefixes
         enabled = prefixes is not None and "" not in prefixes
         reasons = list(interest.reasons)
-        too_many = [what for what, items in (("prefixes", prefixes or ()), ("comms", interest.open_comms))
+        too_many = [what for what, items in (("prefixes", prefixes or ()), ("comms", interest.open_comms),
+                                             ("file names", interest.open_basenames))
                     if len(set(items)) > abi.OPEN_FILTER_ENTRIES]  # fmt: skip
+        long_names = [n for n in interest.open_basenames if len(n.encode("utf-8", "surrogateescape")) >= abi.OPEN_BASENAME_MAX]
+        if enabled and long_names:
+            enabled = False  # a name the kernel cannot compare would be dropped: no narrowing
+            reasons.append("open filter file name longer than %d bytes: %r" % (abi.OPEN_BASENAME_MAX - 1, long_names[0]))
         if enabled and too_many:
             enabled = False
             reasons.append("more open filter %s than the kernel map holds (%d)" % (" and ".join(too_many), abi.OPEN_FILTER_ENTRIES))
@@ -288,8 +293,15 @@ class Sensor:
             )
         trie = self._bpf[b"snt_open_prefixes"]
         comms = self._bpf[b"snt_open_comms"]
+        names = self._bpf[b"snt_open_basenames"]
         trie.clear()
         comms.clear()
+        names.clear()
+        for name in interest.open_basenames if enabled else ():
+            raw = name.encode("utf-8", "surrogateescape")
+            key = names.Key()
+            ctypes.memmove(ctypes.addressof(key), raw, len(raw))
+            names[key] = ctypes.c_uint8(1)
         for prefix in sorted(set(prefixes or ())) if enabled else ():
             raw = prefix.encode("utf-8", "surrogateescape")[: abi.OPEN_PREFIX_MAX - 1]
             key = trie.Key()
@@ -306,6 +318,7 @@ class Sensor:
         value.enabled = int(enabled)
         value.pass_created = int(interest.open_created)
         value.has_comms = int(enabled and bool(interest.open_comms))
+        value.has_basenames = int(enabled and bool(interest.open_basenames))
         cfg[ctypes.c_uint(0)] = value
 
     def _attach(self, programs: tuple[Program, ...]) -> None:

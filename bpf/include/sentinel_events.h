@@ -210,7 +210,8 @@ struct sentinel_sys_desc {
 #define SENTINEL_SOCKADDR_MAX 128  /* sockaddr bytes copied from an argument */
 #define SENTINEL_BPF_NAME_LEN 16   /* BPF_OBJ_NAME_LEN */
 #define SENTINEL_OPEN_PREFIX_MAX 256  /* bytes of a path the open filter compares */
-#define SENTINEL_OPEN_FILTER_ENTRIES 1024  /* prefixes, and comms, the open filter holds */
+#define SENTINEL_OPEN_FILTER_ENTRIES 1024  /* prefixes, comms and file names the open filter holds */
+#define SENTINEL_OPEN_BASENAME_MAX 64  /* bytes of a file name the open filter compares, NUL included */
 
 /* A syscall at exit. Tail, in this order: path (the fd's resolved path, root first, no
  * NUL), unix (a unix socket's struct sockaddr_un: ours, else the peer's), str0, str1, str2

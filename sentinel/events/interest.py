@@ -19,6 +19,9 @@ class Interest:
     open_path_prefixes: tuple[str, ...] | None = None
     # Opens by these comms reach userspace whatever their path (adds to the prefixes).
     open_comms: frozenset[str] = frozenset()
+    # Opens whose resolved path's last component is one of these names (fd.filename) reach
+    # userspace whatever their directory (adds to the prefixes).
+    open_basenames: frozenset[str] = frozenset()
     # Opens that created their file (FMODE_CREATED at exit; O_CREAT/O_TMPFILE at enter
     # over-approximates) reach userspace whatever their path (adds to the prefixes).
     open_created: bool = False
@@ -40,6 +43,7 @@ class Interest:
             event_types=self.event_types | other.event_types,
             open_path_prefixes=merge_prefixes(self.open_path_prefixes, other.open_path_prefixes),
             open_comms=self.open_comms | other.open_comms,
+            open_basenames=self.open_basenames | other.open_basenames,
             open_created=self.open_created or other.open_created,
             reasons=self.reasons + other.reasons,
         )

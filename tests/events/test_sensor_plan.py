@@ -89,9 +89,9 @@ def test_an_open_filter_larger_than_the_kernel_map_is_turned_off_not_truncated(m
         prefixlen = 0
 
     class _Leaf:
-        enabled = pass_created = has_comms = 0
+        enabled = pass_created = has_comms = has_basenames = 0
 
-    maps = {b"snt_open_prefixes": FakeMap(), b"snt_open_comms": FakeMap(), b"snt_open_cfg": FakeMap()}
+    maps = {name: FakeMap() for name in (b"snt_open_prefixes", b"snt_open_comms", b"snt_open_basenames", b"snt_open_cfg")}
     sensor = Sensor(Config(), Interest(), table=object())
     sensor._bpf = maps
     many = tuple("/p%d/" % i for i in range(abi.OPEN_FILTER_ENTRIES + 1))

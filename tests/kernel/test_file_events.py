@@ -257,3 +257,20 @@ def test_openat2_flags_and_mode_come_from_open_how(collector, workdir):
     assert render.open_flags(event.args["flags"]) == "O_CREAT|O_WRONLY"
     assert event.args["mode"] == 0o600 and event.args["resolve"] == 0
     assert event.fd.created is True and event.res == fd
+
+
+def test_listed_file_names_pass_the_filter_in_any_directory(sensor, collector, workdir):
+    wanted = workdir / "authorized_keys"
+    other = workdir / "authorized_keys.bak"
+    try:
+        sensor.update_interest(
+            Interest(event_types=frozenset(TYPES), open_path_prefixes=(), open_basenames=frozenset({"authorized_keys"}))
+        )
+        other.write_text("x")
+        wanted.write_text("x")
+        event = collector.wait_for(_mine("openat", lambda e: e.fd.name == str(wanted)))
+        assert event.fd.nameraw == str(wanted)
+        collector.drain()
+        assert not [e for e in collector.mine("openat") if e.fd.name == str(other)]
+    finally:
+        sensor.update_interest(Interest(event_types=frozenset(TYPES), open_path_prefixes=("/tmp/", "/var/tmp/")))
