@@ -232,6 +232,16 @@ class Agent:
 
     # ----------------------------------------------------------------- lifecycle
     def start(self) -> None:
+        """Start every part; if one fails, stop the ones already running and re-raise, so the
+        process exits (an agent half up, with threads holding it alive, would hang)."""
+        try:
+            self._start()
+        except BaseException as exc:
+            log.error("agent.start_failed", error=str(exc))
+            self.shutdown()
+            raise
+
+    def _start(self) -> None:
         self.load_rules()
         self._open_store()
         self._start_forwarding()
@@ -381,9 +391,10 @@ class Agent:
         notify.notify("STOPPING=1")
         log.info("agent.stopping")
         if self.sensor is not None:
-            # Drain what the kernel already handed over, then detach.
-            for event in self.sensor.poll(timeout=0.05):
-                self.handle(event)
+            # Drain what the kernel already handed over (if it got that far), then detach.
+            if self.sensor.attached and self.ruleset is not None:
+                for event in self.sensor.poll(timeout=0.05):
+                    self.handle(event)
             self.sensor.close()
         if self.enforcement is not None:
             kept = self.enforcement.close()  # fail-open unless keep_on_exit

@@ -13,6 +13,7 @@ import shutil
 import signal
 import sqlite3
 import subprocess
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -224,3 +225,21 @@ def test_alerts_and_events_are_forwarded_through_the_outbox(start_agent, agent_d
                 break
         assert time.monotonic() < deadline, "forwarded event id not in the store"
         time.sleep(0.2)
+
+
+def test_a_part_failing_at_start_stops_the_others_and_exits(agent_dir):
+    """The store, forwarder and enforcement start before the sensor; when the sensor refuses
+    its configuration the process must still exit (nothing left holding it alive)."""
+    config = agent_dir / "bad.yaml"
+    config.write_text(
+        "sensor:\n  ringbuf_pages: 3\ncontrol:\n  socket: %s\nforward:\n  outbox: %s\n"
+        "outputs:\n  - {name: f, type: jsonfile, path: %s}\n"
+        % (agent_dir / "c.sock", agent_dir / "outbox.db", agent_dir / "f.jsonl")
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "sentinel.cli", "run", "--config", str(config), "--db", str(agent_dir / "e.db")],
+        capture_output=True, text=True, timeout=120, cwd=REPO,
+    )
+    assert result.returncode == 1
+    assert "sensor.ringbuf_pages must be a power of two, not 3" in result.stderr
+    assert "agent.stopped" in result.stderr
