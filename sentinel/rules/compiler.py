@@ -775,15 +775,16 @@ def prefix_dispatch(value: Any, index: dict[str, Callable[[Any, list], None]], e
 
 @dataclass(frozen=True)
 class Narrowing:
-    """What an open must satisfy to possibly match: a path prefix OR a comm OR having created
-    its file (None: anything)."""
+    """What an open must satisfy to possibly match: a path prefix OR a file name OR a comm OR
+    having created its file (None: anything)."""
 
     prefixes: frozenset[str] = frozenset()
     comms: frozenset[str] = frozenset()
     created: bool = False
+    basenames: frozenset[str] = frozenset()
 
     def size(self) -> int:
-        return len(self.prefixes) + len(self.comms) + self.created
+        return len(self.prefixes) + len(self.comms) + self.created + len(self.basenames)
 
 
 _PATH_FIELDS = ("fd.name", "fs.path.name")
@@ -804,6 +805,7 @@ def narrowing(node: ast.Expr) -> Narrowing | None:
             frozenset().union(*(p.prefixes for p in parts)),  # type: ignore[union-attr]
             frozenset().union(*(p.comms for p in parts)),  # type: ignore[union-attr]
             any(p.created for p in parts),  # type: ignore[union-attr]
+            frozenset().union(*(p.basenames for p in parts)),  # type: ignore[union-attr]
         )
     if not isinstance(node, ast.BinaryCheck) or node.field.transformers or node.field.arg is not None:
         return None
@@ -823,6 +825,8 @@ def narrowing(node: ast.Expr) -> Narrowing | None:
         if op == "startswith":
             return Narrowing(prefixes=frozenset(items))
         return Narrowing(prefixes=frozenset(item.rstrip("/") + "/" for item in items))
+    if name == "fd.filename" and op in ("=", "in", "intersects"):
+        return Narrowing(basenames=frozenset(items))
     if name == "proc.name" and op in ("=", "in", "intersects"):
         return Narrowing(comms=frozenset(items))
     if name == "evt.is_open_create" and op == "=" and [item.lower() for item in items] in (["true"], ["1"]):

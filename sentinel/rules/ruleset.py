@@ -616,6 +616,7 @@ def _interest(enabled: list[Rule], per_bucket: dict[str, list[tuple[Rule, ast.Ex
             event_types.add(event_type)
     prefixes: set[str] = set()
     comms: set[str] = set()
+    basenames: set[str] = set()
     created = False
     reasons: list[str] = []
     narrowable = True
@@ -632,12 +633,14 @@ def _interest(enabled: list[Rule], per_bucket: dict[str, list[tuple[Rule, ast.Ex
             else:
                 prefixes |= found.prefixes
                 comms |= found.comms
+                basenames |= found.basenames
                 created = created or found.created
     opens_wanted = bool(event_types & OPEN_EVENT_TYPES)
     return Interest(
         event_types=frozenset(event_types),
         open_path_prefixes=(minimal_prefixes(prefixes) if narrowable else None) if opens_wanted else (),
         open_comms=frozenset(comms) if narrowable else frozenset(),
+        open_basenames=frozenset(basenames) if narrowable else frozenset(),
         open_created=created and narrowable,
         reasons=tuple(reasons),
     )

@@ -28,6 +28,11 @@ NARROWABLE = """
   condition: evt.type = openat and proc.name in (nc, socat)
   output: x
   priority: warning
+- rule: Keys file anywhere
+  desc: d
+  condition: open_read and fd.filename in (authorized_keys, authorized_keys2)
+  output: x
+  priority: warning
 - rule: Exec
   desc: d
   condition: evt.type = execve and proc.name = bash
@@ -52,6 +57,7 @@ def test_narrowed_interest():
     assert interest.event_types == frozenset({"open", "openat", "openat2", "execve"})
     assert interest.open_path_prefixes == ("/etc/gshadow", "/etc/shadow", "/etc/sudoers.d/", "/home/", "/root/.ssh/", "/srv/keys")
     assert interest.open_comms == frozenset({"nc", "socat"})
+    assert interest.open_basenames == frozenset({"authorized_keys", "authorized_keys2"})
     assert interest.reasons == ()
 
 
@@ -68,7 +74,8 @@ def test_no_open_rules_means_no_opens():
 
 
 _PATHS = st.sampled_from(["/etc/shadow", "/etc/shadowed", "/etc/sudoers.d/x", "/etc/sudoers", "/root/.ssh/id", "/root/.sshx",
-                          "/home/a/.ssh/k", "/home/a/x", "/srv/keys", "/srv/keys/a", "/srv/keysx", "/tmp/a", "/var/log/x"])
+                          "/home/a/.ssh/k", "/home/a/x", "/srv/keys", "/srv/keys/a", "/srv/keysx", "/tmp/a", "/var/log/x",
+                          "/home/b/.ssh/authorized_keys", "/opt/authorized_keys2", "/opt/authorized_keys3"])
 _COMMS = st.sampled_from(["nc", "socat", "cat", "bash"])
 RULESET = load(NARROWABLE)
 
@@ -83,5 +90,9 @@ def test_filter_over_approximates(path, comm, event_type, flags):
         return
     assert interest.wants(event_type)
     if event_type in ("open", "openat", "openat2"):
-        passes = comm in interest.open_comms or any(path.startswith(p) for p in interest.open_path_prefixes)
+        passes = (
+            comm in interest.open_comms
+            or path.rsplit("/", 1)[-1] in interest.open_basenames
+            or any(path.startswith(p) for p in interest.open_path_prefixes)
+        )
         assert passes, (path, comm)
