@@ -20,18 +20,26 @@
 #define SNT_NAME_BUF 256
 
 struct snt_name_scratch {
-	char path[SNT_NAME_BUF];
+	char path[SNT_NAME_BUF + 16];	/* slack: any start + 15 stays inside, whatever the compiler folds */
 };
 BPF_PERCPU_ARRAY(snt_lsm_name, struct snt_name_scratch, 1);
+
+/* An offset the verifier sees masked, whatever the compiler concluded about its range. */
+static __always_inline u64 snt_masked(u64 offset)
+{
+	asm volatile("%0 &= 0xff" : "+r"(offset));
+	return offset;
+}
 
 /* comm as the kernel will set it: the exec'd path after its last '/', at most 15 bytes. */
 static __always_inline void snt_comm_of_filename(const char *filename, struct snt_comm_key *comm)
 {
-	u32 zero = 0, start = 0;
+	u32 zero = 0;
+	u64 start = 0;
 	struct snt_name_scratch *scratch = snt_lsm_name.lookup(&zero);
 	if (!scratch)
 		return;
-	int len = bpf_probe_read_kernel_str(scratch->path, sizeof(scratch->path), filename);
+	int len = bpf_probe_read_kernel_str(scratch->path, SNT_NAME_BUF, filename);
 	if (len <= 0)
 		return;
 	/* Backwards to the last '/': every iteration either stops or leaves `start` unchanged,
@@ -40,19 +48,20 @@ static __always_inline void snt_comm_of_filename(const char *filename, struct sn
 		int i = len - 2 - back;	/* len counts the NUL */
 		if (i < 0)
 			break;
-		if (scratch->path[i & (SNT_NAME_BUF - 1)] == '/') {
+		if (scratch->path[snt_masked(i)] == '/') {
 			start = i + 1;
 			break;
 		}
 	}
-	for (u32 j = 0; j < 15; j++) {
-		u32 at = start + j;
-		if (at >= SNT_NAME_BUF)
-			break;
-		char c = scratch->path[at & (SNT_NAME_BUF - 1)];
-		if (!c)
-			break;
-		comm->comm[j] = c;
+	bpf_probe_read_kernel(comm->comm, 15, scratch->path + snt_masked(start));
+	/* The scratch keeps older, longer names after the NUL: clear them from the key. */
+	int ended = 0;
+#pragma unroll
+	for (int j = 0; j < 16; j++) {
+		if (ended || j == 15)
+			comm->comm[j] = 0;
+		else if (!comm->comm[j])
+			ended = 1;
 	}
 }
 
