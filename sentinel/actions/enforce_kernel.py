@@ -36,6 +36,9 @@ log = get_logger("sentinel.actions.enforce_kernel")
 BPF_F_ALLOW_MULTI = 1 << 1
 PIN_DIR = "/sys/fs/bpf/sentinel"
 BACKSTOP_SECONDS = 0.05  # a process still alive this long after a kill decision gets pidfd_send_signal
+# Attaching the sys_enter program costs ~13 ms (every thread gets the syscall-tracepoint
+# flag): it stays attached this long after the kill map empties, so a burst pays it once.
+KILL_CHECK_LINGER_SECONDS = 2.0
 
 # cgroup sock_addr programs: (function, bcc attach type name)
 SOCK_ADDR_PROGRAMS = (
@@ -143,6 +146,7 @@ class KernelEnforcer:
         self._cgroup_fd: int | None = None
         self._sock_fns: dict[str, object] = {}
         self._kills: dict[int, KillResult] = {}
+        self._last_kill = 0.0  # monotonic time the kill map last had an entry
         self._pidfds: dict[int, int] = {}  # pidfd -> pid
         self._wake_read, self._wake_write = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         self._closed = False
@@ -309,6 +313,8 @@ class KernelEnforcer:
             if "net" in kinds:
                 wanted.add("sock_addr")
         if self._kills:
+            self._last_kill = time.monotonic()
+        if self._kills or time.monotonic() - self._last_kill < KILL_CHECK_LINGER_SECONDS:
             wanted.add("kill_check")
         for name in sorted(wanted - self._attached):
             getattr(self, "_attach_" + name)()
@@ -409,6 +415,10 @@ class KernelEnforcer:
             fds = [self._wake_read, *pending]
             readable, _, _ = select.select(fds, [], [], BACKSTOP_SECONDS / 2)
             now = time.monotonic_ns()
+            if not pending and "kill_check" in self._attached:
+                with self._lock:
+                    if not self._closed:
+                        self._sync_attachments()  # detaches once the linger is over
             if self._wake_read in readable:
                 try:
                     os.read(self._wake_read, 4096)
