@@ -27,31 +27,12 @@ from sentinel.events import abi
 from sentinel.events.interest import Interest
 from sentinel.kernel import hygiene, probe
 from sentinel.sensor import Sensor, programs_for
+from syscall_sensor import WAIT_SECONDS, Collector
 
 pytestmark = pytest.mark.kernel
 
-WAIT_SECONDS = 10.0
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
-
-class Collector:
-    """Polls the shared sensor and keeps every event so tests can search past ones too."""
-
-    def __init__(self, sensor: Sensor) -> None:
-        self.sensor = sensor
-        self.events = []
-
-    def wait_for(self, predicate, timeout: float = WAIT_SECONDS):
-        deadline = time.monotonic() + timeout
-        seen = 0
-        while True:
-            for event in self.events[seen:]:
-                if predicate(event):
-                    return event
-            seen = len(self.events)
-            if time.monotonic() > deadline:
-                raise AssertionError("no matching event within %.0fs (%d events seen)" % (timeout, seen))
-            self.events.extend(self.sensor.poll(0.1))
 
 
 @pytest.fixture(scope="module")
