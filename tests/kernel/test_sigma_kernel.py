@@ -264,3 +264,106 @@ def test_sentinel_run_with_sigma_rules_writes_sigma_alerts(workdir):
         "Communication To Ngrok Tunneling Service - Linux",
     }
     assert all("DestinationHostname" in r["reason"] and r["rule.location"].endswith(":9") for r in skipped)
+
+
+def matches_until(sensor: Sensor, ruleset, predicate, timeout: float = WAIT_SECONDS) -> set[str]:
+    """Names of the Sigma rules raised by the first event that satisfies `predicate`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for event in sensor.poll(0.1):
+            if predicate(event):
+                return {rule.name for rule in ruleset.match(event) if rule.source == "sigma"}
+    raise AssertionError("no matching event within %.0fs" % timeout)
+
+
+def test_file_event_rules_raise_alerts_on_real_file_creations(ruleset, sensor, workdir):
+    """TargetFilename means a file was created: a `wget` (a copy of touch under that name)
+    creating a file in /tmp, and the Triple Cross rootkit's lock file /tmp/rootlog."""
+    assert ruleset.interest.open_created
+    wget = workdir / "wget"
+    shutil.copy2("/usr/bin/touch", wget)
+    created = Path("/tmp") / ("sentinel-sigma-download-" + uuid.uuid4().hex)
+    existed_before = Path("/tmp/rootlog").exists()
+    try:
+        subprocess.run([str(wget), str(created)], check=True)
+        raised = matches_until(sensor, ruleset, lambda e: e.fd is not None and e.fd.name == str(created) and e.fd.created)
+        assert "Wget Creating Files in Tmp Directory" in raised
+        if not existed_before:
+            subprocess.run(["/usr/bin/touch", "/tmp/rootlog"], check=True)
+            raised = matches_until(sensor, ruleset, lambda e: e.fd is not None and e.fd.name == "/tmp/rootlog" and e.fd.created)
+            assert "Triple Cross eBPF Rootkit Default LockFile" in raised
+        # Opening an existing file is not a creation: no file_event rule (the kernel filter
+        # may drop the open altogether, since these rules only want created files).
+        subprocess.run([str(wget), str(created)], check=True)
+        deadline = time.monotonic() + 1.5
+        while time.monotonic() < deadline:
+            for event in sensor.poll(0.1):
+                if event.fd is not None and event.fd.name == str(created):
+                    assert not event.fd.created
+                    assert "Wget Creating Files in Tmp Directory" not in {r.name for r in ruleset.match(event)}
+    finally:
+        created.unlink(missing_ok=True)
+        if not existed_before:
+            Path("/tmp/rootlog").unlink(missing_ok=True)
+
+
+@pytest.fixture
+def remote_host():
+    """A peer with a non-loopback address: a network namespace joined to this one by a veth pair
+    (198.18.0.0/30, the benchmarking range), listening on 4444. Removed afterwards."""
+    name = "snt" + uuid.uuid4().hex[:8]
+    host_if, peer_if = name + "h", name + "p"
+    commands = [
+        ["ip", "netns", "add", name],
+        ["ip", "link", "add", host_if, "type", "veth", "peer", "name", peer_if],
+        ["ip", "link", "set", peer_if, "netns", name],
+        ["ip", "addr", "add", "198.18.0.1/30", "dev", host_if],
+        ["ip", "link", "set", host_if, "up"],
+        ["ip", "-n", name, "addr", "add", "198.18.0.2/30", "dev", peer_if],
+        ["ip", "-n", name, "link", "set", peer_if, "up"],
+        ["ip", "-n", name, "link", "set", "lo", "up"],
+    ]
+    listener = None
+    try:
+        for command in commands:
+            subprocess.run(command, check=True)
+        listener = subprocess.Popen(
+            ["ip", "netns", "exec", name, sys.executable, "-c",
+             "import socket; s = socket.socket(); s.bind(('198.18.0.2', 4444)); s.listen(8)\n"
+             "while True: s.accept()[0].close()"],
+        )
+        deadline = time.monotonic() + 10
+        while True:
+            probe = subprocess.run(["ip", "netns", "exec", name, "ss", "-ltn", "sport = :4444"], capture_output=True, text=True)
+            if "LISTEN" in probe.stdout:
+                break
+            assert time.monotonic() < deadline, "listener in the namespace did not start"
+            time.sleep(0.1)
+        yield "198.18.0.2"
+    finally:
+        if listener is not None:
+            listener.kill()
+            listener.wait()
+        subprocess.run(["ip", "link", "del", host_if], capture_output=True)
+        subprocess.run(["ip", "netns", "del", name], capture_output=True)
+
+
+def test_network_connection_rules_raise_alerts_on_a_real_connect(ruleset, sensor, remote_host):
+    """bash's /dev/tcp to port 4444 of a non-local peer: a back-connect shell and a known
+    malware callback port. The same connect to loopback raises neither."""
+    script = "exec 3<>/dev/tcp/%s/4444; exec 3>&-"
+    subprocess.run(["/usr/bin/bash", "-c", script % remote_host], check=True, timeout=10)
+    raised = matches_until(sensor, ruleset, lambda e: e.type == "connect" and e.fd is not None and e.fd.rip == remote_host)
+    assert "Potentially Suspicious Malware Callback Communication - Linux" in raised
+    assert "Linux Reverse Shell Indicator" in raised
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+    port = server.getsockname()[1]
+    try:
+        subprocess.run(["/usr/bin/bash", "-c", "exec 3<>/dev/tcp/127.0.0.1/%d; exec 3>&-" % port], check=True, timeout=10)
+        raised = matches_until(sensor, ruleset, lambda e: e.type == "connect" and e.fd is not None and e.fd.rport == port)
+        assert not raised
+    finally:
+        server.close()
