@@ -49,12 +49,18 @@ def rule_args() -> list[str]:
 
 
 class Agent:
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, outputs: int = 0) -> None:
         self.workdir = workdir
         self.db = workdir / "events.db"
         self.socket = workdir / "control.sock"
         config = workdir / "sentinel.yaml"
-        config.write_text("control:\n  socket: %s\nlog_level: warning\n" % self.socket)
+        text = "control:\n  socket: %s\nlog_level: warning\n" % self.socket
+        if outputs:
+            # SIEM outputs that take every event, not only alerts: the heaviest forwarding load.
+            text += "forward:\n  outbox: %s\noutputs:\n" % (workdir / "outbox.db")
+            for number in range(outputs):
+                text += "  - {name: out%d, type: jsonfile, path: %s, events: true}\n" % (number, workdir / ("out%d.jsonl" % number))
+        config.write_text(text)
         notify_path = str(workdir / "notify.sock")
         notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         notify.bind(notify_path)
@@ -85,6 +91,10 @@ class Agent:
                 if line.startswith("VmRSS:"):
                     total += int(line.split()[1])
         return total / 1024
+
+    def cpu_seconds(self) -> float:
+        fields = Path("/proc/%d/stat" % self.process.pid).read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def stop(self) -> None:
         self.process.send_signal(signal.SIGTERM)
@@ -144,8 +154,8 @@ def stored(db: Path, since_ns: int, port: int) -> tuple[int, int]:
     return execs, connects
 
 
-def throughput(agent_dir: Path, mix: str, rates: list[int], seconds: float) -> list[dict]:
-    agent = Agent(agent_dir)
+def throughput(agent_dir: Path, mix: str, rates: list[int], seconds: float, outputs: int = 0) -> list[dict]:
+    agent = Agent(agent_dir, outputs)
     server, stop_listener = listener()
     port = server.getsockname()[1]
     scratch = agent_dir / "scratch"
@@ -154,17 +164,20 @@ def throughput(agent_dir: Path, mix: str, rates: list[int], seconds: float) -> l
     try:
         for rate in rates:
             first = agent.status()
+            cpu_before = agent.cpu_seconds()
             since = time.time_ns()
             out = subprocess.run([mix, str(seconds), str(rate), str(port), str(scratch)], capture_output=True, text=True, check=True)
             generated = json.loads(out.stdout)
             time.sleep(2.0)  # let the store's last batch land
             last = agent.status()
+            cpu = agent.cpu_seconds() - cpu_before
             execs, connects = stored(agent.db, since, port)
             processed = last["counters"].get("events", 0) - first["counters"].get("events", 0)
             rows.append({
                 "target_rounds_per_s": rate,
                 "achieved_syscalls_per_s": (generated["opens"] + generated["execs"] + generated["connects"]) / generated["seconds"],
                 "agent_events_per_s": processed / generated["seconds"],
+                "agent_cpu_us_per_event": 1e6 * cpu / processed if processed else 0.0,
                 "execs": "%d/%d" % (execs, generated["execs"]),
                 "connects": "%d/%d" % (connects, generated["connects"]),
                 "kernel_lost": last["kernel_lost"] - first["kernel_lost"],
@@ -184,6 +197,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--rates", default="50,100,200,400", help="generator rounds per second (20 syscalls each)")
     parser.add_argument("--exec-iterations", type=int, default=2000)
+    parser.add_argument("--outputs", type=int, default=3, help="SIEM outputs (taking every event) for the forwarding overhead run")
     args = parser.parse_args()
     build_dir = tempfile.mkdtemp(prefix="sentinel-bench-agent-")
     try:
@@ -206,6 +220,15 @@ def main() -> None:
                 row["connects"], row["kernel_lost"], row["store_dropped"], row["zero_loss"]))
         best = max((r["agent_events_per_s"] for r in rows if r["zero_loss"]), default=0.0)
         print("highest sustained rate with zero loss: %.0f events/s" % best)
+        if args.outputs:
+            rate = [int(r) for r in args.rates.split(",")][0]
+            fwd_dir = Path(build_dir) / "forwarding"
+            fwd_dir.mkdir()
+            with_outputs = throughput(fwd_dir, mix, [rate], args.seconds, outputs=args.outputs)[0]
+            without = rows[0]
+            print("forwarding every event to %d outputs at %d rounds/s: agent cpu %.1f us/event vs %.1f without (x%.2f), zero loss: %s"
+                  % (args.outputs, rate, with_outputs["agent_cpu_us_per_event"], without["agent_cpu_us_per_event"],
+                     with_outputs["agent_cpu_us_per_event"] / max(without["agent_cpu_us_per_event"], 1e-9), with_outputs["zero_loss"]))
     finally:
         shutil.rmtree(build_dir, ignore_errors=True)
 
