@@ -147,17 +147,26 @@ static __always_inline int snt_exe_allowed(struct file *file)
 	return snt_allow_exe.lookup(&key) != 0;
 }
 
+/* Whether an exec escapes every deny (a protected process, or an allowed exe); `*file` is
+ * the file being exec'd either way (NULL if unreadable). Shared by the kill-at-exec
+ * fallback here and the LSM hook in lsm.bpf.c, so both exempt exactly the same execs. */
+static __always_inline int snt_exec_exempt(struct linux_binprm *bprm, struct file **file)
+{
+	u32 tgid = bpf_get_current_pid_tgid() >> 32;
+	*file = 0;
+	if (snt_protected(tgid))
+		return 1;
+	bpf_probe_read_kernel(file, sizeof(*file), &bprm->file);
+	return *file && snt_exe_allowed(*file);
+}
+
 int snt_exec_kill(struct bpf_raw_tracepoint_args *ctx)
 {
 	struct linux_binprm *bprm = (struct linux_binprm *)ctx->args[2];
 	struct file *file = 0;
 	struct snt_comm_key comm = {};
 	u64 *hits;
-	u32 tgid = bpf_get_current_pid_tgid() >> 32;
-	if (snt_protected(tgid))
-		return 0;
-	bpf_probe_read_kernel(&file, sizeof(file), &bprm->file);
-	if (file && snt_exe_allowed(file))
+	if (snt_exec_exempt(bprm, &file))
 		return 0;
 	bpf_get_current_comm(&comm.comm, sizeof(comm.comm));
 	hits = snt_deny_exec_comm.lookup(&comm);

@@ -71,11 +71,7 @@ LSM_PROBE(bprm_check_security, struct linux_binprm *bprm)
 	const char *filename = 0;
 	struct snt_comm_key comm = {};
 	u64 *hits;
-	u32 tgid = bpf_get_current_pid_tgid() >> 32;
-	if (snt_protected(tgid))
-		return 0;
-	bpf_probe_read_kernel(&file, sizeof(file), &bprm->file);
-	if (file && snt_exe_allowed(file))
+	if (snt_exec_exempt(bprm, &file))
 		return 0;
 	bpf_probe_read_kernel(&filename, sizeof(filename), &bprm->filename);
 	if (filename) {
