@@ -94,7 +94,9 @@ def test_tui_in_a_terminal_shows_the_real_agents_alert_filters_details_and_acks(
         agent.wait_for_alert(lambda a: a["rule"] == EXEC_FROM_TMP and token in a["output"])
 
         command = "%s -m sentinel.cli tui --db %s --socket %s" % (sys.executable, agent.db, agent.socket_path)
-        tmux = Tmux("sentinel-tui-test-%s" % token, command)
+        # Tall enough for the whole ancestry tree: under `make test` the chain runs up through
+        # make, the CI script and pytest, and a 30-row screen cut the process itself off.
+        tmux = Tmux("sentinel-tui-test-%s" % token, command, height=50)
         screen = tmux.wait_for("Execution from shared memory")
         assert "sentinel" in screen.splitlines()[0] and "ALERTS" in screen.splitlines()[0]
 
