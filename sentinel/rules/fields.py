@@ -584,6 +584,7 @@ _CONTAINER_RUNTIME = (
     NOT_ON_HOST + " (needs the container runtime's API; sentinel reads only cgroups): absent, <NA> in outputs"
 )
 
+_field("proc.cgroup", "string", "cgroup v2 path of the process (sentinel extension; scopes deny rules)", "/proc/<pid>/cgroup `0::` line (v1 pids/cpu path on hosts without v2), at exec", lambda e: e.proc.cgroup)
 _field("container.id", "string", "container id (12 hex), 'host' outside containers", "cgroup path of the task (v2, or v1 cpu/pids on hybrid hosts) parsed for a runtime id at exec", lambda e: e.proc.container_id)
 _field("container.name", "string", "container name; 'host' outside containers", _CONTAINER_RUNTIME + "; 'host' for host processes", lambda e: None if _in_container(e) else "host")
 _field("container.image", "string", "container image", _CONTAINER_RUNTIME, _absent)
