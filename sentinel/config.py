@@ -55,6 +55,9 @@ class SensorConfig:
         "PATH",
     )
     ringbuf_pages: int = 1024
+    # Longest wait of an event in the ring buffer before the reader drains it; the kernel
+    # wakes the reader earlier once 32 records are queued on a CPU. Lower costs CPU when idle.
+    batch_ms: int = 10
     btf_cache_dir: str = "/var/cache/sentinel/bcc-btf"
     proc_reconcile_seconds: float = 30.0
     process_table_max: int = 65536

@@ -145,6 +145,8 @@ class Sensor:
         pages = self.config.sensor.ringbuf_pages
         if pages <= 0 or pages & (pages - 1):
             raise ConfigError("sensor.ringbuf_pages must be a power of two, not %d" % pages)
+        if not 1 <= self.config.sensor.batch_ms <= 1000:
+            raise ConfigError("sensor.batch_ms must be between 1 and 1000, not %d" % self.config.sensor.batch_ms)
         loaded = loader.load_object(defines={"SENTINEL_RINGBUF_PAGES": pages})
         self._bpf = loaded.bpf
         self.compile_seconds = loaded.compile_seconds
@@ -152,7 +154,7 @@ class Sensor:
             self._fill_env_keep(env_keys)
             self._fill_syscall_descriptors()
             self._fill_open_filter(self.interest)
-            self._reader = RingBufferReader(self._bpf)
+            self._reader = RingBufferReader(self._bpf, poll_ms=self.config.sensor.batch_ms)
             self._reader.start()
             self._attach(programs_for(self.interest.event_types))
         except BaseException:

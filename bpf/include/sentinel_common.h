@@ -73,6 +73,14 @@ BPF_RINGBUF_OUTPUT(snt_events, SENTINEL_RINGBUF_PAGES);
 BPF_PERCPU_ARRAY(snt_lost, u64, SENTINEL_OP_SLOTS);
 /* Where a record is built before it is copied into the ring buffer with its real size. */
 BPF_PERCPU_ARRAY(snt_scratch, struct sentinel_record_buf, 1);
+/* Records queued on this CPU since it last woke the reader. Waking the reader for every
+ * record costs an irq_work in the kernel and a thread wakeup in userspace per event; the
+ * reader is woken once per SENTINEL_WAKEUP_BATCH records and otherwise drains the ring on
+ * its own timer (sensor.batch_ms), which bounds the delay of a lone event. */
+#ifndef SENTINEL_WAKEUP_BATCH
+#define SENTINEL_WAKEUP_BATCH 32
+#endif
+BPF_PERCPU_ARRAY(snt_unwoken, u32, 1);
 
 /* Syscall tracepoint contexts: the layout every kernel since 4.x uses for syscalls:*. */
 struct sentinel_sys_enter_args {
@@ -130,7 +138,14 @@ static __always_inline void sentinel_submit(char *rec, u32 body_size, u32 tail_l
 	/* the mask in asm so the verifier sees it on the register passed to the helper */
 	asm volatile("%[size] &= 0x7fff" : [size] "+r"(size));
 	u32 op = hdr->op;
-	if (snt_events.ringbuf_output(rec, size, 0) != 0) {
+	u32 zero = 0;
+	u64 wakeup = BPF_RB_NO_WAKEUP;
+	u32 *unwoken = snt_unwoken.lookup(&zero);
+	if (unwoken && ++*unwoken >= SENTINEL_WAKEUP_BATCH) {
+		*unwoken = 0;
+		wakeup = BPF_RB_FORCE_WAKEUP;
+	}
+	if (snt_events.ringbuf_output(rec, size, wakeup) != 0) {
 		u64 *lost = snt_lost.lookup(&op);
 		if (lost)
 			__sync_fetch_and_add(lost, 1);

@@ -1,63 +1,96 @@
-"""Drain a BPF ring buffer in a dedicated thread; the consumer decodes, not the callback.
+"""Drain a BPF ring buffer in a dedicated thread by reading its memory directly.
 
-The bcc callback only copies the record's bytes into a batch (about 1 us each); the batch
-is handed to the consumer after each poll, so the per-record cost on the kernel side of
-the queue stays minimal and a slow consumer never stalls the ring buffer callback.
+The map is mmapped as the kernel lays it out (a consumer page we write, a producer page and
+the data pages mapped twice in a row so a record never wraps) and read in place: one slice
+per record, no ctypes callback per record as in bcc's ring_buffer__poll (measured ~1.5 us
+each). The kernel side wakes this thread only once per batch of records per CPU
+(SENTINEL_WAKEUP_BATCH); between wakeups the thread drains the ring every `poll_ms`, which
+bounds the delay of a lone event. Batches are handed to the consumer, which decodes.
+
 bcc 0.26 has no lost-record callback: drops are counted in the kernel (snt_lost).
+Reading positions without barriers is correct on x86-64 (stores are not reordered with
+other stores nor loads with other loads), the only architecture sentinel's BPF targets.
 """
 
 from __future__ import annotations
 
-import ctypes
+import mmap
+import select
+import struct
 import threading
 from collections import deque
 
+from sentinel.errors import KernelError
 from sentinel.log import get_logger
 
 log = get_logger("sentinel.kernel.ringbuf")
 
+PAGE_SIZE = mmap.PAGESIZE
+_BUSY = 1 << 31  # the producer reserved this record and has not committed it yet
+_DISCARDED = 1 << 30
+_HEADER_SIZE = 8  # u32 length with the two flag bits, u32 page offset
+_POSITION = struct.Struct("<Q")
+_LENGTH = struct.Struct("<I")
+
 
 class RingBufferReader:
-    """Polls `map_name` of a loaded bcc.BPF; `take()` returns the records seen so far."""
+    """Drains `map_name` of a loaded bcc.BPF; `take()` returns the records seen so far."""
 
-    def __init__(self, bpf, map_name: str = "snt_events", poll_ms: int = 100) -> None:
-        self._bpf = bpf
-        self._poll_ms = poll_ms
+    def __init__(self, bpf, map_name: str = "snt_events", poll_ms: int = 10) -> None:
+        table = bpf[map_name.encode()]
+        self._size = int(table.max_entries)
+        if self._size <= 0 or self._size & (self._size - 1):
+            raise KernelError("ring buffer %s has size %d, not a power of two" % (map_name, self._size))
+        self._poll_seconds = poll_ms / 1000.0
+        try:
+            self._consumer = mmap.mmap(table.map_fd, PAGE_SIZE, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+            self._producer = mmap.mmap(
+                table.map_fd, PAGE_SIZE + 2 * self._size, mmap.MAP_SHARED, mmap.PROT_READ, offset=PAGE_SIZE
+            )
+        except OSError as exc:
+            raise KernelError("cannot map ring buffer %s: %s" % (map_name, exc)) from None
+        self._epoll = select.epoll()
+        self._epoll.register(table.map_fd, select.EPOLLIN)
         self._batches: deque[list[bytes]] = deque()
-        self._pending: list[bytes] = []
         self._ready = threading.Event()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self.records = 0
-        self.poll_errors = 0
-        string_at = ctypes.string_at
-        pending_append = self._pending.append
-
-        def on_record(_ctx, data, size):
-            pending_append(string_at(data, size))
-
-        self._callback = on_record  # bcc keeps only a weak reference to the ctypes callback
-        bpf[map_name.encode()].open_ring_buffer(on_record)
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="sentinel-ringbuf", daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
-        poll = self._bpf.ring_buffer_poll
+        wait = self._epoll.poll
         while not self._stopping.is_set():
-            try:
-                poll(self._poll_ms)
-            except Exception as exc:  # bcc raises bare Exception; keep draining
-                self.poll_errors += 1
-                log.warning("ringbuf.poll_failed", error=str(exc))
-                self._stopping.wait(0.1)
-            if self._pending:
-                batch = self._pending[:]
-                del self._pending[:]
+            wait(self._poll_seconds)
+            batch = self.drain()
+            if batch:
                 self.records += len(batch)
                 self._batches.append(batch)
                 self._ready.set()
+
+    def drain(self) -> list[bytes]:
+        """Every committed record after the consumer position; advances it past them."""
+        producer, data_start, mask = self._producer, PAGE_SIZE, self._size - 1
+        consumed = _POSITION.unpack_from(self._consumer, 0)[0]
+        produced = _POSITION.unpack_from(producer, 0)[0]
+        records = []
+        append = records.append
+        length_at = _LENGTH.unpack_from
+        while consumed < produced:
+            start = data_start + (consumed & mask)
+            length = length_at(producer, start)[0]
+            if length & _BUSY:
+                break  # records after a busy one wait until it is committed, as in libbpf
+            size = length & ~(_BUSY | _DISCARDED)
+            if not length & _DISCARDED:
+                append(producer[start + _HEADER_SIZE : start + _HEADER_SIZE + size])
+            consumed += (size + _HEADER_SIZE + 7) & ~7
+        if records or consumed != _POSITION.unpack_from(self._consumer, 0)[0]:
+            _POSITION.pack_into(self._consumer, 0, consumed)
+        return records
 
     def take(self, timeout: float | None = None) -> list[bytes]:
         """Every record received since the last call; waits up to `timeout` for the first."""
@@ -74,3 +107,6 @@ class RingBufferReader:
         if self._thread is not None:
             self._thread.join(timeout=5)
             self._thread = None
+        self._epoll.close()
+        self._consumer.close()
+        self._producer.close()
