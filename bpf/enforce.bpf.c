@@ -1,8 +1,11 @@
 /* enforce.bpf.c - kill and deny decisions that userspace pushes into maps.
  *
  * Userspace (sentinel.actions.enforce) compiles deny rules into the snt_deny_* maps and
- * kill decisions into snt_kill; these programs only look keys up. Every map value is a
- * hit counter, so `sentinel enforce list` can show what each entry did.
+ * kill decisions into snt_kill; these programs only look keys up. Every deny value is a
+ * hit counter (so `sentinel enforce list` can show what each entry did) plus the scopes it
+ * applies to: none means everyone, else the process must match one (real uid and/or cgroup
+ * v2: exactly that cgroup, or any cgroup below it). Rules that share a key with different
+ * scopes share one value holding all their scopes; userspace writes the union.
  *
  * Programs, attached only while the maps they read have entries:
  *   snt_exec_kill   raw sched_process_exec: exec by name / under a directory (and a
@@ -43,6 +46,24 @@ struct snt_net_key {
 	u8 data[20];
 };
 
+#define SNT_MAX_SCOPES 8
+#define SNT_ANY_UID 0xffffffffU
+#define SNT_SCOPE_BELOW 1	/* the cgroups under cgroup_id, not cgroup_id itself */
+
+struct snt_scope {
+	u64 cgroup_id;		/* cgroup v2 id (kernfs inode); 0: any cgroup */
+	u32 uid;		/* real uid; SNT_ANY_UID: any user */
+	u16 cgroup_level;	/* depth of cgroup_id below the root (root = 0) */
+	u16 flags;
+};
+
+struct snt_deny_value {
+	u64 hits;
+	u32 nscopes;	/* 0: everyone */
+	u32 _pad;
+	struct snt_scope scopes[SNT_MAX_SCOPES];
+};
+
 struct snt_kill_entry {
 	u64 start_ns;	/* the process image to kill: its group leader's start_boottime */
 	u64 hits;
@@ -54,18 +75,53 @@ struct snt_config {
 };
 
 BPF_ARRAY(snt_enf_config, struct snt_config, 1);
-BPF_HASH(snt_deny_exec_ino, struct snt_inode_key, u64, 4096);
-BPF_HASH(snt_deny_exec_dir, struct snt_inode_key, u64, 1024);
-BPF_HASH(snt_deny_exec_comm, struct snt_comm_key, u64, 1024);
-BPF_HASH(snt_deny_open_ino, struct snt_inode_key, u64, 4096);
-BPF_HASH(snt_deny_open_dir, struct snt_inode_key, u64, 1024);
+BPF_HASH(snt_deny_exec_ino, struct snt_inode_key, struct snt_deny_value, 4096);
+BPF_HASH(snt_deny_exec_dir, struct snt_inode_key, struct snt_deny_value, 1024);
+BPF_HASH(snt_deny_exec_comm, struct snt_comm_key, struct snt_deny_value, 1024);
+BPF_HASH(snt_deny_open_ino, struct snt_inode_key, struct snt_deny_value, 4096);
+BPF_HASH(snt_deny_open_dir, struct snt_inode_key, struct snt_deny_value, 1024);
 BPF_HASH(snt_allow_exe, struct snt_inode_key, u64, 1024);
-BPF_LPM_TRIE(snt_deny_net, struct snt_net_key, u64, 4096);
+BPF_LPM_TRIE(snt_deny_net, struct snt_net_key, struct snt_deny_value, 4096);
 BPF_HASH(snt_kill, u32, struct snt_kill_entry, 4096);
 
 static __always_inline void snt_count(u64 *hits)
 {
 	__sync_fetch_and_add(hits, 1);
+}
+
+/* 1 when the current process is in one of the value's scopes (counted as a hit). */
+static __always_inline int snt_applies(struct snt_deny_value *value)
+{
+	u32 uid = (u32)bpf_get_current_uid_gid();
+	u32 count;
+	if (!value)
+		return 0;
+	count = value->nscopes;
+	if (count == 0) {
+		snt_count(&value->hits);
+		return 1;
+	}
+#pragma unroll
+	for (int i = 0; i < SNT_MAX_SCOPES; i++) {
+		struct snt_scope *scope = &value->scopes[i];
+		if (i >= count)
+			break;
+		if (scope->uid != SNT_ANY_UID && scope->uid != uid)
+			continue;
+		if (scope->cgroup_id) {
+			u64 current = bpf_get_current_cgroup_id();
+			if (scope->flags & SNT_SCOPE_BELOW) {
+				if (current == scope->cgroup_id ||
+				    bpf_get_current_ancestor_cgroup_id(scope->cgroup_level) != scope->cgroup_id)
+					continue;
+			} else if (current != scope->cgroup_id) {
+				continue;
+			}
+		}
+		snt_count(&value->hits);
+		return 1;
+	}
+	return 0;
 }
 
 /* pid 1 and the agent are never killed or denied by a program. */
@@ -96,42 +152,39 @@ static __always_inline void snt_inode_of(struct dentry *dentry, struct snt_inode
 #define SNT_FOR_OPEN 1
 
 /* bcc rewrites map calls only on a map named in place, so the exec/open choice is a flag. */
-static __always_inline u64 *snt_lookup_file(int what, struct snt_inode_key *key)
+static __always_inline struct snt_deny_value *snt_lookup_file(int what, struct snt_inode_key *key)
 {
 	return what == SNT_FOR_OPEN ? snt_deny_open_ino.lookup(key) : snt_deny_exec_ino.lookup(key);
 }
 
-static __always_inline u64 *snt_lookup_dir(int what, struct snt_inode_key *key)
+static __always_inline struct snt_deny_value *snt_lookup_dir(int what, struct snt_inode_key *key)
 {
 	return what == SNT_FOR_OPEN ? snt_deny_open_dir.lookup(key) : snt_deny_exec_dir.lookup(key);
 }
 
-/* 1 when `file`'s inode is denied for `what`, or a directory above it (same mount) is. */
+/* 1 when `file`'s inode is denied for `what` (on its device, or by inode number on any
+ * device: dev 0), or a directory above it (same mount) is, for the current process. */
 static __always_inline int snt_file_denied(struct file *file, int what)
 {
 	struct dentry *dentry = 0, *parent = 0;
 	struct snt_inode_key key = {};
-	u64 *hits;
 	bpf_probe_read_kernel(&dentry, sizeof(dentry), &file->f_path.dentry);
 	if (!dentry)
 		return 0;
 	snt_inode_of(dentry, &key);
-	hits = snt_lookup_file(what, &key);
-	if (hits) {
-		snt_count(hits);
+	if (snt_applies(snt_lookup_file(what, &key)))
 		return 1;
-	}
+	key.dev = 0;
+	if (snt_applies(snt_lookup_file(what, &key)))
+		return 1;
 	for (int depth = 0; depth < SNT_DIR_DEPTH; depth++) {
 		bpf_probe_read_kernel(&parent, sizeof(parent), &dentry->d_parent);
 		if (!parent || parent == dentry)
 			return 0;
 		dentry = parent;
 		snt_inode_of(dentry, &key);
-		hits = snt_lookup_dir(what, &key);
-		if (hits) {
-			snt_count(hits);
+		if (snt_applies(snt_lookup_dir(what, &key)))
 			return 1;
-		}
 	}
 	return 0;
 }
@@ -165,13 +218,10 @@ int snt_exec_kill(struct bpf_raw_tracepoint_args *ctx)
 	struct linux_binprm *bprm = (struct linux_binprm *)ctx->args[2];
 	struct file *file = 0;
 	struct snt_comm_key comm = {};
-	u64 *hits;
 	if (snt_exec_exempt(bprm, &file))
 		return 0;
 	bpf_get_current_comm(&comm.comm, sizeof(comm.comm));
-	hits = snt_deny_exec_comm.lookup(&comm);
-	if (hits) {
-		snt_count(hits);
+	if (snt_applies(snt_deny_exec_comm.lookup(&comm))) {
 		bpf_send_signal(SNT_SIGKILL);
 		return 0;
 	}
@@ -235,24 +285,20 @@ int snt_kill_check(struct bpf_raw_tracepoint_args *ctx)
 	return 0;
 }
 
-/* 1 when the destination (port, 16-byte address) is denied, for this port or any port. */
+/* 1 when the destination (port, 16-byte address) is denied, for this port or any port.
+ * The trie gives the longest prefix only: userspace folds the scopes of every shorter
+ * prefix (same port) into each value, so the longest match decides for all of them. */
 static __always_inline int snt_net_denied(u16 port, const void *addr16)
 {
 	struct snt_net_key key = {};
-	u64 *hits;
 	key.prefixlen = 144;
 	__builtin_memcpy(&key.data[0], &port, 2);
 	__builtin_memcpy(&key.data[2], addr16, 16);
-	hits = snt_deny_net.lookup(&key);
-	if (!hits) {
-		key.data[0] = 0;
-		key.data[1] = 0;
-		hits = snt_deny_net.lookup(&key);
-	}
-	if (!hits)
-		return 0;
-	snt_count(hits);
-	return 1;
+	if (snt_applies(snt_deny_net.lookup(&key)))
+		return 1;
+	key.data[0] = 0;
+	key.data[1] = 0;
+	return snt_applies(snt_deny_net.lookup(&key));
 }
 
 static __always_inline int snt_sock_addr4(struct bpf_sock_addr *ctx)

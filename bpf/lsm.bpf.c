@@ -3,13 +3,16 @@
  * Compiled after enforce.bpf.c (whose maps and helpers it uses) only where the kernel
  * loads BPF LSM programs; bcc attaches LSM_PROBE programs as it loads them, and they are
  * BPF links: they end with the agent process.
- *   bprm_check_security  exec of a denied file, of a file under a denied directory, or of
- *                        a program whose name (basename of the exec'd path, 15 bytes:
- *                        what comm becomes) is denied
+ *   bprm_check_security  exec of a denied file (by path or inode number), of a file under
+ *                        a denied directory, or of a program whose name (basename of the
+ *                        exec'd path, 15 bytes: what comm becomes) is denied
  *   file_open            open of a denied file or of a file under a denied directory
  *   socket_connect       connect to a denied address/port (IPv4, IPv6, IPv4-mapped)
  *   socket_sendmsg       sendto/sendmsg with a destination address (unconnected UDP):
  *                        socket_connect alone never sees these
+ * Scopes (uid, cgroup) are checked by snt_applies() with the calling task's real uid and
+ * cgroup: at bprm_check_security that is the process about to exec (a setuid exec keeps
+ * its real uid, so the kill-at-exec fallback after the exec sees the same one).
  */
 #include <linux/socket.h>
 #include <linux/in.h>
@@ -70,17 +73,13 @@ LSM_PROBE(bprm_check_security, struct linux_binprm *bprm)
 	struct file *file = 0;
 	const char *filename = 0;
 	struct snt_comm_key comm = {};
-	u64 *hits;
 	if (snt_exec_exempt(bprm, &file))
 		return 0;
 	bpf_probe_read_kernel(&filename, sizeof(filename), &bprm->filename);
 	if (filename) {
 		snt_comm_of_filename(filename, &comm);
-		hits = snt_deny_exec_comm.lookup(&comm);
-		if (hits) {
-			snt_count(hits);
+		if (snt_applies(snt_deny_exec_comm.lookup(&comm)))
 			return -SNT_EPERM;
-		}
 	}
 	if (file && snt_file_denied(file, SNT_FOR_EXEC))
 		return -SNT_EPERM;

@@ -225,8 +225,9 @@ class Enforcer:
 
     def kernel_denial(self, kind: str, path: str, pid: int) -> None:
         """The kernel refused an operation (a fanotify answer): recorded with the rules behind it."""
-        entry = DenyEntry("%s_file" % kind, path)
-        rules = [name for name, plan in self.plans.items() if entry in plan.entries and self.mode_of(name) == "enforce"]
+        target = ("%s_file" % kind, path)
+        rules = [name for name, plan in self.plans.items()
+                 if any((e.kind, e.target) == target for e in plan.entries) and self.mode_of(name) == "enforce"]
         self.record("deny", "pid %d %s %s" % (pid, kind, path), rule=",".join(rules) or None, mode="enforce", outcome="denied (EPERM)")
 
     # ------------------------------------------------------------------ listing
@@ -286,9 +287,9 @@ class AgentEnforcement:
             self.store_action(*args, **details)
 
     def housekeeping(self) -> None:
+        """Store what the kernel's threads recorded (replaced paths are followed by the
+        kernel half's own inotify watcher, not here)."""
         self.drain()
-        if self.kernel is not None:
-            self.kernel.refresh()
 
     def close(self) -> list[str]:
         kept = self.kernel.close() if self.kernel is not None else []

@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from sentinel.actions.enforce_plan import DenyEntry
+from sentinel.actions.enforce_plan import ANY_UID, DenyEntry, Scope
 from sentinel.errors import KernelError
 from sentinel.kernel.fanotify import Denial, FanotifyDenier
 from sentinel.log import get_logger
@@ -50,6 +50,41 @@ SOCK_ADDR_PROGRAMS = (
 OPEN_EXIT_TRACEPOINTS = ("syscalls:sys_exit_open", "syscalls:sys_exit_openat", "syscalls:sys_exit_openat2", "syscalls:sys_exit_creat")
 PINNED_MAPS = ("snt_deny_exec_ino", "snt_deny_exec_dir", "snt_deny_exec_comm", "snt_deny_open_ino",
                "snt_deny_open_dir", "snt_deny_net", "snt_enf_config", "snt_allow_exe")
+
+
+# struct snt_deny_value in bpf/enforce.bpf.c
+MAX_SCOPES = 8
+ANY_UID_KERNEL = 0xFFFFFFFF
+SCOPE_BELOW = 1
+EVERYONE_KERNEL = (0, ANY_UID_KERNEL, 0, 0)
+
+
+def _fanotify_kind(entry: DenyEntry) -> str:
+    return "exec" if entry.kind == "exec_file" else "open"
+
+
+def _net_contains(outer_key: object, inner_key: object) -> bool:
+    """Whether the snt_deny_net key `outer_key` covers `inner_key` (same port bytes, shorter
+    or equal prefix of the address)."""
+    (outer_bits, outer), (inner_bits, inner) = outer_key, inner_key  # type: ignore[misc]
+    if outer[:2] != inner[:2] or outer_bits > inner_bits:
+        return False
+    address_bits = outer_bits - 16
+    outer_net = ipaddress.IPv6Network((outer[2:18], address_bits), strict=False)
+    return ipaddress.IPv6Address(inner[2:18]) in outer_net
+
+
+def _scopes_text(value) -> str:
+    """A deny value's scopes as `sentinel enforce list` shows them."""
+    if not value.nscopes:
+        return "everyone"
+    parts = []
+    for slot in value.scopes[:value.nscopes]:
+        who = [] if slot.uid == ANY_UID_KERNEL else ["uid=%d" % slot.uid]
+        if slot.cgroup_id:
+            who.append("%s=%d" % ("below-cgroup" if slot.flags & SCOPE_BELOW else "cgroup", slot.cgroup_id))
+        parts.append("+".join(who) or "everyone")
+    return ",".join(parts)
 
 
 def kernel_dev(st_dev: int) -> int:
@@ -135,13 +170,17 @@ class KernelEnforcer:
         self.mechanisms = mechanisms
         self.agent_pid = agent_pid or os.getpid()
         self.lsm = "lsm" in mechanisms.get("deny_exec", ())
-        self.cgroup_path = cgroup_path or cgroup2_mount()
+        self.cgroup_root = cgroup2_mount()  # scope cgroups are paths under it
+        self.cgroup_path = cgroup_path or self.cgroup_root  # where the sock_addr programs attach
         self.keep_on_exit = keep_on_exit
         self.pin_dir = pin_dir
         self.on_kill_done = on_kill_done
         self._lock = threading.RLock()
-        self._installed: dict[DenyEntry, list[tuple[str, object]]] = {}  # entry -> [(map name, key)]
-        self._resolved: dict[DenyEntry, tuple[int, int] | None] = {}
+        # entry -> [(map name, key, kernel scope)] as installed now
+        self._installed: dict[DenyEntry, list[tuple[str, object, tuple[int, int, int, int]]]] = {}
+        # (map name, key) -> {entry: kernel scope}: the entries a kernel key serves
+        self._holders: dict[tuple[str, object], dict[DenyEntry, tuple[int, int, int, int]]] = {}
+        self._watcher = None
         self._attached: set[str] = set()
         self._cgroup_fd: int | None = None
         self._sock_fns: dict[str, object] = {}
@@ -157,6 +196,9 @@ class KernelEnforcer:
             self.fanotify = FanotifyDenier(on_denial or (lambda denial: None), frozenset({self.agent_pid}))
         self._reaper = threading.Thread(target=self._reap_loop, name="sentinel-kill-reaper", daemon=True)
         self._reaper.start()
+        from sentinel.actions.enforce_watch import PathWatcher
+
+        self._watcher = PathWatcher(self.refresh)
 
     # ------------------------------------------------------------------ loading
     def _load(self):
@@ -210,59 +252,139 @@ class KernelEnforcer:
             mechanism = self.mechanism_for(entry)
             if mechanism == "fanotify":
                 assert self.fanotify is not None
-                self.fanotify.deny("exec" if entry.kind == "exec_file" else "open", entry.target)
+                self.fanotify.deny(_fanotify_kind(entry), entry.target, entry.scope)
                 self._installed[entry] = []
             else:
-                self._installed[entry] = self._map_entries(entry)
-                for map_name, key in self._installed[entry]:
-                    self._map_set(map_name, key)
+                self._install(entry, self._map_entries(entry))
             self._sync_attachments()
             log.info("enforce.entry_added", entry=str(entry), mechanism=mechanism)
+        self._watch_paths()
 
     def remove(self, entry: DenyEntry) -> None:
         with self._lock:
-            keys = self._installed.pop(entry, None)
+            keys = self._installed.get(entry)
             if keys is None:
                 return
             if self.mechanism_for(entry) == "fanotify" and self.fanotify is not None:
-                self.fanotify.allow("exec" if entry.kind == "exec_file" else "open", entry.target)
-            for map_name, key in keys:
-                self._map_delete(map_name, key)
-            self._resolved.pop(entry, None)
+                self.fanotify.allow(_fanotify_kind(entry), entry.target, entry.scope)
+            self._uninstall(entry)
+            del self._installed[entry]
             self._sync_attachments()
             log.info("enforce.entry_removed", entry=str(entry))
+        self._watch_paths()
 
     def entries(self) -> list[DenyEntry]:
         with self._lock:
             return sorted(self._installed)
 
     def refresh(self) -> None:
-        """Re-resolve path entries kept in BPF maps: a replaced file or directory is followed."""
+        """Re-resolve what names a kernel object by path (files, directories, scope cgroups):
+        a replaced file or directory, or a recreated cgroup, is followed."""
         with self._lock:
             for entry in list(self._installed):
-                if entry.kind in ("exec_file", "exec_dir", "open_file", "open_dir") and self.mechanism_for(entry) != "fanotify":
-                    fresh = self._map_entries(entry)
-                    if fresh != self._installed[entry]:
-                        for map_name, key in self._installed[entry]:
-                            self._map_delete(map_name, key)
-                        for map_name, key in fresh:
-                            self._map_set(map_name, key)
-                        self._installed[entry] = fresh
+                if self.mechanism_for(entry) == "fanotify":
+                    continue
+                fresh = self._map_entries(entry)
+                if fresh != self._installed[entry]:
+                    self._uninstall(entry)
+                    self._install(entry, fresh)
+            self._sync_attachments()
         if self.fanotify is not None:
             self.fanotify.refresh()
+        self._watch_paths()
 
-    def _map_entries(self, entry: DenyEntry) -> list[tuple[str, object]]:
+    def watched_paths(self) -> set[str]:
+        """Paths whose replacement changes what is enforced (for the inotify watcher)."""
+        with self._lock:
+            paths = set()
+            for entry in self._installed:
+                if entry.kind in ("exec_file", "exec_dir", "open_file", "open_dir"):
+                    paths.add(entry.target)
+                if entry.scope.cgroup and self.cgroup_root is not None:
+                    paths.add(self.cgroup_root.rstrip("/") + entry.scope.cgroup)
+            return paths
+
+    def _watch_paths(self) -> None:
+        watcher = self._watcher
+        if watcher is not None:
+            watcher.watch(self.watched_paths())
+
+    # map entries: one kernel key can be needed by several entries (same file, different
+    # scopes); its value holds the union of their scopes, rewritten on every change.
+    def _install(self, entry: DenyEntry, found: list[tuple[str, object, tuple[int, int, int, int]]]) -> None:
+        self._installed[entry] = found
+        for map_name, key, kernel_scope in found:
+            self._holders.setdefault((map_name, key), {})[entry] = kernel_scope
+        self._rewrite({(map_name, key) for map_name, key, _ in found})
+
+    def _uninstall(self, entry: DenyEntry) -> None:
+        touched = set()
+        for map_name, key, _ in self._installed.get(entry, []):
+            holders = self._holders.get((map_name, key), {})
+            holders.pop(entry, None)
+            if not holders:
+                self._holders.pop((map_name, key), None)
+            touched.add((map_name, key))
+        self._installed[entry] = []
+        self._rewrite(touched)
+
+    def _rewrite(self, keys: set[tuple[str, object]]) -> None:
+        """Write (or delete) the value of each key from the scopes of the entries needing it.
+        Network keys: the trie answers with the longest prefix only, so every net value also
+        carries the scopes of the shorter prefixes (same port) that contain it."""
+        if any(map_name == "snt_deny_net" for map_name, _ in keys):
+            keys = set(keys) | {k for k in self._holders if k[0] == "snt_deny_net"}
+        for map_name, key in sorted(keys, key=repr):
+            holders = self._holders.get((map_name, key))
+            if not holders:
+                self._map_delete(map_name, key)
+                continue
+            scopes = set(holders.values())
+            if map_name == "snt_deny_net":
+                for (other_map, other_key), other in self._holders.items():
+                    if other_map == "snt_deny_net" and _net_contains(other_key, key):
+                        scopes |= set(other.values())
+            try:
+                self._map_set(map_name, key, scopes)
+            except KernelError as exc:
+                log.error("enforce.value_failed", map=map_name, error=str(exc))
+                raise
+
+    def _kernel_scope(self, scope: Scope) -> tuple[int, int, int, int] | None:
+        """(cgroup id, uid, cgroup level, flags) of a scope; None when its cgroup does not
+        exist now (nobody can be in it: nothing to install until it appears)."""
+        uid = ANY_UID_KERNEL if scope.uid == ANY_UID else scope.uid
+        if not scope.cgroup:
+            return (0, uid, 0, 0)
+        if self.cgroup_root is None:
+            raise KernelError("cannot scope a deny to cgroup %s: cgroup v2 is not mounted" % scope.cgroup)
+        try:
+            cgroup_id = os.stat(self.cgroup_root.rstrip("/") + scope.cgroup).st_ino
+        except OSError:
+            return None
+        level = len([part for part in scope.cgroup.split("/") if part])
+        return (cgroup_id, uid, level, SCOPE_BELOW if scope.below else 0)
+
+    def _map_entries(self, entry: DenyEntry) -> list[tuple[str, object, tuple[int, int, int, int]]]:
+        """(map name, key, kernel scope) of an entry as the system is now ([]: nothing to install)."""
+        kernel_scope = self._kernel_scope(entry.scope)
+        if kernel_scope is None:
+            return []
         if entry.kind == "net":
-            return [("snt_deny_net", net_key_bytes(entry.target, entry.port))]
+            return [("snt_deny_net", net_key_bytes(entry.target, entry.port), kernel_scope)]
         if entry.kind == "exec_name":
-            return [("snt_deny_exec_comm", entry.target.encode())]
+            return [("snt_deny_exec_comm", entry.target.encode(), kernel_scope)]
+        if entry.kind in ("exec_ino", "open_ino"):
+            ino, _, dev = entry.target.partition(":")
+            map_name = "snt_deny_exec_ino" if entry.kind == "exec_ino" else "snt_deny_open_ino"
+            return [(map_name, (int(ino), int(dev or 0)), kernel_scope)]
         map_name = {"exec_file": "snt_deny_exec_ino", "exec_dir": "snt_deny_exec_dir",
                     "open_file": "snt_deny_open_ino", "open_dir": "snt_deny_open_dir"}[entry.kind]
         try:
             st = os.stat(entry.target)
         except OSError:
             return []  # not there now: refresh() adds it when it appears
-        return [(map_name, (st.st_ino, kernel_dev(st.st_dev)))]
+        return [(map_name, (st.st_ino, kernel_dev(st.st_dev)), kernel_scope)]
 
     def _key(self, table, map_name: str, key: object):
         k = table.Key()
@@ -276,9 +398,22 @@ class KernelEnforcer:
             k.ino, k.dev = key  # type: ignore[misc]
         return k
 
-    def _map_set(self, map_name: str, key: object) -> None:
+    def _map_set(self, map_name: str, key: object, scopes: set[tuple[int, int, int, int]]) -> None:
         table = self.bpf[map_name.encode()]
-        table[self._key(table, map_name, key)] = ctypes.c_uint64(0)
+        k = self._key(table, map_name, key)
+        value = table.Leaf()
+        try:
+            value.hits = table[k].hits  # keep the count across a scope change
+        except KeyError:
+            value.hits = 0
+        if EVERYONE_KERNEL not in scopes:
+            if len(scopes) > MAX_SCOPES:
+                raise KernelError("%d scopes on one %s entry (at most %d)" % (len(scopes), map_name, MAX_SCOPES))
+            for i, (cgroup_id, uid, level, flags) in enumerate(sorted(scopes)):
+                slot = value.scopes[i]
+                slot.cgroup_id, slot.uid, slot.cgroup_level, slot.flags = cgroup_id, uid, level, flags
+            value.nscopes = len(scopes)
+        table[k] = value
 
     def _map_delete(self, map_name: str, key: object) -> None:
         table = self.bpf[map_name.encode()]
@@ -306,9 +441,9 @@ class KernelEnforcer:
             wanted: set[str] = set()  # the LSM programs are attached for the object's lifetime
         else:
             wanted = set()
-            if kinds & {"exec_name", "exec_dir", "exec_file"}:
+            if kinds & {"exec_name", "exec_dir", "exec_file", "exec_ino"}:
                 wanted.add("exec_kill")
-            if kinds & {"open_dir", "open_file"}:
+            if kinds & {"open_dir", "open_file", "open_ino"}:
                 wanted.add("open_kill")
             if "net" in kinds:
                 wanted.add("sock_addr")
@@ -456,9 +591,11 @@ class KernelEnforcer:
         """Every entry of the deny and kill maps as the kernel holds them now, with hit counts."""
         out: dict[str, list[dict[str, object]]] = {}
         for map_name in ("snt_deny_exec_ino", "snt_deny_exec_dir", "snt_deny_open_ino", "snt_deny_open_dir"):
-            out[map_name] = [{"ino": k.ino, "dev": "%d:%d" % (k.dev >> 20, k.dev & 0xFFFFF), "hits": v.value}
+            out[map_name] = [{"ino": k.ino, "dev": "%d:%d" % (k.dev >> 20, k.dev & 0xFFFFF) if k.dev else "any",
+                              "hits": v.hits, "scopes": _scopes_text(v)}
                              for k, v in self.bpf[map_name.encode()].items()]
-        out["snt_deny_exec_comm"] = [{"comm": bytes(k.comm).rstrip(b"\0").decode(errors="replace"), "hits": v.value}
+        out["snt_deny_exec_comm"] = [{"comm": bytes(k.comm).rstrip(b"\0").decode(errors="replace"), "hits": v.hits,
+                                      "scopes": _scopes_text(v)}
                                      for k, v in self.bpf[b"snt_deny_exec_comm"].items()]
         net = []
         for k, v in self.bpf[b"snt_deny_net"].items():
@@ -470,7 +607,7 @@ class KernelEnforcer:
                 target = "%s/%d" % (address.ipv4_mapped, bits - 96)
             else:
                 target = "%s/%d" % (address, bits)
-            net.append({"network": target, "port": port or "any", "hits": v.value})
+            net.append({"network": target, "port": port or "any", "hits": v.hits, "scopes": _scopes_text(v)})
         out["snt_deny_net"] = net
         out["snt_kill"] = [{"pid": k.value, "start_ns": v.start_ns, "hits": v.hits} for k, v in self.bpf[b"snt_kill"].items()]
         if self.fanotify is not None:
@@ -485,6 +622,9 @@ class KernelEnforcer:
 
         Returns what stays active in the kernel after this process exits.
         """
+        if self._watcher is not None:
+            self._watcher.close()  # first: its thread may be waiting for the lock to refresh
+            self._watcher = None
         with self._lock:
             self._closed = True
             os.write(self._wake_write, b"x")

@@ -10,13 +10,22 @@ must be one the maps can express. Accepted shape: a conjunction (`and`) of
   exec:    proc.exepath = P / in (...)   a specific file (followed by inode)
            proc.exepath startswith D/    every file under directory D
            proc.name = N / in (...)      a program name (comm, 15 bytes)
+           proc.exe_ino = N / in (...)   an executable by inode number (on any device)
   open:    fd.name = P / in (...)        a specific file
            fd.name startswith D/, fd.directory = D     every file under directory D
+           fd.ino = N / in (...)         a file by inode number, with `and fd.dev = D`
+                                         (the kernel dev_t) to name one device
   network: fd.rip / fd.sip = A / in (...), fd.rnet / fd.snet / fd.net = CIDR / in (...),
            fd.rport / fd.sport / fd.port = N / in (...)   (addresses x ports)
+  scope (any operation, optional, at most one of each):
+           user.uid = U / in (...)       only processes with that real uid
+           proc.cgroup = P / in (...)    only processes in that cgroup v2 (path under the
+                                         cgroup2 mount, as proc.cgroup shows it)
+           proc.cgroup startswith P/     only processes in cgroups below P
 
-where the targets of one kind may also be joined with `or`. Anything else is a RuleError
-at load that names the part that cannot be pushed down and the rule's location.
+where the targets of one kind may also be joined with `or`. A scope narrows every target
+of the rule (targets x uids x cgroups entries). Anything else is a RuleError at load that
+names the part that cannot be pushed down and the rule's location.
 """
 
 from __future__ import annotations
@@ -40,22 +49,52 @@ _NETWORK_FIELDS = frozenset({"fd.rnet", "fd.snet", "fd.net"})
 _PORT_FIELDS = frozenset({"fd.rport", "fd.sport", "fd.port"})
 
 
+ANY_UID = -1
+ENTRY_KINDS = ("exec_file", "exec_dir", "exec_name", "exec_ino", "open_file", "open_dir", "open_ino", "net")
+
+
+@dataclass(frozen=True, order=True)
+class Scope:
+    """Whom a deny applies to: a real uid (ANY_UID: any) and a cgroup v2 path relative to
+    the cgroup2 mount ("": any); with `below`, the cgroups under that path, not the path."""
+
+    uid: int = ANY_UID
+    cgroup: str = ""
+    below: bool = False
+
+    @property
+    def everyone(self) -> bool:
+        return self.uid == ANY_UID and not self.cgroup
+
+    def __str__(self) -> str:
+        parts = []
+        if self.uid != ANY_UID:
+            parts.append("uid %d" % self.uid)
+        if self.cgroup:
+            parts.append(("cgroups below %s" if self.below else "cgroup %s") % self.cgroup)
+        return ", ".join(parts) or "everyone"
+
+
+EVERYONE = Scope()
+
+
 @dataclass(frozen=True, order=True)
 class DenyEntry:
-    """One kernel map entry. kind: exec_file, exec_dir, exec_name, open_file, open_dir, net.
+    """One kernel map entry. kind: one of ENTRY_KINDS.
 
-    `target` is a path, a program name, or for net a CIDR; `port` is 0 for any port.
+    `target` is a path, a program name, an inode ("ino" or "ino:dev" with the kernel
+    dev_t), or for net a CIDR; `port` is 0 for any port; `scope` whom it applies to.
     Several rules can need the same entry: the enforcer counts references to it.
     """
 
     kind: str
     target: str
     port: int = 0
+    scope: Scope = EVERYONE
 
     def __str__(self) -> str:
-        if self.kind == "net":
-            return "net %s port %s" % (self.target, self.port or "any")
-        return "%s %s" % (self.kind, self.target)
+        text = "net %s port %s" % (self.target, self.port or "any") if self.kind == "net" else "%s %s" % (self.kind, self.target)
+        return text if self.scope.everyone else "%s for %s" % (text, self.scope)
 
 
 @dataclass(frozen=True)
@@ -106,16 +145,28 @@ def _file(path: str, node: ast.Expr) -> str:
     return path
 
 
+_TARGET_KINDS = {
+    ("exec", "proc.exepath"): "exec_file",
+    ("exec", "proc.name"): "exec_name",
+    ("exec", "proc.exe_ino"): "exec_ino",
+    ("open", "fd.name"): "open_file",
+    ("open", "fd.directory"): "open_dir",
+    ("open", "fd.ino"): "open_ino",
+}
+
+
+def _inode_numbers(node: ast.BinaryCheck, values: tuple[str, ...], what: str) -> list[int]:
+    if any(not v.isdigit() or int(v) == 0 for v in values):
+        raise _Unsupported(node, "%s must be a positive integer" % what)
+    return [int(v) for v in values]
+
+
 def _target_entries(operation: str, node: ast.Expr) -> list[DenyEntry] | None:
     """Entries for one target check, or None when the node is not a target of `operation`."""
     if not isinstance(node, ast.BinaryCheck) or node.field.transformers or node.field.arg is not None:
         return None
-    name = node.field.name
-    if operation == "exec" and name in ("proc.exepath", "proc.name"):
-        kind = "exec_file" if name == "proc.exepath" else "exec_name"
-    elif operation == "open" and name in ("fd.name", "fd.directory"):
-        kind = "open_file" if name == "fd.name" else "open_dir"
-    else:
+    kind = _TARGET_KINDS.get((operation, node.field.name))
+    if kind is None:
         return None
     values = _values(node)
     if node.op == "startswith" and isinstance(node.value, ast.Value) and kind in ("exec_file", "open_file"):
@@ -129,7 +180,56 @@ def _target_entries(operation: str, node: ast.Expr) -> list[DenyEntry] | None:
         return [DenyEntry(kind, v) for v in values]
     if kind == "open_dir":
         return [DenyEntry(kind, _directory(v if v.endswith("/") else v + "/", node)) for v in values]
+    if kind in ("exec_ino", "open_ino"):
+        return [DenyEntry(kind, str(ino)) for ino in _inode_numbers(node, values, "an inode number")]
     return [DenyEntry(kind, _file(v, node)) for v in values]
+
+
+_SCOPE_FIELDS = frozenset({"user.uid", "proc.cgroup"})
+
+
+def _is_scope(node: ast.Expr) -> bool:
+    return isinstance(node, ast.BinaryCheck) and node.field.name in _SCOPE_FIELDS and not node.field.transformers
+
+
+def _scopes(nodes: list[ast.Expr]) -> list[Scope]:
+    """The scopes (uids x cgroups) named by the scope conjuncts of a rule."""
+    uids: list[int] | None = None
+    cgroups: list[tuple[str, bool]] | None = None
+    for node in nodes:
+        assert isinstance(node, ast.BinaryCheck)
+        values = _values(node)
+        if node.field.name == "user.uid":
+            if uids is not None:
+                raise _Unsupported(node, "one user.uid condition per rule")
+            if values is None:
+                raise _Unsupported(node, "user.uid must be compared with = or in")
+            if any(not v.isdigit() or int(v) >= 0xFFFFFFFF for v in values):
+                raise _Unsupported(node, "a uid is a number below 4294967295")
+            uids = [int(v) for v in values]
+            continue
+        if cgroups is not None:
+            raise _Unsupported(node, "one proc.cgroup condition per rule")
+        if node.op == "startswith" and isinstance(node.value, ast.Value):
+            below = True
+            values = (node.value.text,)
+            if not node.value.text.endswith("/"):
+                raise _Unsupported(node, "a cgroup prefix must end with '/' (the cgroups below a path)")
+        elif values is None:
+            raise _Unsupported(node, "proc.cgroup must be compared with =, in or startswith P/")
+        else:
+            below = False
+        if any(not v.startswith("/") for v in values):
+            raise _Unsupported(node, "a cgroup is its absolute path under the cgroup2 mount (as proc.cgroup shows it)")
+        cgroups = [(v.rstrip("/") or "/", below) for v in values]
+    return [Scope(uid, cgroup, below) for uid in (uids or [ANY_UID]) for cgroup, below in (cgroups or [("", False)])]
+
+
+def _device(node: ast.BinaryCheck) -> int:
+    values = _values(node)
+    if values is None or len(values) != 1:
+        raise _Unsupported(node, "fd.dev must be compared with = to one device")
+    return _inode_numbers(node, values, "a device number (the kernel dev_t)")[0]
 
 
 def _networks(node: ast.BinaryCheck, values: tuple[str, ...]) -> list[str]:
@@ -181,6 +281,13 @@ def _operation(conjuncts: list[ast.Expr]) -> tuple[str, list[ast.Expr]]:
 
 def _plan_entries(condition: ast.Expr) -> tuple[str, list[DenyEntry]]:
     operation, rest = _operation(_conjuncts(condition))
+    scopes = _scopes([node for node in rest if _is_scope(node)])
+    rest = [node for node in rest if not _is_scope(node)]
+    operation, entries = _unscoped_entries(condition, operation, rest)
+    return operation, [DenyEntry(e.kind, e.target, e.port, scope) for e in entries for scope in scopes]
+
+
+def _unscoped_entries(condition: ast.Expr, operation: str, rest: list[ast.Expr]) -> tuple[str, list[DenyEntry]]:
     if operation == "net":
         networks: list[str] | None = None
         ports: list[int] | None = None
@@ -208,7 +315,13 @@ def _plan_entries(condition: ast.Expr) -> tuple[str, list[DenyEntry]]:
             for port in (ports or [0])
         ]
     entries: list[DenyEntry] = []
+    device: int | None = None
     for node in rest:
+        if operation == "open" and isinstance(node, ast.BinaryCheck) and node.field.name == "fd.dev" and not node.field.transformers:
+            if device is not None:
+                raise _Unsupported(node, "one fd.dev condition per rule")
+            device = _device(node)
+            continue
         for alternative in _disjuncts(node):
             found = _target_entries(operation, alternative)
             if found is None:
@@ -216,6 +329,10 @@ def _plan_entries(condition: ast.Expr) -> tuple[str, list[DenyEntry]]:
             entries += found
     if not entries:
         raise _Unsupported(condition, "an %s deny needs a file, a directory or a program name" % operation)
+    if device is not None:
+        if any(e.kind != "open_ino" for e in entries):
+            raise _Unsupported(condition, "fd.dev narrows only inode targets (fd.ino)")
+        entries = [DenyEntry(e.kind, "%s:%d" % (e.target, device)) for e in entries]
     return operation, entries
 
 

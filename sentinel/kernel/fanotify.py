@@ -6,9 +6,18 @@ permission event at once from an in-memory set of (dev, ino); it never waits on 
 of the agent (denials are handed over through a callback that must only enqueue). When
 the agent exits, its fanotify fd closes and the kernel allows everything again (fail-open).
 
-Paths are followed: `refresh()` (run by the thread every second) re-resolves each path,
-and when a file was replaced (new inode) the mark moves to the new file. Marks are held
-through an O_PATH fd of the marked inode, so the old inode can be unmarked after a rename.
+Paths are followed: `refresh()` re-resolves each path, and when a file was replaced (new
+inode) the mark moves to the new file. The enforcer calls it when inotify reports a change
+in the file's directory; the answering thread also runs it when idle for `refresh_seconds`
+as a backstop. Marks are held through an O_PATH fd of the marked inode, so the old inode
+can be unmarked after a rename.
+
+A deny can be scoped (a real uid and/or a cgroup v2 path, see enforce_plan.Scope): the
+event's pid is then checked before answering, from /proc/<pid>/status (real uid) and the
+`0::` line of /proc/<pid>/cgroup, two small reads. The process waits in open/exec for the
+answer, so it is there to read; if a fact cannot be read (the process is exiting), only
+the facts that could be read decide, and a scope nothing contradicts is denied: a process
+that is gone cannot use the answer, and one that hides its facts gets no benefit from it.
 """
 
 from __future__ import annotations
@@ -50,6 +59,67 @@ _libc.fanotify_init.argtypes = [ctypes.c_uint, ctypes.c_uint]
 _libc.fanotify_mark.argtypes = [ctypes.c_int, ctypes.c_uint, ctypes.c_uint64, ctypes.c_int, ctypes.c_char_p]
 
 
+def _read_proc(pid: int, name: str) -> bytes | None:
+    try:
+        fd = os.open("/proc/%d/%s" % (pid, name), os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        return os.read(fd, 4096)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
+def process_uid(pid: int) -> int | None:
+    """The real uid of `pid` (None if unreadable)."""
+    status = _read_proc(pid, "status")
+    if status is None:
+        return None
+    for line in status.split(b"\n"):
+        if line.startswith(b"Uid:"):
+            return int(line.split()[1])
+    return None
+
+
+def process_cgroup(pid: int) -> str | None:
+    """The cgroup v2 path of `pid` (the `0::` line), None if unreadable."""
+    text = _read_proc(pid, "cgroup")
+    if text is None:
+        return None
+    for line in text.split(b"\n"):
+        if line.startswith(b"0::"):
+            return line[3:].decode(errors="replace")
+    return None
+
+
+def in_scope(pid: int, scopes: frozenset) -> bool:
+    """Whether `pid` is in one of `scopes` (objects with uid, cgroup, below, everyone as in
+    enforce_plan.Scope); a fact that cannot be read contradicts nothing."""
+    if any(scope.everyone for scope in scopes):
+        return True
+    uid: int | None = None
+    cgroup: str | None = None
+    uid_read = cgroup_read = False
+    for scope in scopes:
+        if scope.uid >= 0:
+            if not uid_read:
+                uid, uid_read = process_uid(pid), True
+            if uid is not None and uid != scope.uid:
+                continue
+        if scope.cgroup:
+            if not cgroup_read:
+                cgroup, cgroup_read = process_cgroup(pid), True
+            if cgroup is not None:
+                if scope.below and not cgroup.startswith(scope.cgroup.rstrip("/") + "/"):
+                    continue
+                if not scope.below and cgroup != scope.cgroup:
+                    continue
+        return True
+    return False
+
+
 @dataclass(frozen=True)
 class Denial:
     kind: str  # exec | open
@@ -61,6 +131,21 @@ def file_identity(st: os.stat_result) -> tuple[int, int]:
     return (st.st_dev, st.st_ino)
 
 
+class _Everyone:
+    """The scope of an unscoped deny."""
+
+    uid = -1
+    cgroup = ""
+    below = False
+    everyone = True
+
+    def __str__(self) -> str:
+        return "everyone"
+
+
+_EVERYONE = _Everyone()
+
+
 class _Marked:
     """One path being denied and the inode it is marked on now."""
 
@@ -68,7 +153,7 @@ class _Marked:
 
     def __init__(self, path: str) -> None:
         self.path = path
-        self.kinds: set[str] = set()
+        self.kinds: dict[str, set[object]] = {}  # kind -> scopes
         self.identity: tuple[int, int] | None = None
         self.path_fd: int | None = None
 
@@ -77,7 +162,7 @@ class FanotifyDenier:
     """Answers permission events for marked files; `deny(kind, path)` / `allow(kind, path)`."""
 
     def __init__(self, on_denial: Callable[[Denial], None], protected_pids: frozenset[int] = frozenset(),
-                 refresh_seconds: float = 1.0) -> None:
+                 refresh_seconds: float = 30.0) -> None:
         fd = _libc.fanotify_init(FAN_CLASS_CONTENT | FAN_CLOEXEC | FAN_NONBLOCK, os.O_RDONLY | os.O_LARGEFILE | os.O_CLOEXEC)
         if fd < 0:
             code = ctypes.get_errno()
@@ -88,8 +173,8 @@ class FanotifyDenier:
         self.refresh_seconds = refresh_seconds
         self._lock = threading.Lock()
         self._by_path: dict[str, _Marked] = {}
-        # (dev, ino) -> {kind: path}: what the answering thread reads
-        self._denied: dict[tuple[int, int], dict[str, str]] = {}
+        # (dev, ino) -> {kind: (path, scopes)}: what the answering thread reads
+        self._denied: dict[tuple[int, int], dict[str, tuple[str, frozenset]]] = {}
         self._stop_read, self._stop_write = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         self._thread = threading.Thread(target=self._answer_loop, name="sentinel-fanotify", daemon=True)
         self.answered = 0
@@ -97,28 +182,38 @@ class FanotifyDenier:
         self._thread.start()
 
     # ------------------------------------------------------------------ marks
-    def deny(self, kind: str, path: str) -> None:
+    def deny(self, kind: str, path: str, scope: object = None) -> None:
+        """Deny `kind` of `path` to the processes in `scope` (None: everyone)."""
         with self._lock:
             marked = self._by_path.setdefault(path, _Marked(path))
-            marked.kinds.add(kind)
-            self._remark(marked)
+            new_kind = kind not in marked.kinds
+            marked.kinds.setdefault(kind, set()).add(scope if scope is not None else _EVERYONE)
+            self._remark(marked, force=new_kind)
+            self._publish(marked)
 
-    def allow(self, kind: str, path: str) -> None:
+    def allow(self, kind: str, path: str, scope: object = None) -> None:
+        """Undo deny(kind, path, scope); the mark goes with the last scope of the last kind."""
         with self._lock:
             marked = self._by_path.get(path)
             if marked is None:
                 return
-            marked.kinds.discard(kind)
+            scopes = marked.kinds.get(kind, set())
+            scopes.discard(scope if scope is not None else _EVERYONE)
+            if not scopes:
+                marked.kinds.pop(kind, None)
             if not marked.kinds:
                 self._unmark(marked)
                 del self._by_path[path]
-            else:
+            elif not scopes:
                 self._remark(marked, force=True)
+            else:
+                self._publish(marked)
 
     def entries(self) -> list[dict[str, object]]:
         with self._lock:
             return [
-                {"path": m.path, "kinds": sorted(m.kinds), "dev": m.identity[0] if m.identity else None,
+                {"path": m.path, "kinds": {kind: sorted(map(str, scopes)) for kind, scopes in sorted(m.kinds.items())},
+                 "dev": m.identity[0] if m.identity else None,
                  "ino": m.identity[1] if m.identity else None}
                 for m in self._by_path.values()
             ]
@@ -157,8 +252,13 @@ class FanotifyDenier:
             os.close(path_fd)
             raise KernelError("fanotify_mark(%s): %s" % (marked.path, os.strerror(code)))
         marked.identity, marked.path_fd = identity, path_fd
-        self._denied[identity] = {kind: marked.path for kind in marked.kinds}
+        self._publish(marked)
         log.debug("fanotify.marked", path=marked.path, kinds=sorted(marked.kinds), ino=identity[1])
+
+    def _publish(self, marked: _Marked) -> None:
+        """What the answering thread reads for this inode (one dict assignment: atomic)."""
+        if marked.identity is not None:
+            self._denied[marked.identity] = {kind: (marked.path, frozenset(scopes)) for kind, scopes in marked.kinds.items()}
 
     def _unmark(self, marked: _Marked) -> None:
         if marked.path_fd is None:
@@ -212,7 +312,9 @@ class FanotifyDenier:
             kinds = self._denied.get(file_identity(os.fstat(event_fd)))
             kind = "exec" if mask & FAN_OPEN_EXEC_PERM else "open"
             if kinds and kind in kinds and pid not in self.protected_pids:
-                verdict, denial = FAN_DENY, Denial(kind, kinds[kind], pid)
+                path, scopes = kinds[kind]
+                if in_scope(pid, scopes):
+                    verdict, denial = FAN_DENY, Denial(kind, path, pid)
         finally:
             try:
                 os.write(self.fd, _RESPONSE.pack(event_fd, verdict))

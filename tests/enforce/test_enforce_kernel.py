@@ -122,16 +122,52 @@ def test_denied_binary_gets_eperm_and_a_copy_elsewhere_runs(kernel, tmp_path):
     assert _exec_status(str(denied)) == "0"
 
 
-def test_denied_path_follows_a_replaced_file(kernel, tmp_path):
+def _eventually(check, seconds: float = 5.0) -> bool:
+    """Poll `check` until it is true or `seconds` pass (the backstop refresh is 30 s away,
+    so a pass within a few seconds is inotify's doing)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(0.05)
+    return check()
+
+
+def test_denied_path_follows_a_file_replaced_by_mv(kernel, tmp_path):
     denied = tmp_path / "tool"
     shutil.copy("/bin/true", denied)
     kernel.add(DenyEntry("exec_file", str(denied)))
+    assert _exec_status(str(denied)) == "EPERM"
     fresh = tmp_path / "tool.new"
     shutil.copy("/bin/true", fresh)
-    os.rename(fresh, denied)  # a new inode under the denied path
-    assert _exec_status(str(denied)) == "0"  # not re-resolved yet
-    kernel.refresh()
-    assert _exec_status(str(denied)) == "EPERM"
+    old_inode = denied.stat().st_ino
+    assert _spawn(["mv", str(fresh), str(denied)]).returncode == 0
+    assert denied.stat().st_ino != old_inode
+    assert _eventually(lambda: _exec_status(str(denied)) == "EPERM")
+    assert str(tmp_path) in kernel._watcher.watched()
+
+
+def test_denied_path_that_appears_later_is_denied_once_created(kernel, tmp_path):
+    (tmp_path / "later").mkdir()
+    denied = tmp_path / "later" / "sub" / "tool"
+    kernel.add(DenyEntry("exec_dir", str(tmp_path / "later" / "sub")))
+    (tmp_path / "later" / "sub").mkdir()  # the directory the deny names appears
+    shutil.copy("/bin/true", denied)
+    assert _eventually(lambda: _exec_status(str(denied)) == str(-9))
+
+
+def test_kill_at_exec_follows_a_directory_replaced_by_mv(kernel, tmp_path):
+    denied = tmp_path / "deny"
+    denied.mkdir()
+    kernel.add(DenyEntry("exec_dir", str(denied)))
+    shutil.copy("/bin/true", denied / "tool")
+    assert _exec_status(str(denied / "tool")) == str(-9)
+    (tmp_path / "fresh").mkdir()
+    shutil.copy("/bin/true", tmp_path / "fresh" / "tool")
+    assert _spawn(["mv", "-T", str(denied), str(tmp_path / "old")]).returncode == 0
+    assert _spawn(["mv", "-T", str(tmp_path / "fresh"), str(denied)]).returncode == 0
+    assert _eventually(lambda: _exec_status(str(denied / "tool")) == str(-9))
+    assert _exec_status(str(tmp_path / "old" / "tool")) == "0"  # the old directory is no longer denied
 
 
 def test_open_of_a_denied_file_gets_eperm(kernel, tmp_path):
