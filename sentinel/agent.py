@@ -8,6 +8,7 @@ acts on them between batches, so a reload or a stop never happens mid-event.
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import gc
 import hashlib
@@ -112,6 +113,7 @@ class Agent:
             return {"ok": False, "error": str(exc), "version": previous}
         if self.sensor is not None:
             self.sensor.update_interest(self.interest())
+        release_free_heap()
         self.counters["reloads"] += 1
         return {"ok": True, "version": self.ruleset_version, "previous": previous}
 
@@ -242,11 +244,12 @@ class Agent:
             raise
 
     def _start(self) -> None:
+        self._open_store()  # the store process opens the database while the rules and programs load
         self.load_rules()
-        self._open_store()
         self._start_forwarding()
         self._claim_kernel()
         self._start_enforcement()
+        self._await_store()
         from sentinel.enrich.proctable import ProcessTable
         from sentinel.sensor import Sensor
 
@@ -256,6 +259,7 @@ class Agent:
         # The bootstrap's thousands of long-lived objects would otherwise be rescanned by every
         # full garbage collection (tens of ms on a busy host): move them out of its way.
         gc.freeze()
+        release_free_heap()
         self.control = ControlServer(
             self.config.control_socket,
             allowed_uids=self.config.control.allowed_uids,
@@ -305,13 +309,24 @@ class Agent:
         from sentinel.actions.store import StoreWriter
 
         try:
-            self.store = StoreWriter.from_config(self.config)
+            self.store = StoreWriter.from_config(self.config, wait=False)
         except StoreError as exc:
-            # Alerts must keep flowing even when the DB cannot be written.
-            self.store = None
-            self.store_error = str(exc)
-            log.error("store.unavailable", error=str(exc))
-            self._internal_alert("Sentinel store unavailable", "error", "Events are not stored: %s" % exc)
+            self._store_unavailable(exc)
+
+    def _await_store(self) -> None:
+        if self.store is None:
+            return
+        try:
+            self.store.wait_open()
+        except StoreError as exc:
+            self._store_unavailable(exc)
+
+    def _store_unavailable(self, exc: StoreError) -> None:
+        # Alerts must keep flowing even when the DB cannot be written.
+        self.store = None
+        self.store_error = str(exc)
+        log.error("store.unavailable", error=str(exc))
+        self._internal_alert("Sentinel store unavailable", "error", "Events are not stored: %s" % exc)
 
     def _start_forwarding(self) -> None:
         if not self.config.outputs:
@@ -436,6 +451,15 @@ class Watchdog:
         if self.interval is not None and now >= self._next:
             self._next = now + self.interval
             notify.notify("WATCHDOG=1")
+
+
+def release_free_heap() -> None:
+    """Hand the C heap's free pages back to the kernel. Compiling BPF programs (LLVM) and rules
+    frees tens of MB that glibc keeps mapped otherwise (measured: agent RSS 232 -> 187 MB)."""
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to trim this way
+        pass
 
 
 def _mtime(path: Path) -> float:

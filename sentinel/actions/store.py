@@ -553,18 +553,24 @@ class _ProcessSink:
 
     If the process dies (the OOM killer, a crash), the request in flight fails and a new
     process is started, so the agent loses one batch, not its store.
+
+    The process's start (a fresh interpreter, its imports, opening and migrating the
+    database: a few hundred ms) can overlap the caller's own start: with `wait=False` the
+    first request, or wait_open(), collects its answer.
     """
 
-    def __init__(self, path: str, config: StoreConfig) -> None:
+    def __init__(self, path: str, config: StoreConfig, *, wait: bool = True) -> None:
         self.path = path
         self.config = config
         self.restarts = 0
         # The common failures, found here without the cost of a process start.
         check_config(config)
         _prepare_location(path, config.group)
-        self._start()
+        self._spawn()
+        if wait:
+            self.wait_open()
 
-    def _start(self) -> None:
+    def _spawn(self) -> None:
         context = multiprocessing.get_context("spawn")
         self._conn, child_end = context.Pipe()
         self.process = context.Process(
@@ -572,13 +578,25 @@ class _ProcessSink:
         )
         self.process.start()
         child_end.close()
-        try:
-            message, payload = self._conn.recv()
-        except EOFError:
-            message, payload = "error", "the store process exited while opening the store"
-        if message == "error":
+        self._opened = False
+        self._open_error: str | None = None
+
+    def wait_open(self) -> None:
+        """Block until the store process has opened the database; StoreError if it could not
+        (every later call raises the same error)."""
+        if self._opened:
+            return
+        if self._open_error is None:
+            try:
+                message, payload = self._conn.recv()
+            except EOFError:
+                message, payload = "error", "the store process exited while opening the store"
+            if message != "error":
+                self._opened = True
+                return
             self.process.join()
-            raise StoreError(payload)
+            self._open_error = payload
+        raise StoreError(self._open_error)
 
     def _restart(self) -> None:
         self._conn.close()
@@ -587,9 +605,11 @@ class _ProcessSink:
             self.process.kill()
             self.process.join()
         self.restarts += 1
-        self._start()
+        self._spawn()
+        self.wait_open()
 
     def _call(self, message: str, payload: Any = None) -> Any:
+        self.wait_open()
         try:
             self._conn.send((message, payload))
             reply, result = self._conn.recv()
@@ -638,6 +658,9 @@ class StoreWriter:
     past that the events of new batches are dropped and counted (their alerts and actions
     are kept for the next batch), so a stuck disk never grows memory without bound or
     stalls detection. close() writes everything accepted before it.
+
+    With `wait=False` a store process opens the database while the caller goes on (rows
+    are accepted meanwhile); wait_open() then says whether it could.
     """
 
     def __init__(
@@ -648,13 +671,14 @@ class StoreWriter:
         separate_process: bool | None = None,
         max_batches: int = 32,
         retention_seconds: float = 300.0,
+        wait: bool = True,
     ) -> None:
         self.path = path
         self.config = config
         self.stats = WriterStats()
         if separate_process is None:
             separate_process = config.separate_process
-        self._sink: Store | _ProcessSink = _ProcessSink(path, config) if separate_process else Store(path, config)
+        self._sink: Store | _ProcessSink = _ProcessSink(path, config, wait=wait) if separate_process else Store(path, config)
         self._buffer = RowBuffer(StoragePolicy.from_config(config))
         self._lock = threading.Lock()
         self._batches: queue.Queue[Batch | None] = queue.Queue(max_batches)
@@ -672,6 +696,19 @@ class StoreWriter:
     @classmethod
     def from_config(cls, config: Config, **options: Any) -> StoreWriter:
         return cls(config.db_path, config.store, **options)
+
+    def wait_open(self) -> None:
+        """Block until the database is open; if it cannot be, stop the writer and raise StoreError."""
+        if not isinstance(self._sink, _ProcessSink):
+            return
+        try:
+            with self._sink_lock:  # the writer thread may be waiting for the same answer
+                self._sink.wait_open()
+        except StoreError:
+            self._closing = True
+            self._batches.put(None)
+            self._thread.join()
+            raise
 
     # Hot path.
 

@@ -582,3 +582,26 @@ def test_store_process_that_cannot_open_the_store_reports_why(tmp_path):
     with pytest.raises(StoreError, match="is not a directory") as error:
         StoreWriter(path, StoreConfig(), separate_process=True)
     assert error.value.location.path == path
+
+
+def test_store_process_opening_in_the_background_keeps_the_rows_accepted_meanwhile(db_path):
+    writer = StoreWriter(db_path, StoreConfig(batch_size=10, flush_seconds=5), separate_process=True, wait=False)
+    try:
+        accepted = [writer.add_event(exec_event(pid), matched=False) for pid in range(1, 26)]  # two full batches
+        writer.wait_open()
+        writer.flush()
+        assert writer.status()["dropped"] == 0
+    finally:
+        writer.close()
+    assert [row[0] for row in rows(db_path, "SELECT id FROM events ORDER BY seq")] == accepted
+
+
+def test_store_process_that_cannot_open_in_the_background_says_why_when_waited_for(db_path):
+    os.makedirs(os.path.dirname(db_path))
+    with sqlite3.connect(db_path) as conn:
+        conn.execute("PRAGMA user_version = %d" % (SCHEMA_VERSION + 1))
+    writer = StoreWriter(db_path, StoreConfig(), separate_process=True, wait=False)
+    for _ in range(2):  # the same answer every time: the writer thread may have asked first
+        with pytest.raises(StoreError, match="newer than this sentinel"):
+            writer.wait_open()
+    writer.close()  # nothing to flush there; returns at once
