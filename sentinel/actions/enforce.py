@@ -21,7 +21,7 @@ from collections import Counter, deque
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from sentinel.actions.enforce_plan import DenyEntry, DenyPlan, compile_rules
+from sentinel.actions.enforce_plan import ANY_UID, ENTRY_KINDS, DenyEntry, DenyPlan, Scope, compile_rules
 from sentinel.config import EnforceConfig
 from sentinel.errors import ConfigError, KernelError
 from sentinel.log import get_logger
@@ -309,11 +309,15 @@ class AgentEnforcement:
 
     def _control_deny(self, request: dict[str, Any], peer: Any) -> dict[str, Any]:
         kind, target, port = request.get("kind"), request.get("target"), request.get("port", 0)
-        if kind not in ("exec_file", "exec_dir", "exec_name", "open_file", "open_dir", "net") or not isinstance(target, str):
-            raise ConfigError("deny needs kind (exec_file, exec_dir, exec_name, open_file, open_dir, net) and target")
+        if kind not in ENTRY_KINDS or not isinstance(target, str):
+            raise ConfigError("deny needs kind (%s) and target" % ", ".join(ENTRY_KINDS))
         if not isinstance(port, int) or not 0 <= port < 65536:
             raise ConfigError("deny: port must be 0..65535")
-        entry = DenyEntry(kind, target, port)
+        uid, cgroup = request.get("uid", ANY_UID), request.get("cgroup", "")
+        if not isinstance(uid, int) or not ANY_UID <= uid < 0xFFFFFFFF or not isinstance(cgroup, str) or (cgroup and not cgroup.startswith("/")):
+            raise ConfigError("deny: uid must be a uid, cgroup a path under the cgroup2 mount")
+        scope = Scope(uid, cgroup and (cgroup.rstrip("/") or "/"), bool(cgroup and request.get("below", False)))
+        entry = DenyEntry(kind, target, port, scope)
         return {"outcome": self.enforcer.manual_deny(entry, not request.get("remove", False), "uid %d" % peer.uid)}
 
     def _control_mode(self, request: dict[str, Any], peer: Any) -> dict[str, Any]:

@@ -5,6 +5,7 @@ loopback port this test created."""
 from __future__ import annotations
 
 import errno
+import os
 import importlib.util
 import shutil
 import signal
@@ -200,3 +201,53 @@ def test_a_crashed_agent_leaves_no_stale_deny_after_the_next_start(workdir):
             second.stop()
     finally:
         listener.close()
+
+
+SCOPED_RULES = """
+- rule: deny tool to nobody
+  desc: a deny scoped to one uid
+  condition: evt.type = execve and proc.exepath = {tool} and user.uid = {uid}
+  output: "denied %proc.exepath to %user.uid"
+  priority: WARNING
+  action: deny
+  mode: enforce
+- rule: deny by inode
+  desc: an exec deny by inode number
+  condition: evt.type = execve and proc.exe_ino = {ino}
+  output: "killed %proc.exepath"
+  priority: WARNING
+  action: deny
+  mode: enforce
+"""
+
+
+def _as_uid(uid: int):
+    def before_exec() -> None:
+        os.setgid(uid)
+        os.setuid(uid)
+
+    return before_exec
+
+
+def test_agent_enforces_scoped_and_inode_rules(workdir):
+    workdir.chmod(0o755)
+    (workdir / "bin").mkdir(mode=0o755)
+    tool, by_inode = workdir / "bin" / "tool", workdir / "bin" / "inode"
+    for path in (tool, by_inode):
+        shutil.copy("/bin/true", path)
+    rules = workdir / "rules.yaml"
+    rules.write_text(SCOPED_RULES.format(tool=tool, uid=65533, ino=by_inode.stat().st_ino))
+    agent = RunningAgent(workdir, [rules], extra_config=ENFORCE_CONFIG)
+    try:
+        agent.wait_for_notification("READY=1")
+        with pytest.raises(PermissionError):
+            subprocess.run([str(tool)], preexec_fn=_as_uid(65533), timeout=30)
+        assert _exec_status(tool) == "0"  # root is out of the rule's scope
+        assert _exec_status(by_inode) == str(-signal.SIGKILL)
+        listing = request(str(agent.socket_path), "enforce_list")
+        entries = {e["entry"]: e["mechanism"] for e in listing["entries"]}
+        assert entries == {"exec_file %s for uid 65533" % tool: "fanotify", "exec_ino %d" % by_inode.stat().st_ino: "kill-at-exec"}
+        denials = _wait(lambda: [a for a in _actions(agent.db) if a["rule"] == "deny tool to nobody" and a["outcome"] == "denied (EPERM)"])
+        assert denials
+    finally:
+        assert agent.stop() == 0

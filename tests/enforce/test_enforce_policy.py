@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from sentinel.actions.enforce import Enforcer, RateLimiter
-from sentinel.actions.enforce_plan import DenyEntry, compile_rules
+from sentinel.actions.enforce_plan import DenyEntry, Scope, compile_rules
 from sentinel.config import EnforceConfig
 from sentinel.errors import RuleError
 from sentinel.events.model import Event, Process
@@ -34,6 +34,14 @@ def rules(*texts: str):
         ("evt.type in (connect, sendto) and fd.rip = ::1 and fd.rport in (53, 853)",
          [DenyEntry("net", "::1/128", 53), DenyEntry("net", "::1/128", 853)]),
         ("evt.type = connect and fd.rport = 4444", [DenyEntry("net", "::/0", 4444)]),
+        ("evt.type = execve and proc.exe_ino in (12, 13)", [DenyEntry("exec_ino", "12"), DenyEntry("exec_ino", "13")]),
+        ("evt.type = openat and fd.ino = 7 and fd.dev = 2049", [DenyEntry("open_ino", "7:2049")]),
+        ("evt.type = execve and proc.name = nc and user.uid in (1000, 1001)",
+         [DenyEntry("exec_name", "nc", scope=Scope(uid=1000)), DenyEntry("exec_name", "nc", scope=Scope(uid=1001))]),
+        ("evt.type = openat and fd.name = /etc/shadow and proc.cgroup = /system.slice/web.service",
+         [DenyEntry("open_file", "/etc/shadow", scope=Scope(cgroup="/system.slice/web.service"))]),
+        ("evt.type = connect and fd.rport = 25 and user.uid = 33 and proc.cgroup startswith /kubepods/",
+         [DenyEntry("net", "::/0", 25, Scope(uid=33, cgroup="/kubepods", below=True))]),
     ],
 )
 def test_deny_conditions_compile_to_entries(condition, expected):
@@ -51,6 +59,14 @@ def test_deny_conditions_compile_to_entries(condition, expected):
         ("evt.type = unlink and fd.name = /x", "evt.type = unlink"),
         ("proc.name = nc", "proc.name = nc"),
         ("evt.type in (execve, connect) and proc.name = nc", "evt.type in (execve, connect)"),
+        ("evt.type = execve and proc.name = nc and user.uid > 1000", "user.uid > 1000"),
+        ("evt.type = execve and proc.name = nc and proc.cgroup contains web", "proc.cgroup contains web"),
+        ("evt.type = execve and proc.name = nc and proc.cgroup startswith /web", "proc.cgroup startswith /web"),
+        ("evt.type = execve and proc.name = nc and proc.cgroup = web.service", "proc.cgroup = web.service"),
+        ("evt.type = execve and proc.name = nc and user.uid = 1 and user.uid = 2", "user.uid = 2"),
+        ("evt.type = execve and proc.exe_ino = 0", "proc.exe_ino = 0"),
+        ("evt.type = openat and fd.name = /x and fd.dev = 5", "fd.dev = 5"),
+        ("evt.type = openat and fd.ino = 5 and fd.dev in (5, 6)", "fd.dev in (5, 6)"),
     ],
 )
 def test_a_condition_that_cannot_be_pushed_down_is_a_located_error(condition, part):
