@@ -198,3 +198,17 @@ def test_listing_shows_entries_with_their_rules():
     listing = instance.listing()
     assert listing["entries"] == [{"entry": "exec_name a", "references": 1, "mechanism": "fake", "rules": ["r"]}]
     assert listing["modes"]["global"] == "enforce"
+
+
+def test_the_readme_enforcement_examples_compile_to_kernel_entries():
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme.split("## Enforcement", 1)[1].split("\n## ", 1)[0]
+    blocks = [block.split("```", 1)[0] for block in section.split("```yaml\n")[1:]]
+    assert len(blocks) >= 2
+    for block in blocks:
+        plans = compile_rules(load_rules_text([("README.md", block)]).rules)
+        assert plans and all(plan.entries for plan in plans.values())
+    scoped = compile_rules(load_rules_text([("README.md", blocks[1])]).rules)["No shell for the web service"]
+    assert {entry.scope for entry in scoped.entries} == {Scope(uid=33, cgroup="/system.slice/web.service")}
