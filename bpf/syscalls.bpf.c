@@ -24,6 +24,19 @@
 #define SENTINEL_TCP_LISTEN 10
 #define SENTINEL_BPF_PROG_LOAD 5
 #define SENTINEL_PREFIX_MAX SENTINEL_OPEN_PREFIX_MAX
+#define SENTINEL_O_ACCMODE 3
+#define SENTINEL_O_PATH 010000000
+/* Open verdicts of the filter's cheap part */
+#define SENTINEL_OPEN_DROP 0
+#define SENTINEL_OPEN_PASS 1
+#define SENTINEL_OPEN_CHECK_PATH 2
+/* The members of struct file and struct dentry the exit program reads, as one read each from
+ * the start of the object (or of d_parent): their ends, computed from the kernel's layout. */
+#define SENTINEL_END(type, member) (__builtin_offsetof(type, member) + sizeof(((type *)0)->member))
+#define SENTINEL_MAX(a, b) ((a) > (b) ? (a) : (b))
+#define SENTINEL_FILE_HEAD                                                                   \
+	SENTINEL_MAX(SENTINEL_MAX(SENTINEL_END(struct file, f_path), SENTINEL_END(struct file, f_inode)), \
+		     SENTINEL_MAX(SENTINEL_END(struct file, f_flags), SENTINEL_END(struct file, f_mode)))
 #ifndef SENTINEL_FMODE_CREATED
 #define SENTINEL_FMODE_CREATED 0x100000  /* FMODE_CREATED: a #define, not in BTF */
 #endif
@@ -37,12 +50,22 @@ struct sentinel_sys_enter {
 BPF_F_TABLE("lru_hash", u32, struct sentinel_sys_enter, snt_sys_args, 16384, BPF_F_NO_COMMON_LRU);
 BPF_ARRAY(snt_sys_desc, struct sentinel_sys_desc, SENTINEL_SYS_NR_MAX);
 
-/* The open filter (sentinel.sensor fills it from the rules' Interest). */
+/* The open filter (sentinel.sensor fills it from the rules' Interest). An open passes when it
+ * satisfies the selectors AND (the path part OR the any-path selectors alt_*). */
 struct sentinel_open_cfg {
 	u32 enabled;        /* 0: every open reaches userspace */
 	u32 pass_created;   /* opens that created their file pass */
 	u32 has_comms;      /* snt_open_comms is not empty */
 	u32 has_basenames;  /* snt_open_basenames is not empty */
+	u32 any_path;       /* the path part passes every path */
+	u32 accmodes;       /* bit (f_flags & O_ACCMODE) set: opens with that access mode pass */
+	u32 file_types;     /* bit (i_mode >> 12) set: opens of that inode type pass */
+	u32 uid_bits;       /* SENTINEL_OPEN_SEL_*: the caller's uid must carry that bit in snt_open_uids */
+	u32 drop_class;     /* opens from a cgroup of this class in snt_open_cgroups are dropped (0: none) */
+	u32 alt_enabled;    /* opens that satisfy the alt_* selectors pass whatever their path */
+	u32 alt_accmodes;
+	u32 alt_file_types;
+	u32 alt_drop_class;
 };
 BPF_ARRAY(snt_open_cfg, struct sentinel_open_cfg, 1);
 struct sentinel_prefix_key {
@@ -54,11 +77,23 @@ struct sentinel_comm_key {
 	char comm[SENTINEL_COMM_LEN];
 };
 BPF_HASH(snt_open_comms, struct sentinel_comm_key, u8, SENTINEL_OPEN_FILTER_ENTRIES);
-BPF_PERCPU_ARRAY(snt_prefix_buf, struct sentinel_prefix_key, 1);
+/* A trie key under construction: twice the key's bytes, so that a bounded write at any
+ * offset below SENTINEL_PREFIX_MAX stays inside (the trie reads only the key's size). */
+struct sentinel_prefix_scratch {
+	u32 prefixlen;
+	char data[2 * SENTINEL_PREFIX_MAX];
+};
+BPF_PERCPU_ARRAY(snt_prefix_buf, struct sentinel_prefix_scratch, 1);
 struct sentinel_basename_key {
 	char name[SENTINEL_OPEN_BASENAME_MAX];
 };
 BPF_HASH(snt_open_basenames, struct sentinel_basename_key, u8, SENTINEL_OPEN_FILTER_ENTRIES);
+
+/* The real uids the selectors allow: value bits SENTINEL_OPEN_SEL_GLOBAL / SENTINEL_OPEN_SEL_ANY_PATH. */
+BPF_HASH(snt_open_uids, u32, u8, SENTINEL_OPEN_FILTER_ENTRIES);
+/* v2 cgroup ids whose class is certain: SENTINEL_CGROUP_HOST / SENTINEL_CGROUP_CONTAINER.
+ * An id not listed (a cgroup created since the load) is of no class: never dropped. */
+BPF_HASH(snt_open_cgroups, u64, u8, SENTINEL_OPEN_CGROUP_ENTRIES);
 
 /* Opens seen by the exit program and opens it sent on (index 0 and 1), for the cost note. */
 BPF_PERCPU_ARRAY(snt_open_stats, u64, 2);
@@ -75,10 +110,14 @@ struct sentinel_walk {
 };
 BPF_PERCPU_ARRAY(snt_walks, struct sentinel_walk, 1);
 
-/* Copies of kernel objects read whole: one helper call instead of one per member (each
- * bpf_probe_read_kernel costs tens of ns, which on the open path adds up). */
+/* The head of the struct file behind an fd (SENTINEL_FILE_HEAD bytes), read in one helper
+ * call instead of one per member (each bpf_probe_read_kernel costs tens of ns). */
 BPF_PERCPU_ARRAY(snt_file_copy, struct file, 1);
-BPF_PERCPU_ARRAY(snt_dentry_copy, struct dentry, 1);
+/* What the path walk reads of a dentry, in one read (d_parent and d_name are adjacent). */
+struct sentinel_dentry_head {
+	struct dentry *parent;
+	struct qstr name;
+};
 
 /* Whether the walked path's last component is one of the configured file names. */
 static __always_inline int sentinel_basename_listed(struct sentinel_walk *w)
@@ -93,21 +132,18 @@ static __always_inline int sentinel_basename_listed(struct sentinel_walk *w)
 	return snt_open_basenames.lookup(&key) != 0;
 }
 
-static __always_inline struct file *sentinel_fd_file(struct task_struct *task, s64 fd)
+/* The file behind fd `fd` of the current task (task->files->fdt->fd[fd]). The task's own
+ * objects are read through its BTF pointer (plain loads, no helper call: the verifier turns
+ * them into fault-tolerant loads); only the fd array, which BTF does not type, needs a helper. */
+static __always_inline struct file *sentinel_fd_file(s64 fd)
 {
 	if (fd < 0 || fd > 0x7fffffff)
 		return 0;
-	struct files_struct *files = SENTINEL_FIELD(task, files);
-	struct fdtable *fdt = SENTINEL_FIELD(files, fdt);
-	struct {
-		unsigned int max_fds;
-		struct file **fd;
-	} head = {};  /* the first two members of struct fdtable, in one read */
-	_Static_assert(__builtin_offsetof(struct fdtable, fd) == 8, "struct fdtable starts with max_fds, fd");
-	bpf_probe_read_kernel(&head, sizeof(head), fdt);
-	if ((u64)fd >= head.max_fds)
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task_btf();
+	struct fdtable *fdt = task->files->fdt;
+	if ((u64)fd >= fdt->max_fds)
 		return 0;
-	struct file **fds = head.fd;
+	struct file **fds = fdt->fd;
 	struct file *file = 0;
 	bpf_probe_read_kernel(&file, sizeof(file), &fds[fd]);
 	return file;
@@ -120,8 +156,7 @@ static __always_inline struct sentinel_walk *sentinel_walk_path(struct dentry *d
 {
 	u32 zero = 0;
 	struct sentinel_walk *w = snt_walks.lookup(&zero);
-	struct dentry *copy = snt_dentry_copy.lookup(&zero);
-	if (!w || !copy)
+	if (!w)
 		return 0;
 	w->count = 0;
 	w->flags = 0;
@@ -154,12 +189,18 @@ static __always_inline struct sentinel_walk *sentinel_walk_path(struct dentry *d
 		u32 n = w->count;
 		if (n >= SENTINEL_PATH_DEPTH)
 			break;
-		if (bpf_probe_read_kernel(copy, sizeof(*copy), dentry) != 0)
+		struct sentinel_dentry_head head;
+		if (__builtin_offsetof(struct dentry, d_name) == __builtin_offsetof(struct dentry, d_parent) + sizeof(void *)) {
+			if (bpf_probe_read_kernel(&head, sizeof(head), &dentry->d_parent) != 0)
+				break;
+		} else if (bpf_probe_read_kernel(&head.parent, sizeof(head.parent), &dentry->d_parent) != 0 ||
+			   bpf_probe_read_kernel(&head.name, sizeof(head.name), (void *)&dentry->d_name) != 0) {
 			break;
-		w->names[n] = (u64)copy->d_name.name;
-		w->lens[n] = copy->d_name.len;
+		}
+		w->names[n] = (u64)head.name.name;
+		w->lens[n] = head.name.len;
 		w->count = n + 1;
-		struct dentry *parent = copy->d_parent;
+		struct dentry *parent = head.parent;
 		if (parent == dentry) {
 			w->flags |= detached_flag;
 			return w;
@@ -209,7 +250,7 @@ static __always_inline void sentinel_put_walk(char *tail, struct sentinel_cursor
 static __always_inline int sentinel_prefix_match(const char *text, u32 len)
 {
 	u32 zero = 0;
-	struct sentinel_prefix_key *key = snt_prefix_buf.lookup(&zero);
+	struct sentinel_prefix_scratch *key = snt_prefix_buf.lookup(&zero);
 	if (!key)
 		return 1;  /* cannot check: over-approximate */
 	/* no clearing: the trie compares only the first prefixlen bits of the key */
@@ -220,7 +261,88 @@ static __always_inline int sentinel_prefix_match(const char *text, u32 len)
 	asm volatile("%[size] &= 0xff" : [size] "+r"(size));
 	bpf_probe_read_kernel(key->data, size, text);
 	key->prefixlen = size * 8;
-	return snt_open_prefixes.lookup(key) != 0;
+	return snt_open_prefixes.lookup((struct sentinel_prefix_key *)key) != 0;
+}
+
+/* Whether the walked path, root first, starts with a configured prefix: the trie key is
+ * written straight from the dentry names (the record is built only for opens that pass). */
+static __always_inline int sentinel_walk_prefix_match(struct sentinel_walk *w)
+{
+	u32 zero = 0;
+	struct sentinel_prefix_scratch *key = snt_prefix_buf.lookup(&zero);
+	if (!key)
+		return 1;  /* cannot check: over-approximate */
+	u32 count = w->count;
+	u32 pos = 0;
+	if (count == 0) {
+		key->data[0] = '/';
+		pos = 1;
+	}
+	int j;
+	for (j = 0; j < SENTINEL_PATH_DEPTH; j++) {
+		if (j >= count || pos >= SENTINEL_PREFIX_MAX - 1)
+			break;
+		u32 k = count - 1 - j;
+		if (k >= SENTINEL_PATH_DEPTH)
+			break;
+		/* offsets and sizes masked in asm, so that the verifier sees the bounds the
+		 * compiler would otherwise drop as implied by the loop condition */
+		u64 at = pos;
+		asm volatile("%[at] &= 0xff" : [at] "+r"(at));
+		key->data[at] = '/';
+		at = pos + 1;
+		asm volatile("%[at] &= 0xff" : [at] "+r"(at));
+		u64 len = w->lens[k];
+		if (len > SENTINEL_PREFIX_MAX - 1)
+			len = SENTINEL_PREFIX_MAX - 1;
+		asm volatile("%[len] &= 0xff" : [len] "+r"(len));
+		bpf_probe_read_kernel(key->data + at, len, (void *)w->names[k]);
+		pos += 1 + len;
+	}
+	if (pos > SENTINEL_PREFIX_MAX - 1)
+		pos = SENTINEL_PREFIX_MAX - 1;  /* longer paths compare on their first bytes */
+	key->prefixlen = pos * 8;
+	return snt_open_prefixes.lookup((struct sentinel_prefix_key *)key) != 0;
+}
+
+/* The open filter's cheap part, before any path walk: the selectors (access mode, inode
+ * type, uid, cgroup class), then whether the any-path selectors let it through. */
+static __always_inline int sentinel_open_selectors(struct sentinel_open_cfg *cfg, int has_file, u32 f_flags,
+						   struct inode *inode)
+{
+	/* a failed open, or an O_PATH one (the kernel clears its access mode), is of any access mode */
+	u32 acc_bit = !has_file || (f_flags & SENTINEL_O_PATH) ? 0xf : 1U << (f_flags & SENTINEL_O_ACCMODE);
+	u32 type_bit = 0xffff;
+	if (has_file && cfg->file_types != 0xffff) {
+		u16 mode = SENTINEL_FIELD(inode, i_mode);
+		type_bit = 1U << ((mode >> 12) & 15);
+	}
+	if (!(cfg->accmodes & acc_bit) || !(cfg->file_types & type_bit))
+		return SENTINEL_OPEN_DROP;
+	u32 uid_bits = 0;
+	if (cfg->uid_bits) {
+		struct task_struct *task_btf = (struct task_struct *)bpf_get_current_task_btf();
+		u32 uid = task_btf->cred->uid.val;
+		u8 *listed = snt_open_uids.lookup(&uid);
+		uid_bits = listed ? *listed : 0;
+		if ((cfg->uid_bits & SENTINEL_OPEN_SEL_GLOBAL) && !(uid_bits & SENTINEL_OPEN_SEL_GLOBAL))
+			return SENTINEL_OPEN_DROP;
+	}
+	u32 class = 0;
+	if (cfg->drop_class || cfg->alt_drop_class) {
+		u64 cgroup_id = bpf_get_current_cgroup_id();
+		u8 *known = snt_open_cgroups.lookup(&cgroup_id);
+		class = known ? *known : 0;
+		if (class && class == cfg->drop_class)
+			return SENTINEL_OPEN_DROP;
+	}
+	if (cfg->any_path)
+		return SENTINEL_OPEN_PASS;
+	if (cfg->alt_enabled && (cfg->alt_accmodes & acc_bit) && (cfg->alt_file_types & type_bit) &&
+	    (!(cfg->uid_bits & SENTINEL_OPEN_SEL_ANY_PATH) || (uid_bits & SENTINEL_OPEN_SEL_ANY_PATH)) &&
+	    !(class && class == cfg->alt_drop_class))
+		return SENTINEL_OPEN_PASS;
+	return SENTINEL_OPEN_CHECK_PATH;
 }
 
 static __always_inline int sentinel_comm_listed(void)
@@ -288,7 +410,7 @@ static __always_inline void sentinel_socket(struct sentinel_sys_event *e, struct
 
 static __always_inline struct sock *sentinel_fd_sock(struct task_struct *task, s64 fd)
 {
-	struct file *file = sentinel_fd_file(task, fd);
+	struct file *file = sentinel_fd_file(fd);
 	struct inode *inode = SENTINEL_FIELD(file, f_inode);
 	u32 mode = SENTINEL_FIELD(inode, i_mode);
 	if ((mode & SENTINEL_S_IFMT) != SENTINEL_S_IFSOCK)
@@ -434,20 +556,48 @@ int snt_sys_exit(struct sentinel_sys_exit_args *args)
 		fd = res;
 	else if (desc->fd_arg)
 		fd = (s64)(s32)saved.args[(desc->fd_arg - 1) & 7];
-	struct file *file = sentinel_fd_file(task, fd);
+	struct file *file = sentinel_fd_file(fd);
 	u32 zero = 0;
 	struct file *fcopy = snt_file_copy.lookup(&zero);
 	if (!fcopy)
 		return 0;
-	if (!file || bpf_probe_read_kernel(fcopy, sizeof(*fcopy), file) != 0) {
+	if (!file || bpf_probe_read_kernel(fcopy, SENTINEL_FILE_HEAD, file) != 0) {
 		file = 0;
-		__builtin_memset(fcopy, 0, sizeof(*fcopy));
+		__builtin_memset(fcopy, 0, SENTINEL_FILE_HEAD);
 	}
 	u32 fmode = fcopy->f_mode;
-	struct fs_struct *fs = SENTINEL_FIELD(task, fs);
-	struct path root = SENTINEL_FIELD(fs, root);  /* one read for both members */
-	struct dentry *root_dentry = root.dentry;
-	struct vfsmount *root_mnt = root.mnt;
+	struct inode *inode = fcopy->f_inode;
+	struct task_struct *task_btf = (struct task_struct *)bpf_get_current_task_btf();
+	struct fs_struct *fs = task_btf->fs;
+	struct dentry *root_dentry = fs->root.dentry;
+	struct vfsmount *root_mnt = fs->root.mnt;
+	struct sentinel_walk *w = 0;
+	int open_filter = 0;  /* the path part of the open filter is still to be checked */
+	if (dflags & SENTINEL_DESC_OPEN) {
+		/* the open filter first, cheapest checks first, before anything is copied for the record */
+		u64 *seen = snt_open_stats.lookup(&zero);
+		if (seen)
+			*seen += 1;
+		struct sentinel_open_cfg *cfg = snt_open_cfg.lookup(&zero);
+		if (cfg && cfg->enabled) {
+			int verdict = sentinel_open_selectors(cfg, file != 0, fcopy->f_flags, inode);
+			if (verdict == SENTINEL_OPEN_DROP)
+				return 0;
+			open_filter = verdict == SENTINEL_OPEN_CHECK_PATH &&
+				      !(cfg->pass_created && (fmode & SENTINEL_FMODE_CREATED)) &&
+				      !(cfg->has_comms && sentinel_comm_listed());
+			if (open_filter && file) {
+				w = sentinel_walk_path(fcopy->f_path.dentry, fcopy->f_path.mnt, root_dentry, root_mnt,
+						       SENTINEL_F_SYS_PATH_TRUNC, SENTINEL_F_SYS_PATH_DETACHED);
+				if (w && !(cfg->has_basenames && sentinel_basename_listed(w)) && !sentinel_walk_prefix_match(w))
+					return 0;
+				open_filter = 0;
+			}
+		}
+	}
+	/* read after the filter: a dropped open never needs it */
+	u32 mode = file ? SENTINEL_FIELD(inode, i_mode) : 0;
+	int is_socket = file && (mode & SENTINEL_S_IFMT) == SENTINEL_S_IFSOCK;
 	struct sentinel_cursor *cur = sentinel_cursor_reset();
 	char *rec = sentinel_record();
 	if (!rec || !cur)
@@ -456,36 +606,13 @@ int snt_sys_exit(struct sentinel_sys_exit_args *args)
 	char *tail = rec + sizeof(*e);
 	u32 start = 0;
 	u32 path_len = 0;
-	int open_filter = 0;
-	int is_socket = 0;
-	struct inode *inode = fcopy->f_inode;
-	u32 mode = SENTINEL_FIELD(inode, i_mode);
-	if (dflags & SENTINEL_DESC_OPEN) {
-		/* the open filter first, before anything is copied for the record */
-		u64 *seen = snt_open_stats.lookup(&zero);
-		if (seen)
-			*seen += 1;
-		struct sentinel_open_cfg *cfg = snt_open_cfg.lookup(&zero);
-		open_filter = cfg && cfg->enabled && !(cfg->has_comms && sentinel_comm_listed());
-		if (open_filter && cfg->pass_created && (fmode & SENTINEL_FMODE_CREATED))
-			open_filter = 0;
-	}
-	if (file && (mode & SENTINEL_S_IFMT) == SENTINEL_S_IFSOCK) {
-		is_socket = 1;
-	} else if (file) {
-		struct sentinel_walk *w = sentinel_walk_path(fcopy->f_path.dentry, fcopy->f_path.mnt, root_dentry, root_mnt,
-							     SENTINEL_F_SYS_PATH_TRUNC, SENTINEL_F_SYS_PATH_DETACHED);
+	if (file && !is_socket) {
+		if (!w)
+			w = sentinel_walk_path(fcopy->f_path.dentry, fcopy->f_path.mnt, root_dentry, root_mnt,
+					       SENTINEL_F_SYS_PATH_TRUNC, SENTINEL_F_SYS_PATH_DETACHED);
 		if (w) {
 			sentinel_put_walk(tail, cur, w);
 			path_len = cur->off;
-			if (open_filter) {
-				u32 zero_key = 0;
-				struct sentinel_open_cfg *cfg = snt_open_cfg.lookup(&zero_key);
-				if (!(cfg && cfg->has_basenames && sentinel_basename_listed(w)) &&
-				    !sentinel_prefix_match(tail, path_len))
-					return 0;
-				open_filter = 0;
-			}
 		}
 	}
 	if (args_at_exit && sentinel_args_from_regs(&saved) != 0)
@@ -541,11 +668,11 @@ int snt_sys_exit(struct sentinel_sys_exit_args *args)
 	if (res < 0 && desc->str_args[0] && first_len > 0) {
 		u32 off0 = (cur->off - e->str2_len - e->str1_len - first_len) & SENTINEL_TAIL_MASK;
 		if (tail[off0] != '/') {
-			struct dentry *base_dentry = SENTINEL_FIELD(fs, pwd.dentry);
-			struct vfsmount *base_mnt = SENTINEL_FIELD(fs, pwd.mnt);
+			struct dentry *base_dentry = fs->pwd.dentry;
+			struct vfsmount *base_mnt = fs->pwd.mnt;
 			s32 dirfd = desc->dirfd_arg ? (s32)saved.args[(desc->dirfd_arg - 1) & 7] : -100;
 			if (dirfd != -100) {
-				struct file *dir = sentinel_fd_file(task, dirfd);
+				struct file *dir = sentinel_fd_file(dirfd);
 				base_dentry = SENTINEL_FIELD(dir, f_path.dentry);
 				base_mnt = SENTINEL_FIELD(dir, f_path.mnt);
 			}

@@ -24,7 +24,7 @@ from sentinel.config import Config
 from sentinel.errors import ConfigError, KernelError
 from sentinel.events import abi, syscalls
 from sentinel.events.decode import Decoder, ProcessTableLike
-from sentinel.events.interest import PROCESS_LIFECYCLE, Interest
+from sentinel.events.interest import PROCESS_LIFECYCLE, Interest, cgroup_classes, plan_open_filter
 from sentinel.events.model import Event
 from sentinel.kernel import loader
 from sentinel.kernel.ringbuf import RingBufferReader
@@ -272,55 +272,49 @@ class Sensor:
             table[ctypes.c_uint(spec.nr)] = value
 
     def _fill_open_filter(self, interest: Interest) -> None:
-        """The in-kernel open filter from the interest: path prefixes (LPM trie on the path the
-        kernel resolved), comms, created files. Over-approximates the rules, never narrows them."""
-        prefixes = interest.open_path_prefixes
-        enabled = prefixes is not None and "" not in prefixes
-        reasons = list(interest.reasons)
-        too_many = [what for what, items in (("prefixes", prefixes or ()), ("comms", interest.open_comms),
-                                             ("file names", interest.open_basenames))
-                    if len(set(items)) > abi.OPEN_FILTER_ENTRIES]  # fmt: skip
-        long_names = [n for n in interest.open_basenames if len(n.encode("utf-8", "surrogateescape")) >= abi.OPEN_BASENAME_MAX]
-        if enabled and long_names:
-            enabled = False  # a name the kernel cannot compare would be dropped: no narrowing
-            reasons.append("open filter file name longer than %d bytes: %r" % (abi.OPEN_BASENAME_MAX - 1, long_names[0]))
-        if enabled and too_many:
-            enabled = False
-            reasons.append("more open filter %s than the kernel map holds (%d)" % (" and ".join(too_many), abi.OPEN_FILTER_ENTRIES))
-        if not enabled and bool(interest.event_types & syscalls.OPEN_TYPES):
+        """The in-kernel open filter from the interest (interest.plan_open_filter): selectors,
+        then path prefixes (LPM trie on the path the kernel resolved), file names, comms,
+        created files. Over-approximates the rules, never narrows them."""
+        from sentinel.enrich.container import parse_cgroup
+
+        with open("/proc/self/cgroup") as own:
+            hybrid = not parse_cgroup(own.read()).v2_only
+        plan = plan_open_filter(interest, hybrid)
+        if not plan.enabled and interest.wants_opens:
             log.info(
                 "sensor.open_filter_off",
                 cost="every open of the attached types reaches userspace (~5 us each to decode in Python)",
-                reasons=reasons,
+                reasons=list(plan.reasons),
             )
-        trie = self._bpf[b"snt_open_prefixes"]
-        comms = self._bpf[b"snt_open_comms"]
-        names = self._bpf[b"snt_open_basenames"]
-        trie.clear()
-        comms.clear()
-        names.clear()
-        for name in interest.open_basenames if enabled else ():
-            raw = name.encode("utf-8", "surrogateescape")
-            key = names.Key()
+        names = (b"snt_open_prefixes", b"snt_open_comms", b"snt_open_basenames", b"snt_open_uids", b"snt_open_cgroups")
+        trie, comms, basenames, uids, cgroups = (self._bpf[name] for name in names)
+        for table in (trie, comms, basenames, uids, cgroups):
+            table.clear()
+        for raw in plan.basenames:
+            key = basenames.Key()
             ctypes.memmove(ctypes.addressof(key), raw, len(raw))
-            names[key] = ctypes.c_uint8(1)
-        for prefix in sorted(set(prefixes or ())) if enabled else ():
-            raw = prefix.encode("utf-8", "surrogateescape")[: abi.OPEN_PREFIX_MAX - 1]
+            basenames[key] = ctypes.c_uint8(1)
+        for raw in plan.prefixes:
             key = trie.Key()
             key.prefixlen = len(raw) * 8
             ctypes.memmove(ctypes.addressof(key) + 4, raw, len(raw))
             trie[key] = ctypes.c_uint8(1)
-        for comm in interest.open_comms if enabled else ():
-            raw = comm.encode("utf-8", "surrogateescape")[: abi.COMM_LEN - 1]
+        for raw in plan.comms:
             key = comms.Key()
             ctypes.memmove(ctypes.addressof(key), raw, len(raw))
             comms[key] = ctypes.c_uint8(1)
+        for uid, bits in plan.uids.items():
+            uids[ctypes.c_uint32(uid)] = ctypes.c_uint8(bits)
+        if plan.drops_by_cgroup:
+            from sentinel.kernel.probe import cgroup2_mount
+
+            root = cgroup2_mount()
+            for cgroup_id, kind in (cgroup_classes(root, hybrid, abi.OPEN_CGROUP_ENTRIES) if root else {}).items():
+                cgroups[ctypes.c_uint64(cgroup_id)] = ctypes.c_uint8(kind)
         cfg = self._bpf[b"snt_open_cfg"]
         value = cfg.Leaf()
-        value.enabled = int(enabled)
-        value.pass_created = int(interest.open_created)
-        value.has_comms = int(enabled and bool(interest.open_comms))
-        value.has_basenames = int(enabled and bool(interest.open_basenames))
+        for member, number in plan.cfg.items():
+            setattr(value, member, number)
         cfg[ctypes.c_uint(0)] = value
 
     def _attach(self, programs: tuple[Program, ...]) -> None:

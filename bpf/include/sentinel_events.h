@@ -212,6 +212,13 @@ struct sentinel_sys_desc {
 #define SENTINEL_OPEN_PREFIX_MAX 256  /* bytes of a path the open filter compares */
 #define SENTINEL_OPEN_FILTER_ENTRIES 1024  /* prefixes, comms and file names the open filter holds */
 #define SENTINEL_OPEN_BASENAME_MAX 64  /* bytes of a file name the open filter compares, NUL included */
+#define SENTINEL_OPEN_CGROUP_ENTRIES 4096  /* cgroups whose class the open filter knows */
+/* bits of a uid's value in the open filter's uid set: which selectors allow it */
+#define SENTINEL_OPEN_SEL_GLOBAL 1    /* every open */
+#define SENTINEL_OPEN_SEL_ANY_PATH 2  /* the opens that pass whatever their path */
+/* class of a cgroup in the open filter's cgroup map */
+#define SENTINEL_CGROUP_HOST 1
+#define SENTINEL_CGROUP_CONTAINER 2
 
 /* A syscall at exit. Tail, in this order: path (the fd's resolved path, root first, no
  * NUL), unix (a unix socket's struct sockaddr_un: ours, else the peer's), str0, str1, str2

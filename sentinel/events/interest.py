@@ -4,11 +4,65 @@ The rule engine computes an Interest from the loaded rules; the sensor attaches 
 programs those event types need and loads the filters into BPF maps (never into C text).
 Every filter must over-approximate: it may let through events no rule matches, never drop
 one a rule could match. `None` for a filter means "no narrowing possible".
+
+An open reaches userspace when it satisfies `open_selectors` AND either the path part
+(its resolved path starts with one of `open_path_prefixes`, OR its file name is in
+`open_basenames`, OR its comm is in `open_comms`, OR with `open_created` it created its file)
+or `open_any_path` (the selectors of the rules that match opens whatever their path).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import os
+from dataclasses import dataclass, field, replace
+
+from sentinel.enrich.container import container_from_paths
+from sentinel.events import abi
+from sentinel.events.syscalls import OPEN_TYPES
+
+# Values of (open flags & O_ACCMODE) that evt.is_open_read / evt.is_open_write accept.
+ACCMODES_READ = frozenset({0, 2, 3})
+ACCMODES_WRITE = frozenset({1, 2, 3})
+# OpenSelectors.container values: only opens by processes in containers / on the host.
+IN_CONTAINER = "container"
+ON_HOST = "host"
+
+
+def _either(first, second):
+    return None if first is None or second is None else first | second
+
+
+@dataclass(frozen=True)
+class OpenSelectors:
+    """Conditions on an open other than its path; None: any value."""
+
+    # the open's (flags & O_ACCMODE) is one of these
+    accmodes: frozenset[int] | None = None
+    # the opened inode's type (i_mode >> 12) is one of these (fd.typechar = f: not a directory or fifo)
+    file_types: frozenset[int] | None = None
+    # the caller's real uid is one of these
+    uids: frozenset[int] | None = None
+    # IN_CONTAINER or ON_HOST: the caller runs there
+    container: str | None = None
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The selectors in effect, by name (for logs and reasons)."""
+        values = (("access", self.accmodes), ("file type", self.file_types), ("uid", self.uids),
+                  ("container", self.container))  # fmt: skip
+        return tuple(name for name, value in values if value is not None)
+
+    def union(self, other: OpenSelectors) -> OpenSelectors:
+        """What either allows."""
+        return OpenSelectors(
+            accmodes=_either(self.accmodes, other.accmodes),
+            file_types=_either(self.file_types, other.file_types),
+            uids=_either(self.uids, other.uids),
+            container=self.container if self.container == other.container else None,
+        )
+
+
+ANY = OpenSelectors()
 
 
 @dataclass(frozen=True)
@@ -25,29 +79,171 @@ class Interest:
     # Opens that created their file (FMODE_CREATED at exit; O_CREAT/O_TMPFILE at enter
     # over-approximates) reach userspace whatever their path (adds to the prefixes).
     open_created: bool = False
+    # Every open that reaches userspace satisfies these.
+    open_selectors: OpenSelectors = ANY
+    # Opens that satisfy these reach userspace whatever their path (adds to the prefixes);
+    # None: no rule matches opens whatever their path.
+    open_any_path: OpenSelectors | None = None
     # Why a filter could not be narrowed: "rule 'X' forces every open to userspace".
     reasons: tuple[str, ...] = field(default=())
 
     def wants(self, event_type: str) -> bool:
         return event_type in self.event_types
 
+    @property
+    def wants_opens(self) -> bool:
+        return bool(self.event_types & OPEN_TYPES)
+
     def union(self, other: Interest) -> Interest:
-        """Combine two interests (e.g. rules and the always-stored types) without losing either."""
+        """Combine two interests (e.g. rules and the always-stored types) without losing either.
 
-        def merge_prefixes(a, b):
-            if a is None or b is None:
-                return None
-            return tuple(sorted(set(a) | set(b)))
-
+        An interest that wants no open contributes nothing to the other's open filter."""
+        if not other.wants_opens:
+            return replace(self, event_types=self.event_types | other.event_types, reasons=self.reasons + other.reasons)
+        if not self.wants_opens:
+            return replace(other, event_types=self.event_types | other.event_types, reasons=self.reasons + other.reasons)
+        prefixes = None
+        if self.open_path_prefixes is not None and other.open_path_prefixes is not None:
+            prefixes = tuple(sorted(set(self.open_path_prefixes) | set(other.open_path_prefixes)))
+        any_path = self.open_any_path if other.open_any_path is None else other.open_any_path
+        if self.open_any_path is not None and other.open_any_path is not None:
+            any_path = self.open_any_path.union(other.open_any_path)
         return Interest(
             event_types=self.event_types | other.event_types,
-            open_path_prefixes=merge_prefixes(self.open_path_prefixes, other.open_path_prefixes),
+            open_path_prefixes=prefixes,
             open_comms=self.open_comms | other.open_comms,
             open_basenames=self.open_basenames | other.open_basenames,
             open_created=self.open_created or other.open_created,
+            open_selectors=self.open_selectors.union(other.open_selectors),
+            open_any_path=any_path,
             reasons=self.reasons + other.reasons,
         )
 
 
 # The process lifecycle is always captured: the process table needs it whatever the rules say.
 PROCESS_LIFECYCLE = frozenset({"execve", "execveat", "clone", "fork", "vfork", "clone3", "procexit", "chdir", "fchdir"})
+
+
+def cgroup_classes(root: str, hybrid: bool, limit: int) -> dict[int, int]:
+    """The v2 cgroups under `root` (the cgroup2 mount) whose class is certain, by cgroup id
+    (the directory's inode number, what bpf_get_current_cgroup_id returns): CGROUP_CONTAINER
+    when the path names a container, CGROUP_HOST otherwise, but only where the v2 path
+    decides container.id (not `hybrid`: there a v1 path may name the container). At most
+    `limit` of them: a cgroup left out has no class, and the filter never drops for it."""
+    classes: dict[int, int] = {}
+    for directory, _subdirs, _files in os.walk(root):
+        path = "/" if directory == root else "/" + os.path.relpath(directory, root)
+        if container_from_paths([path]) is not None:
+            kind = abi.CGROUP_CONTAINER
+        elif hybrid:
+            continue
+        else:
+            kind = abi.CGROUP_HOST
+        try:
+            classes[os.stat(directory).st_ino] = kind
+        except OSError:
+            continue  # removed meanwhile
+        if len(classes) >= limit:
+            break
+    return classes
+
+
+@dataclass(frozen=True)
+class OpenFilterPlan:
+    """What the sensor writes into the open filter's maps for an Interest (pure data, so the
+    translation is tested without a kernel)."""
+
+    enabled: bool
+    cfg: dict[str, int]  # struct sentinel_open_cfg, by member
+    prefixes: tuple[bytes, ...] = ()
+    comms: tuple[bytes, ...] = ()
+    basenames: tuple[bytes, ...] = ()
+    uids: dict[int, int] = field(default_factory=dict)  # uid -> OPEN_SEL_* bits
+    reasons: tuple[str, ...] = ()
+
+    @property
+    def drops_by_cgroup(self) -> bool:
+        return bool(self.cfg["drop_class"] or self.cfg["alt_drop_class"])
+
+
+_ALL_ACCMODES = 0xF
+_ALL_FILE_TYPES = 0xFFFF
+
+
+def _mask(values: frozenset[int] | None, everything: int) -> int:
+    return everything if values is None else sum(1 << value for value in values)
+
+
+def _drop_class(container: str | None, hybrid: bool, reasons: list[str]) -> int:
+    """The cgroup class whose opens a container selector drops."""
+    if container == ON_HOST:
+        return abi.CGROUP_CONTAINER
+    if container == IN_CONTAINER:
+        if hybrid:
+            reason = "the container selector cannot drop host opens: on hybrid cgroups a v1 path may name the container"
+            if reason not in reasons:
+                reasons.append(reason)
+            return 0
+        return abi.CGROUP_HOST
+    return 0
+
+
+def plan_open_filter(interest: Interest, hybrid: bool = False) -> OpenFilterPlan:
+    """The open filter's map contents for `interest` on a host whose cgroups are `hybrid`
+    (v1 controllers beside the v2 hierarchy) or not."""
+    reasons = list(interest.reasons)
+    prefixes = interest.open_path_prefixes
+    selectors, any_path = interest.open_selectors, interest.open_any_path
+    narrowed = (prefixes is not None and "" not in prefixes) or bool(selectors.names)
+    encoded = {
+        "prefixes": tuple(sorted({p.encode("utf-8", "surrogateescape")[: abi.OPEN_PREFIX_MAX - 1] for p in prefixes or ()})),
+        "comms": tuple(sorted({c.encode("utf-8", "surrogateescape")[: abi.COMM_LEN - 1] for c in interest.open_comms})),
+        "file names": tuple(sorted(n.encode("utf-8", "surrogateescape") for n in interest.open_basenames)),
+    }
+    uids: dict[int, int] = {}
+    for uid in selectors.uids or ():
+        uids[uid] = abi.OPEN_SEL_GLOBAL
+    for uid in (any_path.uids if any_path is not None else None) or ():
+        uids[uid] = uids.get(uid, 0) | abi.OPEN_SEL_ANY_PATH
+    too_many = [what for what, items in encoded.items() if len(items) > abi.OPEN_FILTER_ENTRIES]
+    if len(uids) > abi.OPEN_FILTER_ENTRIES:
+        too_many.append("uids")
+    long_names = [n for n in encoded["file names"] if len(n) >= abi.OPEN_BASENAME_MAX]
+    if narrowed and long_names:
+        narrowed = False  # a name the kernel cannot compare would be dropped: no narrowing
+        reasons.append("open filter file name longer than %d bytes: %r" % (abi.OPEN_BASENAME_MAX - 1, long_names[0].decode("utf-8", "surrogateescape")))
+    if narrowed and too_many:
+        narrowed = False
+        reasons.append("more open filter %s than the kernel map holds (%d)" % (" and ".join(too_many), abi.OPEN_FILTER_ENTRIES))
+    if not narrowed:
+        cfg = dict.fromkeys(("enabled", "pass_created", "has_comms", "has_basenames", "any_path", "uid_bits", "drop_class",
+                             "alt_enabled", "alt_drop_class"), 0)  # fmt: skip
+        cfg.update(accmodes=_ALL_ACCMODES, file_types=_ALL_FILE_TYPES, alt_accmodes=0, alt_file_types=0)
+        return OpenFilterPlan(enabled=False, cfg=cfg, reasons=tuple(reasons))
+    path_everything = prefixes is None or "" in prefixes
+    alt = any_path if any_path is not None and not path_everything else None
+    cfg = {
+        "enabled": 1,
+        "pass_created": int(interest.open_created),
+        "has_comms": int(bool(encoded["comms"])),
+        "has_basenames": int(bool(encoded["file names"])),
+        "any_path": int(path_everything),
+        "accmodes": _mask(selectors.accmodes, _ALL_ACCMODES),
+        "file_types": _mask(selectors.file_types, _ALL_FILE_TYPES),
+        "uid_bits": (abi.OPEN_SEL_GLOBAL if selectors.uids is not None else 0)
+        | (abi.OPEN_SEL_ANY_PATH if alt is not None and alt.uids is not None else 0),
+        "drop_class": _drop_class(selectors.container, hybrid, reasons),
+        "alt_enabled": int(alt is not None),
+        "alt_accmodes": _mask(alt.accmodes, _ALL_ACCMODES) if alt is not None else 0,
+        "alt_file_types": _mask(alt.file_types, _ALL_FILE_TYPES) if alt is not None else 0,
+        "alt_drop_class": _drop_class(alt.container, hybrid, reasons) if alt is not None else 0,
+    }
+    return OpenFilterPlan(
+        enabled=True,
+        cfg=cfg,
+        prefixes=() if path_everything else encoded["prefixes"],
+        comms=() if path_everything else encoded["comms"],
+        basenames=() if path_everything else encoded["file names"],
+        uids=uids,
+        reasons=tuple(reasons),
+    )

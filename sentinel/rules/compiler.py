@@ -775,42 +775,123 @@ def prefix_dispatch(value: Any, index: dict[str, Callable[[Any, list], None]], e
 
 @dataclass(frozen=True)
 class Narrowing:
-    """What an open must satisfy to possibly match: a path prefix OR a file name OR a comm OR
-    having created its file (None: anything)."""
+    """What an open must satisfy to possibly match.
+
+    The path part: a path prefix OR a file name OR a comm OR having created its file;
+    `any_path` when the path is not restricted. The selectors (None: any) restrict every open
+    further: the access mode (flags & O_ACCMODE), the inode type (mode >> 12, fd.typechar),
+    the caller's real uid, and whether it runs in a container ("container"/"host")."""
 
     prefixes: frozenset[str] = frozenset()
     comms: frozenset[str] = frozenset()
     created: bool = False
     basenames: frozenset[str] = frozenset()
+    any_path: bool = False
+    accmodes: frozenset[int] | None = None
+    file_types: frozenset[int] | None = None
+    uids: frozenset[int] | None = None
+    container: str | None = None
 
     def size(self) -> int:
         return len(self.prefixes) + len(self.comms) + self.created + len(self.basenames)
 
+    @property
+    def impossible(self) -> bool:
+        """No open can satisfy it (an empty path part, or a selector that allows nothing)."""
+        if not self.any_path and not self.size():
+            return True
+        return any(value is not None and not value for value in (self.accmodes, self.file_types, self.uids, self.container))
 
+    @property
+    def unrestricted(self) -> bool:
+        return self.any_path and not self.selectors
+
+    @property
+    def selectors(self) -> dict[str, Any]:
+        """The selectors in effect, by name."""
+        values = {"access": self.accmodes, "file type": self.file_types, "uid": self.uids, "container": self.container}
+        return {name: value for name, value in values.items() if value is not None}
+
+
+ANY_OPEN = Narrowing(any_path=True)
 _PATH_FIELDS = ("fd.name", "fs.path.name")
+_ACCMODES = {"evt.is_open_read": frozenset({0, 2, 3}), "evt.is_open_write": frozenset({1, 2, 3})}
+# inode types (mode >> 12) by fd.typechar / fd.type: only those a path open can return
+_S_IFIFO, _S_IFDIR = 0o01, 0o04
+_ALL_FILE_TYPES = frozenset(range(16))
+_FILE_TYPES = {
+    "f": _ALL_FILE_TYPES - {_S_IFIFO, _S_IFDIR, 0o14},  # regular, devices, anon inodes: sysdecode.fd_type "file"
+    "file": _ALL_FILE_TYPES - {_S_IFIFO, _S_IFDIR, 0o14},
+    "d": frozenset({_S_IFDIR}),
+    "directory": frozenset({_S_IFDIR}),
+    "p": frozenset({_S_IFIFO}),
+    "pipe": frozenset({_S_IFIFO}),
+}
+_CONTAINER_ID_FIELDS = ("container.id", "container.name")
 
 
-def narrowing(node: ast.Expr) -> Narrowing | None:
+def _both(first: frozenset | None, second: frozenset | None) -> frozenset | None:
+    """A conjunction's selector: what both allow."""
+    if first is None:
+        return second
+    return first if second is None else first & second
+
+
+def _either(values: list) -> Any:
+    """A disjunction's selector: what any allows (None when one of them allows anything)."""
+    if any(value is None for value in values):
+        return None
+    return frozenset().union(*values)
+
+
+def _and(parts: list[Narrowing]) -> Narrowing:
+    paths = [part for part in parts if not part.any_path]
+    best = min(paths, key=Narrowing.size) if paths else ANY_OPEN
+    accmodes = file_types = uids = None
+    containers = {part.container for part in parts if part.container is not None}
+    for part in parts:
+        accmodes = _both(accmodes, part.accmodes)
+        file_types = _both(file_types, part.file_types)
+        uids = _both(uids, part.uids)
+    container = containers.pop() if len(containers) == 1 else ("" if containers else None)  # "": contradictory
+    return Narrowing(best.prefixes, best.comms, best.created, best.basenames, best.any_path, accmodes, file_types, uids,
+                     container)
+
+
+def union_narrowings(parts: list[Narrowing]) -> Narrowing:
+    """What any of the parts allows (a disjunction, or the rules of one event type together)."""
+    parts = [part for part in parts if not part.impossible]
+    if not parts:
+        return Narrowing()
+    any_path = any(part.any_path for part in parts)
+    containers = {part.container for part in parts}
+    return Narrowing(
+        frozenset() if any_path else frozenset().union(*(p.prefixes for p in parts)),
+        frozenset() if any_path else frozenset().union(*(p.comms for p in parts)),
+        not any_path and any(p.created for p in parts),
+        frozenset() if any_path else frozenset().union(*(p.basenames for p in parts)),
+        any_path,
+        _either([p.accmodes for p in parts]),
+        _either([p.file_types for p in parts]),
+        _either([p.uids for p in parts]),
+        containers.pop() if len(containers) == 1 else None,
+    )
+
+
+def narrowing(node: ast.Expr) -> Narrowing:
     """An over-approximation of the opens a (specialised) condition can match."""
     if isinstance(node, ast.Constant):
-        return None if node.value else Narrowing()
+        return ANY_OPEN if node.value else Narrowing()
     if isinstance(node, ast.And):
-        candidates = [n for n in (narrowing(c) for c in node.children) if n is not None]
-        return min(candidates, key=Narrowing.size) if candidates else None
+        return _and([narrowing(c) for c in node.children])
     if isinstance(node, ast.Or):
-        parts = [narrowing(c) for c in node.children]
-        if any(part is None for part in parts):
-            return None
-        return Narrowing(
-            frozenset().union(*(p.prefixes for p in parts)),  # type: ignore[union-attr]
-            frozenset().union(*(p.comms for p in parts)),  # type: ignore[union-attr]
-            any(p.created for p in parts),  # type: ignore[union-attr]
-            frozenset().union(*(p.basenames for p in parts)),  # type: ignore[union-attr]
-        )
+        return union_narrowings([narrowing(c) for c in node.children])
+    if isinstance(node, ast.Not):
+        return _negated_narrowing(node.child)
     if not isinstance(node, ast.BinaryCheck) or node.field.transformers or node.field.arg is not None:
-        return None
+        return ANY_OPEN
     if isinstance(node.value, ast.FieldRef):
-        return None
+        return ANY_OPEN
     items = _operand_items(node.value) if not isinstance(node.value, ast.ListRef) else (node.value.name,)
     op = "=" if node.op == "==" else node.op
     name = node.field.name
@@ -819,8 +900,8 @@ def narrowing(node: ast.Expr) -> Narrowing | None:
             return Narrowing(prefixes=frozenset(items))
         if op == "glob":
             prefix = re.split(r"[*?\[]", items[0], maxsplit=1)[0]
-            return Narrowing(prefixes=frozenset({prefix})) if prefix else None
-        return None
+            return Narrowing(prefixes=frozenset({prefix})) if prefix else ANY_OPEN
+        return ANY_OPEN
     if name == "fd.directory" and op in ("=", "in", "intersects", "startswith"):
         if op == "startswith":
             return Narrowing(prefixes=frozenset(items))
@@ -829,9 +910,41 @@ def narrowing(node: ast.Expr) -> Narrowing | None:
         return Narrowing(basenames=frozenset(items))
     if name == "proc.name" and op in ("=", "in", "intersects"):
         return Narrowing(comms=frozenset(items))
-    if name == "evt.is_open_create" and op == "=" and [item.lower() for item in items] in (["true"], ["1"]):
+    if isinstance(node.value, ast.ListRef):
+        return ANY_OPEN  # a list left unresolved: its items are unknown here
+    truth = [item.lower() for item in items]
+    if name == "evt.is_open_create" and op == "=" and truth in (["true"], ["1"]):
         return Narrowing(created=True)  # Sigma file_event rules: created files, any path, any case
-    return None
+    if name in _ACCMODES and op == "=" and truth in (["true"], ["1"]):
+        # "= false" would not narrow: creat has no flags argument, so it is never an open for read or write
+        return Narrowing(any_path=True, accmodes=_ACCMODES[name])
+    if name in ("fd.typechar", "fd.type") and op in ("=", "in", "intersects"):
+        kinds = [_FILE_TYPES.get(item) for item in items]
+        if any(kind is None for kind in kinds):
+            return ANY_OPEN
+        return Narrowing(any_path=True, file_types=frozenset().union(*kinds))  # type: ignore[arg-type]
+    if name == "user.uid" and op in ("=", "in", "intersects") and all(item.isdigit() for item in items):
+        return Narrowing(any_path=True, uids=frozenset(int(item) for item in items))
+    if name in _CONTAINER_ID_FIELDS and op in ("=", "!=", "in", "intersects"):
+        return _container_narrowing(items, op != "!=")
+    return ANY_OPEN
+
+
+def _container_narrowing(items: tuple[str, ...], equal: bool) -> Narrowing:
+    """container.id / container.name compared with `host` (or with container ids)."""
+    if equal and all(item == "host" for item in items):
+        return Narrowing(any_path=True, container="host")
+    if (equal and "host" not in items) or (not equal and items == ("host",)):
+        return Narrowing(any_path=True, container="container")
+    return ANY_OPEN
+
+
+def _negated_narrowing(node: ast.Expr) -> Narrowing:
+    """`not container.id = host` and the like; any other negation does not narrow."""
+    if isinstance(node, ast.BinaryCheck) and node.field.name in _CONTAINER_ID_FIELDS and not node.field.transformers \
+            and isinstance(node.value, ast.Value) and node.value.text == "host" and node.op in ("=", "==", "!="):
+        return Narrowing(any_path=True, container="container" if node.op != "!=" else "host")
+    return ANY_OPEN
 
 
 def minimal_prefixes(prefixes: Iterable[str]) -> tuple[str, ...]:

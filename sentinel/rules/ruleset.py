@@ -12,11 +12,11 @@ lists loaded with them.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Iterable, Sequence
 
 from sentinel.errors import SourceLocation
-from sentinel.events.interest import Interest
+from sentinel.events.interest import Interest, OpenSelectors
 from sentinel.events.model import Event
 from sentinel.log import get_logger
 from sentinel.rules import ast, grammar
@@ -30,8 +30,11 @@ from sentinel.rules.compiler import (
     bind_field,
     mentioned_event_types,
     merge_alternatives,
+    ANY_OPEN,
+    Narrowing,
     minimal_prefixes,
     narrowing,
+    union_narrowings,
     specialize,
 )
 from sentinel.rules.fields import OPEN_EVENT_TYPES
@@ -614,36 +617,68 @@ def _interest(enabled: list[Rule], per_bucket: dict[str, list[tuple[Rule, ast.Ex
             event_types |= KNOWN_EVENT_TYPES
         else:
             event_types.add(event_type)
-    prefixes: set[str] = set()
-    comms: set[str] = set()
-    basenames: set[str] = set()
-    created = False
-    reasons: list[str] = []
-    narrowable = True
+    per_rule: list[tuple[Rule, Narrowing]] = []
     for event_type, entries in per_bucket.items():
         if event_type not in OPEN_EVENT_TYPES and not (event_type == _OTHER and entries):
             continue
-        for rule, condition in entries:
-            found = narrowing(condition)
-            if found is None:
-                narrowable = False
-                reason = "rule '%s' forces every open to userspace" % rule.name
-                if reason not in reasons:
-                    reasons.append(reason)
-            else:
-                prefixes |= found.prefixes
-                comms |= found.comms
-                basenames |= found.basenames
-                created = created or found.created
+        per_rule += [(rule, _any_path_if_root(narrowing(condition))) for rule, condition in entries]
     opens_wanted = bool(event_types & OPEN_EVENT_TYPES)
+    if not opens_wanted:
+        return Interest(event_types=frozenset(event_types), open_path_prefixes=())
+    found = [(rule, narrowed) for rule, narrowed in per_rule if not narrowed.impossible]
+    reasons: list[str] = []
+    for rule, narrowed in found:
+        if not narrowed.any_path:
+            continue
+        if narrowed.selectors:
+            reason = "rule '%s' passes opens by %s only, whatever their path" % (rule.name, ", ".join(narrowed.selectors))
+        else:
+            reason = "rule '%s' forces every open to userspace" % rule.name
+        if reason not in reasons:
+            reasons.append(reason)
+    path_part = union_narrowings([narrowed for _, narrowed in found if not narrowed.any_path])
+    every = [_selectors(narrowed) for _, narrowed in found]
+    any_path_selectors = [_selectors(narrowed) for _, narrowed in found if narrowed.any_path]
+    global_selectors = _union_selectors(every) if every else OpenSelectors()
+    any_path = _union_selectors(any_path_selectors) if any_path_selectors else None
+    if any_path == OpenSelectors():  # a rule matches opens whatever their path and selectors
+        any_path = None
+        path_part = ANY_OPEN
+    if global_selectors.uids is not None or (any_path is not None and any_path.uids is not None):
+        event_types |= _UID_CHANGES  # the process table must follow the uid changes the kernel filter sees
     return Interest(
         event_types=frozenset(event_types),
-        open_path_prefixes=(minimal_prefixes(prefixes) if narrowable else None) if opens_wanted else (),
-        open_comms=frozenset(comms) if narrowable else frozenset(),
-        open_basenames=frozenset(basenames) if narrowable else frozenset(),
-        open_created=created and narrowable,
+        open_path_prefixes=None if path_part.any_path else minimal_prefixes(path_part.prefixes),
+        open_comms=frozenset() if path_part.any_path else path_part.comms,
+        open_basenames=frozenset() if path_part.any_path else path_part.basenames,
+        open_created=path_part.created,
+        open_selectors=global_selectors,
+        open_any_path=any_path,
         reasons=tuple(reasons),
     )
+
+
+def _any_path_if_root(narrowed: Narrowing) -> Narrowing:
+    """A path part with the prefix "/" (fd.directory = /) passes every path: only the
+    rule's selectors narrow it."""
+    if narrowed.any_path or not ({"/", ""} & narrowed.prefixes):
+        return narrowed
+    return replace(narrowed, prefixes=frozenset(), comms=frozenset(), basenames=frozenset(), created=False, any_path=True)
+
+
+def _selectors(narrowed: Narrowing) -> OpenSelectors:
+    return OpenSelectors(narrowed.accmodes, narrowed.file_types, narrowed.uids, narrowed.container)
+
+
+def _union_selectors(selectors: list[OpenSelectors]) -> OpenSelectors:
+    result = selectors[0]
+    for other in selectors[1:]:
+        result = result.union(other)
+    return result
+
+
+# setuid-family calls the process table follows (sysdecode._apply_creds)
+_UID_CHANGES = frozenset({"setuid", "setreuid", "setresuid"})
 
 
 # ---------------------------------------------------------------------------------------------

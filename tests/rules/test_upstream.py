@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks.bench_rules import generated_rules, synthetic_events
+from sentinel.events.interest import OpenSelectors
 from sentinel.events.model import Event, Fd, Process
 from sentinel.rules.ruleset import RuleSpec, compile_rules, load_rules
 from sentinel.rules.testcases import run_paths
@@ -49,13 +50,15 @@ def test_every_enabled_rule_compiles_to_event_types(upstream):
 
 def test_interest_reports_rules_that_need_every_open(upstream):
     interest = upstream.interest
-    assert interest.open_path_prefixes is None
-    # Rules that test a file name (Clear Log Activities: fd.filename in (...)) narrow to a
-    # basename set; these three test substrings or negations and cannot be narrowed.
+    # Four rules match opens whatever their path; none whatever their kind: all four require
+    # fd.typechar = f, so directory and fifo opens outside the prefixes stay in the kernel.
+    assert interest.open_path_prefixes is not None and "/etc/" in interest.open_path_prefixes
+    assert interest.open_any_path == OpenSelectors(file_types=frozenset(range(16)) - {0o1, 0o4, 0o14})
     assert sorted(interest.reasons) == [
-        "rule 'Delete or rename shell history' forces every open to userspace",
-        "rule 'Detect release_agent File Container Escapes' forces every open to userspace",
-        "rule 'Directory traversal monitored file read' forces every open to userspace",
+        "rule 'Delete or rename shell history' passes opens by access, file type only, whatever their path",
+        "rule 'Detect release_agent File Container Escapes' passes opens by access, file type, container only, whatever their path",
+        "rule 'Directory traversal monitored file read' passes opens by file type only, whatever their path",
+        "rule 'Write below root' passes opens by access, file type only, whatever their path",
     ]
 
 
