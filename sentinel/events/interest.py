@@ -23,6 +23,8 @@ from sentinel.events.syscalls import OPEN_TYPES
 # Values of (open flags & O_ACCMODE) that evt.is_open_read / evt.is_open_write accept.
 ACCMODES_READ = frozenset({0, 2, 3})
 ACCMODES_WRITE = frozenset({1, 2, 3})
+_ALL_ACCMODE_VALUES = frozenset(range(4))
+_ALL_FILE_TYPE_VALUES = frozenset(range(16))
 # OpenSelectors.container values: only opens by processes in containers / on the host.
 IN_CONTAINER = "container"
 ON_HOST = "host"
@@ -53,10 +55,12 @@ class OpenSelectors:
         return tuple(name for name, value in values if value is not None)
 
     def union(self, other: OpenSelectors) -> OpenSelectors:
-        """What either allows."""
+        """What either allows (a selector that allows every value becomes None)."""
+        accmodes = _either(self.accmodes, other.accmodes)
+        file_types = _either(self.file_types, other.file_types)
         return OpenSelectors(
-            accmodes=_either(self.accmodes, other.accmodes),
-            file_types=_either(self.file_types, other.file_types),
+            accmodes=None if accmodes == _ALL_ACCMODE_VALUES else accmodes,
+            file_types=None if file_types == _ALL_FILE_TYPE_VALUES else file_types,
             uids=_either(self.uids, other.uids),
             container=self.container if self.container == other.container else None,
         )

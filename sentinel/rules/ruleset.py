@@ -641,7 +641,9 @@ def _interest(enabled: list[Rule], per_bucket: dict[str, list[tuple[Rule, ast.Ex
     any_path_selectors = [_selectors(narrowed) for _, narrowed in found if narrowed.any_path]
     global_selectors = _union_selectors(every) if every else OpenSelectors()
     any_path = _union_selectors(any_path_selectors) if any_path_selectors else None
-    if any_path == OpenSelectors():  # a rule matches opens whatever their path and selectors
+    if any_path == OpenSelectors() or (any_path is not None and len(any_path_selectors) == len(found)):
+        # a rule matches opens whatever their path and selectors, or every rule matches opens
+        # whatever their path (then the selectors of every open are those of the any-path ones)
         any_path = None
         path_part = ANY_OPEN
     if global_selectors.uids is not None or (any_path is not None and any_path.uids is not None):

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from syscall_sensor import Collector, start_sensor
 
-from sentinel.events.interest import Interest
+from sentinel.events.interest import ACCMODES_WRITE, ON_HOST, Interest, OpenSelectors
 from sentinel.rules import render
 
 pytestmark = pytest.mark.kernel
@@ -273,4 +273,133 @@ def test_listed_file_names_pass_the_filter_in_any_directory(sensor, collector, w
         collector.drain()
         assert not [e for e in collector.mine("openat") if e.fd.name == str(other)]
     finally:
+        sensor.update_interest(Interest(event_types=frozenset(TYPES), open_path_prefixes=("/tmp/", "/var/tmp/")))
+
+
+def _select(sensor, workdir, selectors):
+    sensor.update_interest(Interest(event_types=frozenset(TYPES), open_path_prefixes=(str(workdir) + "/",),
+                                    open_selectors=selectors))
+
+
+def _opened(collector, path, pid=None):
+    """Whether an open of `path` (by `pid`, default this process) reached userspace."""
+    pid = os.getpid() if pid is None else pid
+    return [e for e in collector.events if e.type == "openat" and e.proc.pid == pid and e.fd.name == str(path)]
+
+
+def _marker(collector, workdir, name):
+    """An open that passes every selector below, so that earlier records have been read."""
+    marker = workdir / name
+    fd = os.open(marker, os.O_RDWR | os.O_CREAT, 0o644)
+    os.close(fd)
+    collector.wait_for(_mine("openat", lambda e: e.fd.name == str(marker)))
+
+
+def test_access_selector_passes_only_opens_for_writing(sensor, collector, workdir):
+    target = workdir / "access.txt"
+    target.write_text("x")
+    try:
+        _select(sensor, workdir, OpenSelectors(accmodes=ACCMODES_WRITE))
+        with open(target):
+            pass
+        with open(target, "a"):
+            pass
+        event = collector.wait_for(_mine("openat", lambda e: e.fd.name == str(target)))
+        assert event.args["flags"] & os.O_ACCMODE == os.O_WRONLY
+        _marker(collector, workdir, "access-marker")
+        # (write_text's own open, before the selector, was a write too)
+        assert os.O_RDONLY not in [e.args["flags"] & os.O_ACCMODE for e in _opened(collector, target)]
+        # O_PATH opens keep no access mode in the kernel: they pass whatever their flags
+        os.close(os.open(target, os.O_PATH | os.O_WRONLY))
+        collector.wait_for(_mine("openat", lambda e: e.fd.name == str(target) and e.args["flags"] & os.O_PATH))
+    finally:
+        sensor.update_interest(Interest(event_types=frozenset(TYPES), open_path_prefixes=("/tmp/", "/var/tmp/")))
+
+
+def test_file_type_selector_keeps_directory_opens_in_the_kernel(sensor, collector, workdir):
+    (workdir / "sub").mkdir()
+    target = workdir / "typed.txt"
+    target.write_text("x")
+    try:
+        _select(sensor, workdir, OpenSelectors(file_types=frozenset(range(16)) - {0o1, 0o4, 0o14}))
+        os.close(os.open(workdir / "sub", os.O_RDONLY | os.O_DIRECTORY))
+        os.close(os.open(target, os.O_RDONLY))
+        collector.wait_for(_mine("openat", lambda e: e.fd.name == str(target)))
+        _marker(collector, workdir, "type-marker")
+        assert not _opened(collector, workdir / "sub")
+        # a failed open has no inode: it passes (its fd.typechar is f)
+        with pytest.raises(FileNotFoundError):
+            os.open(workdir / "missing", os.O_RDONLY)
+        collector.wait_for(_mine("openat", lambda e: e.fd.name == str(workdir / "missing") and e.res < 0))
+    finally:
+        sensor.update_interest(Interest(event_types=frozenset(TYPES), open_path_prefixes=("/tmp/", "/var/tmp/")))
+
+
+def test_uid_selector_passes_only_the_listed_real_uids(sensor, collector, workdir):
+    nobody = 65534
+    target = workdir / "uid.txt"
+    target.write_text("x")
+    # real uid nobody, effective uid root: it can still open the test's files
+    code = "import os, sys; os.setresuid(%d, 0, 0); open(sys.argv[1]).close()" % nobody
+    try:
+        # with the uid changes the process table follows, as a rule set's interest has them
+        sensor.update_interest(Interest(event_types=frozenset(TYPES | {"setresuid"}), open_path_prefixes=(str(workdir) + "/",),
+                                        open_selectors=OpenSelectors(uids=frozenset({nobody}))))
+        with open(target):
+            pass
+        subprocess.run([sys.executable, "-c", code, str(target)], check=True)
+        event = collector.wait_for(lambda e: e.type == "openat" and e.fd.name == str(target) and e.proc.pid != os.getpid())
+        assert event.proc.uid == nobody
+        collector.drain()
+        reads = [e for e in _opened(collector, target) if not e.args["flags"] & os.O_CREAT]  # write_text's came before
+        assert not reads, "an open by uid 0 passed a selector of uid %d" % nobody
+    finally:
+        sensor.update_interest(Interest(event_types=frozenset(TYPES), open_path_prefixes=("/tmp/", "/var/tmp/")))
+
+
+@pytest.fixture
+def container_cgroup():
+    """A v2 cgroup named as docker names a container's (systemd driver)."""
+    from sentinel.kernel.probe import cgroup2_mount
+
+    root = cgroup2_mount()
+    if root is None:
+        pytest.fail("no cgroup2 mount")
+    path = Path(root) / ("docker-%s.scope" % (uuid.uuid4().hex * 2))
+    path.mkdir()
+    yield path
+    for _ in range(50):
+        try:
+            path.rmdir()
+            return
+        except OSError:
+            time.sleep(0.1)  # the last process is still leaving
+
+
+def test_host_selector_keeps_opens_from_container_cgroups_in_the_kernel(sensor, collector, workdir, container_cgroup):
+    target = workdir / "host-only.txt"
+    target.write_text("x")
+    # the child waits for a line, by then it is in the container's cgroup
+    code = "import sys; sys.stdin.readline(); open(sys.argv[1]).close()"
+    child = subprocess.Popen([sys.executable, "-c", code, str(target)], stdin=subprocess.PIPE, text=True)
+    try:
+        (container_cgroup / "cgroup.procs").write_text(str(child.pid))
+        _select(sensor, workdir, OpenSelectors(container=ON_HOST))  # classes are read at load: after the mkdir
+        child.communicate("go\n", timeout=30)
+        assert child.returncode == 0
+        with open(target):
+            pass
+        collector.wait_for(_mine("openat", lambda e: e.fd.name == str(target)))
+        collector.drain()
+        assert not _opened(collector, target, pid=child.pid), "an open from a container cgroup passed a host selector"
+        # without the selector the same open from the same cgroup passes
+        sensor.update_interest(Interest(event_types=frozenset(TYPES), open_path_prefixes=(str(workdir) + "/",)))
+        again = subprocess.Popen([sys.executable, "-c", code, str(target)], stdin=subprocess.PIPE, text=True)
+        (container_cgroup / "cgroup.procs").write_text(str(again.pid))
+        again.communicate("go\n", timeout=30)
+        collector.wait_for(lambda e: e.type == "openat" and e.proc.pid == again.pid and e.fd.name == str(target))
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
         sensor.update_interest(Interest(event_types=frozenset(TYPES), open_path_prefixes=("/tmp/", "/var/tmp/")))

@@ -3,12 +3,25 @@
 from __future__ import annotations
 
 import textwrap
+from pathlib import Path
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from sentinel.events import abi
+from sentinel.events.interest import (
+    ACCMODES_WRITE,
+    IN_CONTAINER,
+    ON_HOST,
+    Interest,
+    OpenSelectors,
+    plan_open_filter,
+)
 from sentinel.events.model import Event, Fd, Process
-from sentinel.rules.ruleset import load_rules_text
+from sentinel.rules.ruleset import load_rules, load_rules_text
+
+FILE_KINDS = frozenset(range(16)) - {0o1, 0o4, 0o14}  # fd.typechar = f: not a directory, fifo or socket
 
 NARROWABLE = """
 - macro: open_read
@@ -96,3 +109,145 @@ def test_filter_over_approximates(path, comm, event_type, flags):
             or any(path.startswith(p) for p in interest.open_path_prefixes)
         )
         assert passes, (path, comm)
+
+
+SELECTING = """
+- macro: open_write
+  condition: evt.type in (open, openat, openat2) and evt.is_open_write = true and fd.typechar = f
+- macro: container
+  condition: (container.id != host)
+- rule: Write below etc
+  desc: d
+  condition: open_write and fd.name startswith /etc/
+  output: x
+  priority: warning
+- rule: Root writes a key
+  desc: d
+  condition: open_write and user.uid in (0, 1000) and fd.filename = authorized_keys
+  output: x
+  priority: warning
+- rule: Release agent
+  desc: d
+  condition: open_write and container and fd.name endswith release_agent
+  output: x
+  priority: warning
+"""
+
+
+def test_selectors_every_open_rule_shares_narrow_every_open():
+    interest = load(SELECTING).interest
+    assert interest.open_path_prefixes == ("/etc/",)
+    assert interest.open_basenames == frozenset({"authorized_keys"})
+    # all three need an open for write of a non-directory, non-fifo inode
+    assert interest.open_selectors == OpenSelectors(accmodes=ACCMODES_WRITE, file_types=FILE_KINDS)
+    # one matches opens whatever their path: those by a container process pass
+    assert interest.open_any_path == OpenSelectors(accmodes=ACCMODES_WRITE, file_types=FILE_KINDS, container=IN_CONTAINER)
+    assert interest.reasons == ("rule 'Release agent' passes opens by access, file type, container only, whatever their path",)
+
+
+def test_uid_selector_adds_the_uid_changes_the_table_must_follow():
+    interest = load(SELECTING.replace("open_write and container and", "open_write and user.uid = 0 and")).interest
+    assert interest.open_any_path.uids == frozenset({0})
+    assert {"setuid", "setreuid", "setresuid"} <= interest.event_types
+
+
+def test_a_read_rule_removes_the_access_selector():
+    read_rule = """
+- rule: Read shadow
+  desc: d
+  condition: evt.type = openat and evt.is_open_read = true and fd.name = /etc/shadow and not container.id = host
+  output: x
+  priority: warning
+"""
+    interest = load(SELECTING, read_rule).interest
+    assert interest.open_selectors.accmodes is None  # {1,2,3} | {0,2,3}
+    assert interest.open_selectors.file_types is None  # the read rule does not test the fd type
+    assert interest.open_selectors.container is None  # only the host-less rules ask for containers
+    assert interest.open_any_path.container == IN_CONTAINER
+
+
+def test_host_only_rules_select_the_host():
+    host_rule = "- rule: H\n  desc: d\n  condition: evt.type = openat and container.id = host\n  output: x\n  priority: debug\n"
+    interest = load(host_rule).interest
+    assert interest.open_path_prefixes is None and interest.open_any_path is None
+    assert interest.open_selectors == OpenSelectors(container=ON_HOST)
+    plan = plan_open_filter(interest, hybrid=True)
+    assert plan.enabled and plan.cfg["any_path"] == 1 and plan.cfg["drop_class"] == abi.CGROUP_CONTAINER
+
+
+def test_the_container_selector_cannot_drop_host_opens_on_hybrid_cgroups():
+    interest = load(SELECTING).interest
+    hybrid = plan_open_filter(interest, hybrid=True)
+    assert hybrid.cfg["alt_drop_class"] == 0
+    assert any("hybrid cgroups" in reason for reason in hybrid.reasons)
+    unified = plan_open_filter(interest, hybrid=False)
+    assert unified.cfg["alt_drop_class"] == abi.CGROUP_HOST
+
+
+def test_plan_masks():
+    plan = plan_open_filter(load(SELECTING).interest)
+    assert plan.cfg["accmodes"] == 0b1110 and plan.cfg["alt_accmodes"] == 0b1110
+    assert plan.cfg["file_types"] == 0xFFFF & ~(1 << 1 | 1 << 4 | 1 << 12)
+    assert plan.prefixes == (b"/etc/",) and plan.basenames == (b"authorized_keys",)
+    assert plan.cfg["alt_enabled"] == 1 and plan.cfg["uid_bits"] == 0
+    assert not plan_open_filter(Interest(event_types=frozenset({"openat"}))).enabled
+
+
+def test_union_with_an_interest_without_opens_keeps_the_filter():
+    interest = load(SELECTING).interest
+    merged = interest.union(Interest(event_types=frozenset({"execve", "connect"})))
+    assert merged.open_path_prefixes == interest.open_path_prefixes
+    assert merged.open_selectors == interest.open_selectors and merged.open_any_path == interest.open_any_path
+    assert {"execve", "connect"} <= merged.event_types
+
+
+def test_upstream_falco_selectors():
+    """What the upstream Falco files allow: every rule that matches opens whatever their path
+    needs fd.typechar = f, so directory and fifo opens outside the prefixes stay in the kernel;
+    no access, uid or container selector holds for all of them."""
+    upstream = sorted(str(p) for p in (Path(__file__).resolve().parents[3] / "shared" / "compat" / "falco").glob("*.yaml"))
+    if not upstream:
+        pytest.skip("the upstream Falco files are not next to the repository")
+    interest = load_rules(upstream).interest
+    assert interest.open_any_path == OpenSelectors(file_types=FILE_KINDS)
+    assert interest.open_selectors == OpenSelectors()
+    stable = load_rules([p for p in upstream if p.endswith("/falco_rules.yaml")]).interest
+    assert stable.open_selectors == OpenSelectors(file_types=FILE_KINDS)
+
+
+_ACCESS = st.sampled_from([0, 1, 2, 3, 0o10000000])
+_UIDS = st.sampled_from([0, 1000, 33])
+_CONTAINERS = st.sampled_from(["host", "0123456789ab"])
+_KINDS = st.sampled_from(["file", "directory", "pipe"])
+SELECTING_RULES = load(SELECTING, "- rule: U\n  desc: d\n  condition: evt.type = openat and user.uid = 33 and fd.typechar = d\n"
+                                  "  output: x\n  priority: debug\n")
+
+
+@settings(max_examples=400, deadline=None)
+@given(path=_PATHS, flags=_ACCESS, uid=_UIDS, container=_CONTAINERS, kind=_KINDS)
+def test_selectors_over_approximate(path, flags, uid, container, kind):
+    """Whatever a rule matches passes the kernel's checks, as the kernel makes them."""
+    ruleset = SELECTING_RULES
+    proc = Process(10, 1, comm="x")
+    proc.uid = uid
+    proc.container_id = container
+    event = Event("openat", proc, res=3, args={"flags": flags}, fd=Fd(3, kind, path), num=1)
+    if not ruleset.match(event):
+        return
+    plan = plan_open_filter(ruleset.interest)
+    mode_type = {"file": 0o10, "directory": 0o04, "pipe": 0o01}[kind]
+    accmode = 0xF if flags & 0o10000000 else 1 << (flags & 3)
+    in_container = container != "host"
+
+    def allowed(accmodes, types, uid_bit, drop_class):
+        if not (accmodes & accmode and types >> mode_type & 1):
+            return False
+        if plan.cfg["uid_bits"] & uid_bit and not plan.uids.get(uid, 0) & uid_bit:
+            return False
+        return drop_class != (abi.CGROUP_CONTAINER if in_container else abi.CGROUP_HOST)
+
+    assert allowed(plan.cfg["accmodes"], plan.cfg["file_types"], abi.OPEN_SEL_GLOBAL, plan.cfg["drop_class"])
+    path_part = (any(path.startswith(p.decode()) for p in plan.prefixes) or path.rsplit("/", 1)[-1].encode() in plan.basenames)
+    alt = plan.cfg["alt_enabled"] and allowed(plan.cfg["alt_accmodes"], plan.cfg["alt_file_types"], abi.OPEN_SEL_ANY_PATH,
+                                              plan.cfg["alt_drop_class"])
+    assert plan.cfg["any_path"] or path_part or alt
