@@ -109,12 +109,12 @@ static __always_inline int snt_applies(struct snt_deny_value *value)
 		if (scope->uid != SNT_ANY_UID && scope->uid != uid)
 			continue;
 		if (scope->cgroup_id) {
-			u64 current = bpf_get_current_cgroup_id();
+			u64 cgroup = bpf_get_current_cgroup_id();
 			if (scope->flags & SNT_SCOPE_BELOW) {
-				if (current == scope->cgroup_id ||
+				if (cgroup == scope->cgroup_id ||
 				    bpf_get_current_ancestor_cgroup_id(scope->cgroup_level) != scope->cgroup_id)
 					continue;
-			} else if (current != scope->cgroup_id) {
+			} else if (cgroup != scope->cgroup_id) {
 				continue;
 			}
 		}

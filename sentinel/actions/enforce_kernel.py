@@ -5,6 +5,18 @@ mechanism the probes chose (sentinel.kernel.probe.enforcement_mechanisms), attac
 program only while a map it reads has entries, and kills processes through the snt_kill
 map (checked at the next syscall entry) with pidfd_send_signal as a backstop for sleepers.
 
+Scopes: an entry's uid/cgroup scope goes into the map value, which holds the scopes of
+every entry sharing its key (the programs check the caller's real uid and cgroup v2 id
+against them); a scope cgroup is resolved to its id when installed and re-resolved with
+the paths. Inode entries (exec_ino, open_ino) are keys with the device given, or dev 0 for
+any device: the programs look a file up by (ino, dev) and then by (ino, 0). fanotify can
+only mark a file reached by a path, so an inode deny uses the kill-at-exec / kill-at-open
+programs on this host (and the LSM hooks where they load).
+
+Replaced paths: a PathWatcher (inotify on the directories of the files, directories and
+scope cgroups the entries name) calls refresh() as soon as one changes; refresh() moves
+each entry to the object its path names now. A 30 s periodic refresh is the backstop.
+
 Lifetime: cgroup programs are attached with the legacy call (BPF_F_ALLOW_MULTI) and would
 outlive the agent, so `close()` detaches them (fail-open) unless keep_on_exit: then the
 cgroup programs stay attached, and the maps and the exec-kill raw tracepoint link are
