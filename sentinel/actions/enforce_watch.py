@@ -86,8 +86,10 @@ class PathWatcher:
                 return
             if ready:
                 events = self._inotify.read(timeout=SETTLE_MS)
-                self.changes += 1
                 self._forget_removed(events)
+                if all(event.mask == flags.IGNORED for event in events):
+                    continue  # only watches removed by watch(): nothing changed on disk
+                self.changes += 1
             try:
                 self.on_change()
             except Exception as exc:  # a failed re-resolution must not stop the watching

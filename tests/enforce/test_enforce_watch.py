@@ -1,0 +1,50 @@
+"""The inotify watcher that makes deny entries follow replaced paths (no root needed)."""
+
+from __future__ import annotations
+
+import os
+import threading
+
+from sentinel.actions.enforce_watch import PathWatcher, watch_directory
+
+
+def test_the_watched_directory_is_the_nearest_existing_ancestor(tmp_path):
+    assert watch_directory(str(tmp_path / "file")) == str(tmp_path)
+    assert watch_directory(str(tmp_path / "missing" / "deeper" / "file")) == str(tmp_path)
+    assert watch_directory("/") == "/"
+
+
+def test_a_file_replaced_by_rename_calls_on_change(tmp_path):
+    changed = threading.Event()
+    watcher = PathWatcher(changed.set, backstop_seconds=60)
+    try:
+        target = tmp_path / "tool"
+        target.write_text("old")
+        watcher.watch([str(target)])
+        assert watcher.watched() == [str(tmp_path)]
+        (tmp_path / "tool.new").write_text("new")
+        changed.clear()  # creating tool.new already counts; the rename must count again
+        assert changed.wait(5)
+        changed.clear()
+        os.rename(tmp_path / "tool.new", target)
+        assert changed.wait(5)
+        assert watcher.changes >= 2
+    finally:
+        watcher.close()
+
+
+def test_watches_follow_the_wanted_set_and_the_backstop_fires_without_events(tmp_path):
+    calls = []
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    fired = threading.Event()
+    watcher = PathWatcher(lambda: (calls.append(1), fired.set()), backstop_seconds=0.2)
+    try:
+        watcher.watch([str(tmp_path / "a" / "x"), str(tmp_path / "b" / "y")])
+        assert watcher.watched() == [str(tmp_path / "a"), str(tmp_path / "b")]
+        watcher.watch([str(tmp_path / "b" / "y")])
+        assert watcher.watched() == [str(tmp_path / "b")]
+        assert fired.wait(5)  # no event at all: the periodic backstop still re-resolves
+        assert watcher.changes == 0
+    finally:
+        watcher.close()
