@@ -29,7 +29,7 @@ OP_NAMES = {abi.OP_EXEC: "exec", abi.OP_EXEC_FAILED: "exec_failed", abi.OP_CLONE
 class NullTable:
     """Answers like the process table without keeping anything: isolates the decoder's cost."""
 
-    def on_exec(self, event, parent_start_ns=0):
+    def on_exec(self, event, parent_start_ns=0, cgroups_key=0):
         return event.proc
 
     def on_fork(self, *args, **kwargs):

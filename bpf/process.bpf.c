@@ -212,6 +212,7 @@ int snt_exec(struct bpf_raw_tracepoint_args *ctx)
 	struct task_struct *parent = SENTINEL_FIELD(task, real_parent);
 	e->ppid = SENTINEL_FIELD(parent, tgid);
 	e->parent_start_ns = sentinel_start_ns(parent);
+	e->cgroups_key = (u64)SENTINEL_FIELD(task, cgroups);
 
 	const struct cred *cred = SENTINEL_FIELD(task, cred);
 	e->uid = SENTINEL_FIELD(cred, uid.val);

@@ -123,6 +123,10 @@ struct sentinel_exec {
 	__u16 cwd_len;
 	__u16 args_len;
 	__u16 env_len;
+	/* The task's css_set: the combination of its cgroups in every hierarchy (v1 and v2).
+	 * Equal values mean equal /proc/<pid>/cgroup, so userspace reads that file once per
+	 * value instead of once per exec. A cache key only: never stored or shown. */
+	__u64 cgroups_key;
 };
 
 /* An exec that failed: syscall exit with ret < 0. Tail: filename, args. */

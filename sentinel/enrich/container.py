@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import re
 import sys
+import time
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -132,22 +133,35 @@ def parse_cgroup_cached(data: bytes) -> CgroupInfo:
 
 
 class CgroupResolver:
-    """Reads /proc/<pid>/cgroup, remembering the answer per v2 cgroup id on v2-only hosts
-    (there the id decides the answer; on hybrid hosts each exec is read afresh)."""
+    """Reads /proc/<pid>/cgroup once per set of cgroups, not once per exec (~13 us each).
 
-    __slots__ = ("proc_root", "max_cached", "_by_cgroup_id")
+    The answer is remembered per v2 cgroup id on v2-only hosts (there the id decides it),
+    and on every host per kernel css_set (`cgroups_key`: the task's cgroups in all
+    hierarchies, v1 included) together with the v2 id. A css_set freed and reallocated at
+    the same address could stand for other v1 cgroups: such answers expire after
+    `max_age` seconds.
+    """
 
-    def __init__(self, proc_root: str = "/proc", max_cached: int = 8192) -> None:
+    __slots__ = ("proc_root", "max_cached", "max_age", "_clock", "_by_cgroup_id", "_by_css_set")
+
+    def __init__(self, proc_root: str = "/proc", max_cached: int = 8192, max_age: float = 60.0, clock=time.monotonic) -> None:
         self.proc_root = proc_root
         self.max_cached = max_cached
+        self.max_age = max_age
+        self._clock = clock
         self._by_cgroup_id: dict[int, CgroupInfo] = {}
+        self._by_css_set: dict[tuple[int, int], tuple[CgroupInfo, float]] = {}
 
-    def resolve(self, pid: int, cgroup_id: int = 0) -> CgroupInfo | None:
+    def resolve(self, pid: int, cgroup_id: int = 0, cgroups_key: int = 0) -> CgroupInfo | None:
         """The cgroup of `pid`, or None when the process is gone."""
         if cgroup_id:
             cached = self._by_cgroup_id.get(cgroup_id)
             if cached is not None:
                 return cached
+        if cgroups_key:
+            remembered = self._by_css_set.get((cgroups_key, cgroup_id))
+            if remembered is not None and self._clock() - remembered[1] < self.max_age:
+                return remembered[0]
         data = read_at(None, "%s/%d/cgroup" % (self.proc_root, pid))
         if not data:
             return None
@@ -156,4 +170,8 @@ class CgroupResolver:
             if len(self._by_cgroup_id) >= self.max_cached:
                 self._by_cgroup_id.clear()
             self._by_cgroup_id[cgroup_id] = info
+        elif cgroups_key:
+            if len(self._by_css_set) >= self.max_cached:
+                self._by_css_set.clear()
+            self._by_css_set[(cgroups_key, cgroup_id)] = (info, self._clock())
         return info

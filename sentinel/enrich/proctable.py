@@ -173,11 +173,13 @@ class ProcessTable:
 
     # ---- kernel records ------------------------------------------------------------------
 
-    def on_exec(self, event: Event, parent_start_ns: int = 0) -> Process:
+    def on_exec(self, event: Event, parent_start_ns: int = 0, cgroups_key: int = 0) -> Process:
         """Install `event.proc` as the current image of its pid; returns the stored Process.
 
         Fills what the kernel record lacks (cgroup path and container id, user names) and
         links `parent` to the current image of `ppid` (read from /proc if unknown).
+        `cgroups_key` (the kernel's css_set of the task, 0 if unknown) lets the cgroup be
+        looked up instead of read.
         """
         proc = event.proc
         pid = proc.pid
@@ -193,7 +195,7 @@ class ProcessTable:
         proc.comm = sys.intern(proc.comm)
         proc.exepath = sys.intern(proc.exepath)
         proc.cwd = sys.intern(proc.cwd)
-        self._fill_cgroup(proc, previous)
+        self._fill_cgroup(proc, previous, cgroups_key)
         if not proc.cwd and previous is not None:
             proc.cwd = previous.cwd
         self._fill_names(proc)
@@ -443,10 +445,10 @@ class ProcessTable:
             self._link_depth -= 1
         return None if is_placeholder(parent) else parent
 
-    def _fill_cgroup(self, proc: Process, previous: Process | None) -> None:
+    def _fill_cgroup(self, proc: Process, previous: Process | None, cgroups_key: int = 0) -> None:
         if proc.cgroup:
             return
-        info = self.cgroups.resolve(proc.pid, proc.cgroup_id)
+        info = self.cgroups.resolve(proc.pid, proc.cgroup_id, cgroups_key)
         if info is not None:
             proc.cgroup = info.path
             proc.container_id = info.container_id

@@ -281,6 +281,7 @@ EXEC = _with_header(
         ("cwd_len", "H"),
         ("args_len", "H"),
         ("env_len", "H"),
+        ("cgroups_key", "Q"),
     ),
 )
 

@@ -40,7 +40,7 @@ _CHDIR, _CHDIR_SIZE = abi.CHDIR.struct.unpack_from, abi.CHDIR.size
 class ProcessTableLike(Protocol):
     """What the decoder needs from the process table (sentinel.enrich.proctable)."""
 
-    def on_exec(self, event: Event, parent_start_ns: int = 0) -> Process: ...
+    def on_exec(self, event: Event, parent_start_ns: int = 0, cgroups_key: int = 0) -> Process: ...
 
     def on_fork(
         self,
@@ -168,7 +168,7 @@ class Decoder:
             ppid, old_pid, parent_start_ns, uid, gid, euid, egid, loginuid, vpid, pgid, vpgid, sid, tty,
             cap_permitted, cap_effective, cap_inheritable, exe_ino, exe_dev, exe_mode, exe_uid, exe_gid,
             exe_mtime_ns, exe_ctime_ns, flags,
-            filename_len, interp_len, exepath_len, cwd_len, args_len, env_len,
+            filename_len, interp_len, exepath_len, cwd_len, args_len, env_len, cgroups_key,
         ) = _EXEC(data)  # fmt: skip
         position = _EXEC_SIZE
         filename = _string(data, position, filename_len)
@@ -228,7 +228,7 @@ class Decoder:
             time_ns=self.boot_to_utc_ns(boot_ns),
             tid=old_pid,
         )
-        self.table.on_exec(event, parent_start_ns)  # may replace event.proc with the stored one
+        self.table.on_exec(event, parent_start_ns, cgroups_key)  # may replace event.proc with the stored one
         return event
 
     def _exec_failed(self, data: bytes) -> Event:

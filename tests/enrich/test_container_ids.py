@@ -151,6 +151,25 @@ def test_only_v2_only_hosts_cache_by_cgroup_id(fake_proc):
     assert resolver.resolve(31, cgroup_id=900).container_id == HOST
 
 
+def test_hybrid_hosts_cache_by_css_set_until_it_may_have_been_reused(fake_proc):
+    now = [100.0]
+    resolver = CgroupResolver(str(fake_proc.root), max_age=60.0, clock=lambda: now[0])
+    container = "1:pids:/docker/%s\n0::/system.slice/containerd.service\n" % ID
+    host = "1:pids:/system.slice/containerd.service\n0::/system.slice/containerd.service\n"
+    fake_proc.add(40, cgroup=container)
+    assert resolver.resolve(40, cgroup_id=900, cgroups_key=0xAAA0).container_id == ID[:12]
+    fake_proc.remove(40)
+    # Another task with the same css_set is in the same cgroups: no read needed.
+    assert resolver.resolve(41, cgroup_id=900, cgroups_key=0xAAA0).container_id == ID[:12]
+    # Same v2 cgroup, other css_set (v1 cgroups differ): read afresh.
+    fake_proc.add(42, cgroup=host)
+    assert resolver.resolve(42, cgroup_id=900, cgroups_key=0xBBB0).container_id == HOST
+    # An old answer may belong to a css_set since freed and reallocated: read again.
+    now[0] += 61.0
+    fake_proc.add(43, cgroup=host)
+    assert resolver.resolve(43, cgroup_id=900, cgroups_key=0xAAA0).container_id == HOST
+
+
 def test_malformed_lines_are_skipped():
     info = parse_cgroup("garbage\n\n0::/docker/%s\n" % ID)
     assert info.container_id == ID[:12]

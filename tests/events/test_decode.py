@@ -21,8 +21,8 @@ class RecordingTable:
         self.procs: dict[int, Process] = {}
         self.calls: list[tuple] = []
 
-    def on_exec(self, event, parent_start_ns=0):
-        self.calls.append(("exec", event.proc.pid, parent_start_ns))
+    def on_exec(self, event, parent_start_ns=0, cgroups_key=0):
+        self.calls.append(("exec", event.proc.pid, parent_start_ns, cgroups_key))
         self.procs[event.proc.pid] = event.proc
         return event.proc
 
@@ -116,6 +116,7 @@ def exec_record(**overrides) -> bytes:
         cwd_len=len(cwd),
         args_len=len(args),
         env_len=len(env),
+        cgroups_key=0xFFFF888100AB0000,
     )
     values.update(overrides)
     return record(abi.EXEC, abi.OP_EXEC, filename + interp + exepath + cwd + args + env, **values)
@@ -143,7 +144,7 @@ def test_exec_record_becomes_a_process_with_every_field():
     assert proc.exe_writable is False
     assert proc.is_vpgid_leader is True
     assert proc.exec_syscall == "execveat"
-    assert table.calls == [("exec", 100, 3_000)]
+    assert table.calls == [("exec", 100, 3_000, 0xFFFF888100AB0000)]
     assert event.num == 1 and decoder.decoded == 1
 
 
