@@ -24,6 +24,8 @@
 #define SENTINEL_TCP_LISTEN 10
 #define SENTINEL_BPF_PROG_LOAD 5
 #define SENTINEL_PREFIX_MAX SENTINEL_OPEN_PREFIX_MAX
+#define SENTINEL_CAP_VERSION_1 0x19980330
+#define SENTINEL_PID_NS_LEVELS 32  /* MAX_PID_NS_LEVEL */
 #define SENTINEL_O_ACCMODE 3
 #define SENTINEL_O_PATH 010000000
 /* Open verdicts of the filter's cheap part */
@@ -35,8 +37,9 @@
 #define SENTINEL_END(type, member) (__builtin_offsetof(type, member) + sizeof(((type *)0)->member))
 #define SENTINEL_MAX(a, b) ((a) > (b) ? (a) : (b))
 #define SENTINEL_FILE_HEAD                                                                   \
-	SENTINEL_MAX(SENTINEL_MAX(SENTINEL_END(struct file, f_path), SENTINEL_END(struct file, f_inode)), \
-		     SENTINEL_MAX(SENTINEL_END(struct file, f_flags), SENTINEL_END(struct file, f_mode)))
+	SENTINEL_MAX(SENTINEL_MAX(SENTINEL_MAX(SENTINEL_END(struct file, f_path), SENTINEL_END(struct file, f_inode)), \
+				  SENTINEL_MAX(SENTINEL_END(struct file, f_flags), SENTINEL_END(struct file, f_mode))), \
+		     SENTINEL_END(struct file, private_data))
 #ifndef SENTINEL_FMODE_CREATED
 #define SENTINEL_FMODE_CREATED 0x100000  /* FMODE_CREATED: a #define, not in BTF */
 #endif
@@ -94,6 +97,13 @@ BPF_HASH(snt_open_uids, u32, u8, SENTINEL_OPEN_FILTER_ENTRIES);
 /* v2 cgroup ids whose class is certain: SENTINEL_CGROUP_HOST / SENTINEL_CGROUP_CONTAINER.
  * An id not listed (a cgroup created since the load) is of no class: never dropped. */
 BPF_HASH(snt_open_cgroups, u64, u8, SENTINEL_OPEN_CGROUP_ENTRIES);
+
+/* The caller's and a pidfd's struct upid at the caller's namespace level (off the full stack). */
+struct sentinel_pid_pair {
+	struct upid own;
+	struct upid target;
+};
+BPF_PERCPU_ARRAY(snt_pid_scratch, struct sentinel_pid_pair, 1);
 
 /* Opens seen by the exit program and opens it sent on (index 0 and 1), for the cost note. */
 BPF_PERCPU_ARRAY(snt_open_stats, u64, 2);
@@ -514,6 +524,55 @@ static __always_inline int sentinel_args_from_regs(struct sentinel_sys_enter *sa
 #endif
 }
 
+/* capset(hdrp, datap): the sets asked for, from the user's cap_user_data_t (one 32-bit
+ * struct for _LINUX_CAPABILITY_VERSION_1, two for versions 2 and 3), into args[2..4]. */
+static __always_inline void sentinel_capset_sets(struct sentinel_sys_event *e, u64 header, u64 data)
+{
+	u32 version = 0;
+	bpf_probe_read_user(&version, sizeof(version), (void *)header);
+	u32 size = version == SENTINEL_CAP_VERSION_1 ? 12 : 24;
+	/* read into the record itself (the stack is full): effective, permitted, inheritable of the
+	 * low word, then of the high word, as u32s; then put each set's halves together */
+	u32 *raw = (u32 *)&e->args[2];
+	if (bpf_probe_read_user(raw, size & 31, (void *)data) != 0) {
+		e->args[2] = e->args[3] = e->args[4] = 0;
+		return;
+	}
+	u64 effective = (u64)raw[3] << 32 | raw[0];
+	u64 permitted = (u64)raw[4] << 32 | raw[1];
+	u64 inheritable = (u64)raw[5] << 32 | raw[2];
+	e->args[2] = effective;
+	e->args[3] = permitted;
+	e->args[4] = inheritable;
+}
+
+/* The process a pidfd refers to (file->private_data is its struct pid), as the caller's pid
+ * namespace numbers it; 0 when it is not visible there (or the file is not a pidfd: then the
+ * namespace read from it is not the caller's). */
+static __always_inline s32 sentinel_pidfd_pid(void *private_data)
+{
+	struct pid *target = (struct pid *)private_data;
+	u32 zero = 0;
+	struct sentinel_pid_pair *upids = snt_pid_scratch.lookup(&zero);
+	if (!target || !upids)
+		return 0;
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task_btf();
+	struct pid *own = task->thread_pid;
+	u32 level = own->level;
+	if (level >= SENTINEL_PID_NS_LEVELS)
+		return 0;
+	u64 at = __builtin_offsetof(struct pid, numbers) + level * sizeof(struct upid);
+	bpf_probe_read_kernel(&upids->own, sizeof(upids->own), (char *)own + at);
+	u32 target_level = SENTINEL_FIELD(target, level);
+	if (target_level < level || target_level >= SENTINEL_PID_NS_LEVELS)
+		return 0;
+	if (bpf_probe_read_kernel(&upids->target, sizeof(upids->target), (char *)target + at) != 0)
+		return 0;
+	if (!upids->own.ns || upids->target.ns != upids->own.ns)
+		return 0;
+	return upids->target.nr;
+}
+
 int snt_sys_exit(struct sentinel_sys_exit_args *args)
 {
 	u32 tid = (u32)bpf_get_current_pid_tgid();
@@ -704,6 +763,15 @@ int snt_sys_exit(struct sentinel_sys_exit_args *args)
 		void *attr = (void *)saved.args[1];
 		bpf_probe_read_user(&e->bpf_prog_type, sizeof(e->bpf_prog_type), attr);
 		bpf_probe_read_user(e->bpf_prog_name, sizeof(e->bpf_prog_name), attr + 48);
+	}
+	if (dflags & SENTINEL_DESC_CAPSET)
+		sentinel_capset_sets(e, saved.args[0], saved.args[1]);
+	if ((dflags & SENTINEL_DESC_PIDFD) && file) {
+		/* the struct pid is the file's private data (pidfd), or its inode's (pidfs on newer kernels) */
+		s32 target = sentinel_pidfd_pid(fcopy->private_data);
+		if (!target)
+			target = sentinel_pidfd_pid(SENTINEL_FIELD(inode, i_private));
+		e->target_pid = target;
 	}
 	if (dflags & SENTINEL_DESC_OPEN_HOW) {
 		u64 how[3] = {};  /* struct open_how: flags, mode, resolve */

@@ -188,6 +188,9 @@ struct sentinel_chdir {
 #define SENTINEL_DESC_ARGS_AT_EXIT  (1U << 8)  /* no entry program: arguments from the saved user
 						  * registers at exit (x86_64; the open family, whose
 						  * rate makes an entry map update too dear) */
+#define SENTINEL_DESC_CAPSET        (1U << 9)  /* capset: args[2..4] become the effective, permitted and
+						  * inheritable sets read from the user's cap_user_data_t */
+#define SENTINEL_DESC_PIDFD         (1U << 10) /* the resolved fd is a pidfd: target_pid is its process */
 
 /* Argument numbers in a desc are index + 1 (0: none). */
 struct sentinel_sys_desc {
@@ -259,6 +262,8 @@ struct sentinel_sys_event {
 	__u16 unix_len;
 	__u16 str2_len;
 	__u16 _pad2[3];
+	__s32 target_pid;   /* SENTINEL_DESC_PIDFD: the pidfd's process in the caller's pid namespace, 0: unknown */
+	__u32 _pad3;
 };
 
 /* A syscall made in 32-bit compat mode (int 0x80, or a 32-bit process), at raw sys_enter. */

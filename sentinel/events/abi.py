@@ -100,6 +100,8 @@ DESC_OTHER_PID = 1 << 5
 DESC_BPF_ATTR = 1 << 6
 DESC_OPEN_HOW = 1 << 7
 DESC_ARGS_AT_EXIT = 1 << 8
+DESC_CAPSET = 1 << 9
+DESC_PIDFD = 1 << 10
 # syscall record flags
 F_SYS_PATH_TRUNC = 1 << 0
 F_SYS_PATH_DETACHED = 1 << 1
@@ -176,6 +178,8 @@ C_CONSTANTS = {
     "SENTINEL_DESC_BPF_ATTR": DESC_BPF_ATTR,
     "SENTINEL_DESC_OPEN_HOW": DESC_OPEN_HOW,
     "SENTINEL_DESC_ARGS_AT_EXIT": DESC_ARGS_AT_EXIT,
+    "SENTINEL_DESC_CAPSET": DESC_CAPSET,
+    "SENTINEL_DESC_PIDFD": DESC_PIDFD,
     "SENTINEL_F_SYS_PATH_TRUNC": F_SYS_PATH_TRUNC,
     "SENTINEL_F_SYS_PATH_DETACHED": F_SYS_PATH_DETACHED,
     "SENTINEL_F_SYS_BASE_TRUNC": F_SYS_BASE_TRUNC,
@@ -366,6 +370,8 @@ SYSCALL = _with_header(
         ("unix_len", "H"),
         ("str2_len", "H"),
         ("_pad2", "6s"),
+        ("target_pid", "i"),
+        ("_pad3", "I"),
     ),
 )
 

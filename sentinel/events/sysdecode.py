@@ -137,7 +137,7 @@ def decode_syscall(decoder: Decoder, data: bytes) -> Event | None:
         _op, _abi, _size, boot_ns, start_ns, _cgroup_id, pid, tid, _cpu, _pad, comm,
         res, raw_args, nr, flags, fd_num, fd_mode, fd_ino, fd_dev, fd_fmode, fd_oflags, bpf_prog_type,
         sock_family, sock_type, sk_protocol, lport, rport, _sk_state, _pad1, laddr, raddr, bpf_prog_name,
-        str0_len, str1_len, path_len, base_len, addr_len, unix_len, str2_len, _pad2,
+        str0_len, str1_len, path_len, base_len, addr_len, unix_len, str2_len, _pad2, target_pid, _pad3,
     ) = _SYSCALL(data)  # fmt: skip
     plan = _PLANS.get(nr)
     if plan is None:
@@ -207,11 +207,18 @@ def decode_syscall(decoder: Decoder, data: bytes) -> Event | None:
     if event_type == "bpf" and values[0] == 5:  # BPF_PROG_LOAD
         args["prog_type"] = bpf_prog_type
         args["prog_name"] = _text(bpf_prog_name.split(b"\0", 1)[0])
+    if spec.flags & abi.DESC_PIDFD and "pid" not in args:
+        args["pid"] = target_pid or -1  # the pidfd's process, resolved in the kernel at the event
     if event_type in ("dup", "dup2", "dup3", "accept", "accept4", "socket", "memfd_create", "userfaultfd",
-                      "io_uring_setup") or (spec.flags & abi.DESC_OPEN):  # fmt: skip
+                      "io_uring_setup", "pidfd_open", "pidfd_getfd") or (spec.flags & abi.DESC_OPEN):  # fmt: skip
         args = {"fd": res, **args}
 
     proc = decoder._process(pid, start_ns, tid, comm)
+    if spec.flags & abi.DESC_CAPSET:
+        # Falco's capset arguments: the sets the caller asked for (its own, once the call succeeded)
+        args["cap_inheritable"], args["cap_permitted"], args["cap_effective"] = values[4], values[3], values[2]
+        if res == 0:
+            proc.cap_effective, proc.cap_permitted, proc.cap_inheritable = values[2], values[3], values[4]
     if res == 0 and event_type.startswith("set") and event_type[3:] in _CRED_CHANGES:
         proc = _apply_creds(decoder, proc, event_type, args)
     return Event(

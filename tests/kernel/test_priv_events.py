@@ -23,7 +23,8 @@ pytestmark = pytest.mark.kernel
 
 PROGRAMS = Path(__file__).resolve().parent / "programs"
 TYPES = {"ptrace", "bpf", "memfd_create", "setns", "unshare", "setuid", "setresuid", "kill", "tgkill", "prctl",
-         "compat_syscall", "io_uring_setup", "io_uring_submit", "open", "openat", "mount", "umount2"}  # fmt: skip
+         "compat_syscall", "io_uring_setup", "io_uring_submit", "open", "openat", "mount", "umount2", "capset",
+         "pidfd_open", "pidfd_send_signal", "pidfd_getfd"}  # fmt: skip
 LIBC = ctypes.CDLL(None, use_errno=True)
 PTRACE_ATTACH, PTRACE_DETACH = 16, 17
 CLONE_NEWNET = 0x40000000
@@ -221,3 +222,64 @@ def test_mount_and_umount_in_a_private_mount_namespace(collector, tmp_path):
     assert (mount.args["dev"], mount.args["type"], mount.res) == ("sentinel-test", "tmpfs", 0)
     umount = collector.wait_for(lambda e: e.type == "umount2" and e.args.get("name") == str(target))
     assert umount.res == 0
+
+
+CAP_CHOWN, CAP_KILL, CAP_SETUID, CAP_BPF = 0, 5, 7, 39
+LINUX_CAPABILITY_VERSION_3 = 0x20080522
+
+
+def test_capset_reports_the_three_sets_and_updates_the_process(collector):
+    effective = 1 << CAP_CHOWN | 1 << CAP_KILL
+    permitted = effective | 1 << CAP_SETUID | 1 << CAP_BPF  # CAP_BPF: a bit of the second 32-bit word
+    inheritable = 1 << CAP_CHOWN
+    code = textwrap.dedent(
+        """
+        import ctypes, struct, sys
+        header = ctypes.create_string_buffer(struct.pack("<Ii", %d, 0))
+        eff, perm, inh = %d, %d, %d
+        data = ctypes.create_string_buffer(struct.pack("<6I", eff & 0xffffffff, perm & 0xffffffff, inh & 0xffffffff,
+                                                       eff >> 32, perm >> 32, inh >> 32))
+        sys.exit(ctypes.CDLL(None, use_errno=True).syscall(126, header, data))
+        """
+        % (LINUX_CAPABILITY_VERSION_3, effective, permitted, inheritable)
+    )
+    child = subprocess.run([sys.executable, "-c", code])
+    assert child.returncode == 0
+    event = collector.wait_for(lambda e: e.type == "capset" and e.proc.comm.startswith("python") and e.res == 0
+                               and e.args["cap_permitted"] == permitted)
+    assert event.args["cap_effective"] == effective
+    assert event.args["cap_inheritable"] == inheritable
+    assert (event.proc.cap_effective, event.proc.cap_permitted, event.proc.cap_inheritable) == (effective, permitted, inheritable)
+
+
+def test_pidfd_open_and_send_signal_name_the_target(collector, sleeper):
+    pidfd = os.pidfd_open(sleeper.pid)
+    try:
+        signal.pidfd_send_signal(pidfd, signal.SIGTERM)
+        sleeper.wait()
+    finally:
+        os.close(pidfd)
+    opened = collector.wait_for(_mine("pidfd_open", lambda e: e.res == pidfd))
+    assert opened.args["pid"] == sleeper.pid and opened.args["fd"] == pidfd
+    sent = collector.wait_for(_mine("pidfd_send_signal", lambda e: e.args["pidfd"] == pidfd))
+    assert sent.args["pid"] == sleeper.pid  # resolved from the pidfd in the kernel
+    assert sent.args["sig"] == signal.SIGTERM and sent.res == 0
+
+
+def test_pidfd_of_a_process_in_a_child_pid_namespace_is_numbered_as_the_caller_sees_it(collector):
+    holder = subprocess.Popen(["unshare", "--pid", "--fork", "sleep", "60"])
+    try:
+        deadline = time.monotonic() + 5
+        children = []
+        while not children and time.monotonic() < deadline:
+            children = Path("/proc/%d/task/%d/children" % (holder.pid, holder.pid)).read_text().split()
+            time.sleep(0.05)
+        target = int(children[0])  # pid 1 of the new namespace, as this namespace numbers it
+        pidfd = os.pidfd_open(target)
+        signal.pidfd_send_signal(pidfd, 0)
+        os.close(pidfd)
+        sent = collector.wait_for(_mine("pidfd_send_signal", lambda e: e.args["sig"] == 0 and e.args["pidfd"] == pidfd))
+        assert sent.args["pid"] == target
+    finally:
+        holder.kill()
+        holder.wait()
