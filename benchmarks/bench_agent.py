@@ -1,24 +1,34 @@
 """The whole agent on the real kernel, with the upstream Falco files and the default storage
-policy: sustained throughput with zero loss, exec-loop slowdown, RSS and time to READY.
+policy: sustained throughput with zero loss, exec-loop slowdown, memory and time to READY.
 
 Prints, from one run:
-- time to READY (process start to READY=1 on the notify socket) and RSS after load
-  (the agent plus its store process);
+- time to READY (process start to READY=1 on the notify socket) and the agent's own account
+  of its start phases (`sentinel status` start_seconds); the rest is interpreter start-up
+  and imports;
+- memory of the agent and of its store process, after start and after the load steps:
+  VmRSS, and PSS (smaps_rollup), which splits the pages shared with other processes;
 - exec-loop slowdown: two parallel C loops fork+exec /bin/true, without the agent before
   and after, and with it (ratio of wall times, and of the loops' CPU times);
-- throughput: a C load generator issues 60% open (half under /etc), 25% exec, 15% connect
-  at increasing rates; for each rate, events the agent processed per second, events
-  generated vs stored (execs and connects are stored by default policy: every one must be
-  in SQLite), kernel ring-buffer losses and store drops. The highest rate with zero loss
-  is the figure. Fork+exec throughput of the machine bounds the 25% exec share, so the
-  generator's achieved rate is printed beside the target.
+- throughput: a C load generator (benchmarks/mix_load.c) offers 60% open (half under /etc),
+  25% exec (vfork + exec of a static do-nothing binary), 15% connect (to its own loopback
+  listener) at increasing rates of syscalls per second; for each step, the rate it really
+  offered beside the target, events the agent processed per second, execs and connects
+  generated vs stored (the default policy stores every one), kernel ring-buffer losses,
+  store drops, how long the agent took to catch up after the generator stopped, and the CPU
+  the agent and its store process spent per event. A step passes when nothing was lost and
+  the agent caught up within a second; steps go up until two fail, then the gap between
+  the best pass and the first failure is halved twice. The highest passing rate is the
+  figure;
+- with --profile, where the agent's consumer thread spends its time at that rate (cProfile
+  on the thread that decodes, enriches, matches and stores; the agent runs in-process).
 
-Run: .venv/bin/python -m benchmarks.bench_agent [--seconds 10] [--rates 50,100,200,400]
+Run: .venv/bin/python -m benchmarks.bench_agent [--seconds 10] [--rates 5000,10000,...]
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import shutil
@@ -37,64 +47,109 @@ from sentinel.control import request
 
 REPO = Path(__file__).resolve().parents[1]
 FALCO = REPO.parent / "shared" / "compat" / "falco"
-MIX_SOURCE = Path(__file__).resolve().parent / "mix_load.c"
+HERE = Path(__file__).resolve().parent
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+# A step passes only if an exec right after the load is in SQLite within this long: the agent
+# kept up (the store alone may hold an event up to flush_seconds, 0.5 s by default).
+CATCH_UP_SECONDS = 1.5
 
 
-def rule_args() -> list[str]:
-    args = ["--rules", str(REPO / "rules")]
+def rule_paths() -> list[str]:
+    paths = [str(REPO / "rules")]
     for name in ("falco_rules.yaml", "falco-incubating_rules.yaml", "falco-sandbox_rules.yaml"):
         if (FALCO / name).exists():
-            args += ["--rules", str(FALCO / name)]
-    return args
+            paths.append(str(FALCO / name))
+    return paths
+
+
+def build_tools(directory: str) -> tuple[str, str]:
+    """The load generator and its exec target (static, no libc: an exec costs execve alone)."""
+    mix = os.path.join(directory, "mix_load")
+    target = os.path.join(directory, "exit_now")
+    subprocess.run(["gcc", "-O2", "-o", mix, str(HERE / "mix_load.c")], check=True)
+    subprocess.run(["gcc", "-static", "-nostdlib", "-O2", "-o", target, str(HERE / "exit_now.c")], check=True)
+    return mix, target
+
+
+def memory_mb(pid: int) -> dict[str, float]:
+    """VmRSS and PSS of one process, in MB."""
+    figures = {}
+    for line in Path("/proc/%d/status" % pid).read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            figures["rss"] = int(line.split()[1]) / 1024
+    for line in Path("/proc/%d/smaps_rollup" % pid).read_text().splitlines():
+        if line.startswith("Pss:"):
+            figures["pss"] = int(line.split()[1]) / 1024
+    return figures
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path("/proc/%d/stat" % pid).read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
 class Agent:
+    """`sentinel run` as a service would start it, with a notify socket to time READY."""
+
     def __init__(self, workdir: Path, outputs: int = 0) -> None:
         self.workdir = workdir
         self.db = workdir / "events.db"
         self.socket = workdir / "control.sock"
         config = workdir / "sentinel.yaml"
-        text = "control:\n  socket: %s\nlog_level: warning\n" % self.socket
-        if outputs:
-            # SIEM outputs that take every event, not only alerts: the heaviest forwarding load.
-            text += "forward:\n  outbox: %s\noutputs:\n" % (workdir / "outbox.db")
-            for number in range(outputs):
-                text += "  - {name: out%d, type: jsonfile, path: %s, events: true}\n" % (number, workdir / ("out%d.jsonl" % number))
-        config.write_text(text)
+        config.write_text(config_text(workdir, outputs))
         notify_path = str(workdir / "notify.sock")
         notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         notify.bind(notify_path)
         notify.settimeout(180)
         started = time.monotonic()
         self.log = open(workdir / "agent.log", "wb")
+        rules = [arg for path in rule_paths() for arg in ("--rules", path)]
         self.process = subprocess.Popen(
             [sys.executable, "-m", "sentinel.cli", "run", "--config", str(config), "--db", str(self.db),
-             "--alerts-file", str(workdir / "alerts.json"), *rule_args()],
+             "--alerts-file", str(workdir / "alerts.json"), *rules],
             stdout=self.log, stderr=subprocess.STDOUT, env=dict(os.environ, NOTIFY_SOCKET=notify_path), cwd=REPO,
         )
         while b"READY=1" not in notify.recv(4096):
             pass
         self.ready_seconds = time.monotonic() - started
         notify.close()
+        status = self.status()
+        self.start_phases = status.get("start_seconds", {})
+        self.store_pid = status.get("store", {}).get("store_process_pid")
 
     def status(self) -> dict:
         return request(str(self.socket), "status")
 
-    def rss_mb(self) -> float:
-        pids = [self.process.pid]
-        store_pid = self.status().get("store", {}).get("store_process_pid")
-        if store_pid:
-            pids.append(store_pid)
-        total = 0
-        for pid in pids:
-            for line in Path("/proc/%d/status" % pid).read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1])
-        return total / 1024
+    def memory(self) -> dict[str, dict[str, float]]:
+        figures = {"agent": memory_mb(self.process.pid)}
+        if self.store_pid:
+            figures["store"] = memory_mb(self.store_pid)
+        return figures
 
-    def cpu_seconds(self) -> float:
-        fields = Path("/proc/%d/stat" % self.process.pid).read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    def cpu(self) -> tuple[float, float]:
+        """CPU seconds so far of the agent and of its store process."""
+        return cpu_seconds(self.process.pid), cpu_seconds(self.store_pid) if self.store_pid else 0.0
+
+    def events(self) -> int:
+        return self.status()["counters"].get("events", 0)
+
+    def seconds_to_store(self, exepath: str, limit: float = 60.0) -> float:
+        """Exec `exepath` (a copy of the do-nothing target) and return the seconds until its
+        event is in SQLite: the agent's lag behind the kernel, batching included."""
+        started = time.monotonic()
+        subprocess.run([exepath], check=True)
+        while time.monotonic() - started < limit:
+            with sqlite3.connect("file:%s?mode=ro" % self.db, uri=True) as conn:
+                if conn.execute("SELECT 1 FROM events WHERE proc_exepath = ? LIMIT 1", (exepath,)).fetchone():
+                    return time.monotonic() - started
+            time.sleep(0.02)
+        return limit
+
+    def background_rate(self, seconds: float = 1.0) -> float:
+        """Events/s the agent processes from the rest of the host, measured while idle."""
+        before = self.events()
+        time.sleep(seconds)
+        return (self.events() - before) / seconds
 
     def stop(self) -> None:
         self.process.send_signal(signal.SIGTERM)
@@ -102,13 +157,21 @@ class Agent:
         self.log.close()
 
 
+def config_text(workdir: Path, outputs: int = 0) -> str:
+    text = "control:\n  socket: %s\nlog_level: warning\n" % (workdir / "control.sock")
+    if outputs:
+        # SIEM outputs that take every event, not only alerts: the heaviest forwarding load.
+        text += "forward:\n  outbox: %s\noutputs:\n" % (workdir / "outbox.db")
+        for number in range(outputs):
+            text += "  - {name: out%d, type: jsonfile, path: %s, events: true}\n" % (number, workdir / ("out%d.jsonl" % number))
+    return text
+
+
 def exec_slowdown(agent_dir: Path, loop: str, iterations: int) -> dict:
     before = run_loops(loop, iterations, 2)
     agent = Agent(agent_dir)
     try:
         during = run_loops(loop, iterations, 2)
-        rss = agent.rss_mb()
-        ready = agent.ready_seconds
     finally:
         agent.stop()
     after = run_loops(loop, iterations, 2)
@@ -118,35 +181,13 @@ def exec_slowdown(agent_dir: Path, loop: str, iterations: int) -> dict:
         "wall_ratio": during["seconds"] / base_wall,
         "cpu_ratio": during["cpu"] / base_cpu,
         "execs_per_second_without": 2 * iterations / base_wall,
-        "rss_mb": rss,
-        "ready_seconds": ready,
     }
 
 
-def listener() -> tuple[socket.socket, threading.Event]:
-    server = socket.socket()
-    server.bind(("127.0.0.1", 0))
-    server.listen(1024)
-    stop = threading.Event()
-
-    def accept_loop() -> None:
-        server.settimeout(0.2)
-        while not stop.is_set():
-            try:
-                conn, _ = server.accept()
-                conn.close()
-            except OSError:
-                continue
-
-    threading.Thread(target=accept_loop, daemon=True).start()
-    return server, stop
-
-
-def stored(db: Path, since_ns: int, port: int) -> tuple[int, int]:
+def stored(db: Path, since_ns: int, target: str, port: int) -> tuple[int, int]:
     with sqlite3.connect("file:%s?mode=ro" % db, uri=True) as conn:
         execs = conn.execute(
-            "SELECT count(*) FROM events WHERE evt_type = 'execve' AND proc_exepath = '/usr/bin/true' AND time >= ?",
-            (since_ns,),
+            "SELECT count(*) FROM events WHERE evt_type = 'execve' AND proc_exepath = ? AND time >= ?", (target, since_ns)
         ).fetchone()[0]
         connects = conn.execute(
             "SELECT count(*) FROM events WHERE evt_type = 'connect' AND fd_rport = ? AND time >= ?", (port, since_ns)
@@ -154,81 +195,215 @@ def stored(db: Path, since_ns: int, port: int) -> tuple[int, int]:
     return execs, connects
 
 
-def throughput(agent_dir: Path, mix: str, rates: list[int], seconds: float, outputs: int = 0) -> list[dict]:
-    agent = Agent(agent_dir, outputs)
-    server, stop_listener = listener()
-    port = server.getsockname()[1]
-    scratch = agent_dir / "scratch"
-    scratch.write_text("x")
+class Load:
+    """One generator run against a running agent, and what the agent made of it."""
+
+    def __init__(self, agent: Agent, mix: str, target: str, seconds: float, workers: int) -> None:
+        self.agent = agent
+        self.mix = mix
+        self.target = target
+        self.seconds = seconds
+        self.workers = workers
+        self.scratch = agent.workdir / "scratch"
+        self.scratch.mkdir(exist_ok=True)
+        self.markers = 0
+
+    def marker(self) -> str:
+        """A fresh path for the exec that closes a step (found in the store by its path)."""
+        self.markers += 1
+        path = str(self.agent.workdir / ("marker-%d" % self.markers))
+        shutil.copy(self.target, path)
+        return path
+
+    def step(self, rate: int) -> dict:
+        agent = self.agent
+        agent.seconds_to_store(self.marker())  # whatever an earlier step left is written
+        background = agent.background_rate()
+        first = agent.status()
+        agent_cpu, store_cpu = agent.cpu()
+        since = time.time_ns()
+        out = subprocess.run(
+            [self.mix, str(self.seconds), str(rate), str(self.workers), self.target, str(self.scratch)],
+            capture_output=True, text=True, check=True,
+        )
+        generated = json.loads(out.stdout)
+        catch_up = agent.seconds_to_store(self.marker())
+        agent_cpu, store_cpu = (now - before for now, before in zip(agent.cpu(), (agent_cpu, store_cpu)))
+        last = agent.status()
+        execs, connects = stored(agent.db, since, self.target, generated["port"])
+        processed = last["counters"].get("events", 0) - first["counters"].get("events", 0)
+        lost = last["kernel_lost"] - first["kernel_lost"]
+        dropped = last["store"].get("dropped", 0) - first["store"].get("dropped", 0)
+        zero_loss = (execs == generated["execs"] and connects == generated["connects"] and lost == 0 and dropped == 0
+                     and generated["failures"] == 0)
+        return {
+            "target_per_s": rate,
+            "offered_per_s": (generated["opens"] + generated["execs"] + generated["connects"]) / generated["seconds"],
+            "agent_events_per_s": processed / generated["seconds"],
+            "background_per_s": background,
+            "agent_us_per_event": 1e6 * agent_cpu / processed if processed else 0.0,
+            "store_us_per_event": 1e6 * store_cpu / processed if processed else 0.0,
+            "agent_cpu_share": agent_cpu / (generated["seconds"] + catch_up),
+            "execs": "%d/%d" % (execs, generated["execs"]),
+            "connects": "%d/%d" % (connects, generated["connects"]),
+            "kernel_lost": lost,
+            "store_dropped": dropped,
+            "catch_up_s": catch_up,
+            "passed": zero_loss and catch_up <= CATCH_UP_SECONDS,
+        }
+
+
+def search(load: Load, rates: list[int], refine: int = 2) -> list[dict]:
+    """Rates in ascending order until two fail, then halve the gap above the best pass `refine` times."""
     rows = []
-    try:
-        for rate in rates:
-            first = agent.status()
-            cpu_before = agent.cpu_seconds()
-            since = time.time_ns()
-            out = subprocess.run([mix, str(seconds), str(rate), str(port), str(scratch)], capture_output=True, text=True, check=True)
-            generated = json.loads(out.stdout)
-            time.sleep(2.0)  # let the store's last batch land
-            last = agent.status()
-            cpu = agent.cpu_seconds() - cpu_before
-            execs, connects = stored(agent.db, since, port)
-            processed = last["counters"].get("events", 0) - first["counters"].get("events", 0)
-            rows.append({
-                "target_rounds_per_s": rate,
-                "achieved_syscalls_per_s": (generated["opens"] + generated["execs"] + generated["connects"]) / generated["seconds"],
-                "agent_events_per_s": processed / generated["seconds"],
-                "agent_cpu_us_per_event": 1e6 * cpu / processed if processed else 0.0,
-                "execs": "%d/%d" % (execs, generated["execs"]),
-                "connects": "%d/%d" % (connects, generated["connects"]),
-                "kernel_lost": last["kernel_lost"] - first["kernel_lost"],
-                "store_dropped": last["store"].get("dropped", 0) - first["store"].get("dropped", 0),
-                "zero_loss": execs == generated["execs"] and connects == generated["connects"]
-                and last["kernel_lost"] == first["kernel_lost"],
-            })
-    finally:
-        stop_listener.set()
-        server.close()
-        agent.stop()
+    failures = 0
+    for rate in rates:
+        rows.append(load.step(rate))
+        print_row(rows[-1])
+        failures += not rows[-1]["passed"]
+        if failures >= 2:
+            break
+    for _ in range(refine):
+        best = max((row["target_per_s"] for row in rows if row["passed"]), default=0)
+        above = [row["target_per_s"] for row in rows if not row["passed"] and row["target_per_s"] > best]
+        if not above:
+            break
+        middle = (best + min(above)) // 2
+        if middle in {row["target_per_s"] for row in rows}:
+            break
+        rows.append(load.step(middle))
+        print_row(rows[-1])
     return rows
+
+
+HEADER = "%8s %9s %10s %8s %8s %8s %13s %13s %7s %7s %7s %5s" % (
+    "target/s", "offered/s", "agent ev/s", "other/s", "agent us", "store us", "execs", "connects", "k-lost", "dropped",
+    "catchup", "pass")
+
+
+def print_row(row: dict) -> None:
+    print("%8d %9.0f %10.0f %8.0f %8.1f %8.1f %13s %13s %7d %7d %6.1fs %5s" % (
+        row["target_per_s"], row["offered_per_s"], row["agent_events_per_s"], row["background_per_s"], row["agent_us_per_event"],
+        row["store_us_per_event"], row["execs"], row["connects"], row["kernel_lost"], row["store_dropped"],
+        row["catch_up_s"], row["passed"]), flush=True)
+
+
+def memory_line(memory: dict[str, dict[str, float]]) -> str:
+    parts = ["%s RSS %.0f MB (PSS %.0f)" % (name, figures["rss"], figures["pss"]) for name, figures in memory.items()]
+    total = sum(figures["rss"] for figures in memory.values())
+    return "%s; together RSS %.0f MB" % (", ".join(parts), total)
+
+
+def profile_consumer(workdir: Path, mix: str, target: str, rate: int, seconds: float, workers: int, top: int = 25) -> None:
+    """Run the agent in this process with cProfile on its consumer thread, under the load."""
+    import cProfile
+    import pstats
+
+    from sentinel import config as configuration
+    from sentinel import log
+    from sentinel.agent import Agent as InProcessAgent
+
+    config_path = workdir / "sentinel.yaml"
+    config_path.write_text(config_text(workdir))
+    cfg = configuration.load(str(config_path), rules=tuple(rule_paths()))
+    cfg = cfg.replace(
+        store=dataclasses.replace(cfg.store, path=str(workdir / "events.db")),
+        alerts=dataclasses.replace(cfg.alerts, file=str(workdir / "alerts.json")),
+    )
+    log.configure("warning")
+    agent = InProcessAgent(cfg, str(config_path))
+    agent.start()
+    profiler = cProfile.Profile()
+
+    def consume() -> None:
+        profiler.enable()
+        try:
+            agent.run()
+        finally:
+            profiler.disable()
+
+    consumer = threading.Thread(target=consume, name="consumer")
+    consumer.start()
+    events_before = agent.counters["events"]
+    scratch = workdir / "scratch"
+    scratch.mkdir(exist_ok=True)
+    subprocess.run([mix, str(seconds), str(rate), str(workers), target, str(scratch)], capture_output=True, check=True)
+    time.sleep(1.0)
+    events = agent.counters["events"] - events_before
+    agent.stop()
+    consumer.join()
+    stats = pstats.Stats(profiler)
+    total = sum(entry[2] for entry in stats.stats.values())  # type: ignore[attr-defined]
+    print("consumer thread at %d syscalls/s: %d events, %.1f us of profiled time per event (cProfile inflates it)"
+          % (rate, events, 1e6 * total / max(events, 1)))
+    stats.sort_stats("tottime").print_stats(top)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=float, default=10.0)
-    parser.add_argument("--rates", default="50,100,200,400", help="generator rounds per second (20 syscalls each)")
-    parser.add_argument("--exec-iterations", type=int, default=2000)
+    parser.add_argument("--seconds", type=float, default=10.0, help="length of each load step")
+    parser.add_argument("--rates", default="5000,10000,15000,20000,25000,30000,40000",
+                        help="target syscalls per second of the steps, ascending")
+    parser.add_argument("--workers", type=int, default=2, help="generator processes sharing the rate")
+    parser.add_argument("--exec-iterations", type=int, default=2000, help="0 skips the exec-loop slowdown")
     parser.add_argument("--outputs", type=int, default=3, help="SIEM outputs (taking every event) for the forwarding overhead run")
+    parser.add_argument("--profile", action="store_true", help="profile the consumer thread at the best rate found")
     args = parser.parse_args()
+    rates = [int(rate) for rate in args.rates.split(",")]
     build_dir = tempfile.mkdtemp(prefix="sentinel-bench-agent-")
     try:
         loop = build_loop(build_dir)
-        mix = os.path.join(build_dir, "mix_load")
-        subprocess.run(["gcc", "-O2", "-o", mix, str(MIX_SOURCE)], check=True)
-        slow_dir = Path(build_dir) / "slowdown"
-        slow_dir.mkdir()
-        result = exec_slowdown(slow_dir, loop, args.exec_iterations)
-        print("time to READY: %.2f s   RSS (agent + store process): %.0f MB" % (result["ready_seconds"], result["rss_mb"]))
-        print("exec loop (2 x %d fork+exec, %.0f execs/s without the agent): slowdown wall %.3fx, cpu %.3fx"
-              % (args.exec_iterations, result["execs_per_second_without"], result["wall_ratio"], result["cpu_ratio"]))
+        mix, target = build_tools(build_dir)
+        if args.exec_iterations:
+            slow_dir = Path(build_dir) / "slowdown"
+            slow_dir.mkdir()
+            result = exec_slowdown(slow_dir, loop, args.exec_iterations)
+            print("exec loop (2 x %d fork+exec, %.0f execs/s without the agent): slowdown wall %.3fx, cpu %.3fx"
+                  % (args.exec_iterations, result["execs_per_second_without"], result["wall_ratio"], result["cpu_ratio"]))
+
         load_dir = Path(build_dir) / "throughput"
         load_dir.mkdir()
-        rows = throughput(load_dir, mix, [int(r) for r in args.rates.split(",")], args.seconds)
-        print("%8s %12s %12s %13s %13s %8s %8s %5s" % ("rounds/s", "syscalls/s", "agent evt/s", "execs", "connects", "k-lost", "dropped", "ok"))
-        for row in rows:
-            print("%8d %12.0f %12.0f %13s %13s %8d %8d %5s" % (
-                row["target_rounds_per_s"], row["achieved_syscalls_per_s"], row["agent_events_per_s"], row["execs"],
-                row["connects"], row["kernel_lost"], row["store_dropped"], row["zero_loss"]))
-        best = max((r["agent_events_per_s"] for r in rows if r["zero_loss"]), default=0.0)
-        print("highest sustained rate with zero loss: %.0f events/s" % best)
+        agent = Agent(load_dir)
+        try:
+            phases = agent.start_phases
+            print("time to READY: %.2f s = %s + interpreter start and imports %.2f s" % (
+                agent.ready_seconds, " + ".join("%s %.2f" % item for item in phases.items()),
+                agent.ready_seconds - sum(phases.values())))
+            print("memory after start: %s" % memory_line(agent.memory()))
+            print("mix 60%% open / 25%% exec / 15%% connect, %d generator processes, %.0f s per step" % (args.workers, args.seconds))
+            print(HEADER)
+            rows = search(Load(agent, mix, target, args.seconds, args.workers), rates)
+            print("memory after the load steps: %s" % memory_line(agent.memory()))
+        finally:
+            agent.stop()
+        passed = [row for row in rows if row["passed"]]
+        best = max(passed, key=lambda row: row["offered_per_s"], default=None)
+        if best is None:
+            print("no step passed (zero loss, caught up within %.0f s)" % CATCH_UP_SECONDS)
+        else:
+            print("highest sustained rate with zero loss: %.0f syscalls/s offered (target %d), %.0f agent events/s, "
+                  "agent CPU %.1f us/event (+ store process %.1f us/event), agent busy %.0f%% of a core"
+                  % (best["offered_per_s"], best["target_per_s"], best["agent_events_per_s"], best["agent_us_per_event"],
+                     best["store_us_per_event"], 100 * best["agent_cpu_share"]))
+
         if args.outputs:
-            rate = [int(r) for r in args.rates.split(",")][0]
+            rate = rates[0]
             fwd_dir = Path(build_dir) / "forwarding"
             fwd_dir.mkdir()
-            with_outputs = throughput(fwd_dir, mix, [rate], args.seconds, outputs=args.outputs)[0]
+            agent = Agent(fwd_dir, outputs=args.outputs)
+            try:
+                with_outputs = Load(agent, mix, target, args.seconds, args.workers).step(rate)
+            finally:
+                agent.stop()
             without = rows[0]
-            print("forwarding every event to %d outputs at %d rounds/s: agent cpu %.1f us/event vs %.1f without (x%.2f), zero loss: %s"
-                  % (args.outputs, rate, with_outputs["agent_cpu_us_per_event"], without["agent_cpu_us_per_event"],
-                     with_outputs["agent_cpu_us_per_event"] / max(without["agent_cpu_us_per_event"], 1e-9), with_outputs["zero_loss"]))
+            print("forwarding every event to %d outputs at %d syscalls/s: agent cpu %.1f us/event vs %.1f without (x%.2f), passed: %s"
+                  % (args.outputs, rate, with_outputs["agent_us_per_event"], without["agent_us_per_event"],
+                     with_outputs["agent_us_per_event"] / max(without["agent_us_per_event"], 1e-9), with_outputs["passed"]))
+
+        if args.profile and best is not None:
+            profile_dir = Path(build_dir) / "profile"
+            profile_dir.mkdir()
+            profile_consumer(profile_dir, mix, target, best["target_per_s"], args.seconds, args.workers)
     finally:
         shutil.rmtree(build_dir, ignore_errors=True)
 

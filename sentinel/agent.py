@@ -17,6 +17,7 @@ import signal
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +65,7 @@ class Agent:
         self._reload_requested = threading.Event()
         self._reopen_requested = threading.Event()
         self.started_at = time.time()
+        self.start_seconds: dict[str, float] = {}
         self.ruleset: Any = None
         self.ruleset_version = ""
         self.rules_snapshot: dict[Path, float] = {}  # the files (and mtimes) last loaded or tried
@@ -209,6 +211,7 @@ class Agent:
             "version": __version__,
             "pid": self.pid,
             "uptime_seconds": round(uptime, 1),
+            "start_seconds": self.start_seconds,
             "ruleset_version": self.ruleset_version,
             "rules": len(self.ruleset.rules) if self.ruleset else 0,
             "counters": dict(self.counters),
@@ -244,18 +247,25 @@ class Agent:
             raise
 
     def _start(self) -> None:
+        lap = self._start_timer()
         self._open_store()  # the store process opens the database while the rules and programs load
+        lap("store_spawn")
         self.load_rules()
+        lap("rules")
         self._start_forwarding()
         self._claim_kernel()
+        lap("kernel_claim")
         self._start_enforcement()
+        lap("enforcement")
         self._await_store()
+        lap("store_wait")
         from sentinel.enrich.proctable import ProcessTable
         from sentinel.sensor import Sensor
 
         self.table = ProcessTable(self.config.sensor)
         self.sensor = Sensor(self.config, self.interest(), table=self.table)
         self.sensor.start(bootstrap=True)
+        lap("sensor")
         # The bootstrap's thousands of long-lived objects would otherwise be rescanned by every
         # full garbage collection (tens of ms on a busy host): move them out of its way.
         gc.freeze()
@@ -274,6 +284,17 @@ class Agent:
         self._start_metrics()
         notify.notify("READY=1")
         log.info("agent.ready", **{"agent.pid": self.pid, "store.path": self.config.db_path})
+
+    def _start_timer(self) -> Callable[[str], None]:
+        """Seconds spent in each start phase, for `sentinel status` (where READY's time goes)."""
+        last = [time.monotonic()]
+
+        def lap(phase: str) -> None:
+            now = time.monotonic()
+            self.start_seconds[phase] = round(now - last[0], 3)
+            last[0] = now
+
+        return lap
 
     def _claim_kernel(self) -> None:
         """Mount what the sensors need, then remove what an earlier agent of ours left behind.
