@@ -9,18 +9,21 @@ skipped, and the skip reason says why.
 from __future__ import annotations
 
 import errno
+import os
 import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import textwrap
+from pathlib import Path
 
 import pytest
 
-from sentinel.actions.enforce_kernel import KernelEnforcer
-from sentinel.actions.enforce_plan import DenyEntry
+from sentinel.actions.enforce_kernel import KernelEnforcer, kernel_dev
+from sentinel.actions.enforce_plan import DenyEntry, Scope
 from sentinel.errors import KernelError
-from sentinel.kernel.probe import probe_bpf_lsm
+from sentinel.kernel.probe import cgroup2_mount, probe_bpf_lsm, scratch_cgroup
 
 pytestmark = [pytest.mark.kernel, pytest.mark.lsm]
 
@@ -133,3 +136,84 @@ def test_connect_and_sendto_a_denied_port_get_eperm(kernel, host, kind):
     finally:
         for s in servers:
             s.close()
+
+
+NOBODY = 65533
+
+
+def _as(uid: int | None = None, cgroup: str | None = None):
+    def before_exec() -> None:
+        if cgroup is not None:
+            with open(os.path.join(cgroup, "cgroup.procs"), "w") as f:
+                f.write("0")
+        if uid is not None:
+            os.setgid(uid)
+            os.setuid(uid)
+
+    return before_exec
+
+
+def _status_as(argv, **who) -> str:
+    try:
+        result = subprocess.run([str(a) for a in argv], preexec_fn=_as(**who), capture_output=True, text=True, timeout=30)
+    except PermissionError:
+        return "EPERM"
+    return "EPERM" if "Operation not permitted" in result.stderr else str(result.returncode)
+
+
+@pytest.fixture
+def shared_dir():
+    """A directory uid 65533 can use (pytest's tmp_path is root-only), on /run: a tmpfs,
+    where stat()'s device is the inode's own (the guest's /tmp is an overlay)."""
+    directory = tempfile.mkdtemp(prefix="sentinel-lsm-", dir="/run")
+    os.chmod(directory, 0o755)
+    yield Path(directory)
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+def test_exec_and_open_by_inode_number_get_eperm(kernel, shared_dir):
+    tool, other, secret = shared_dir / "tool", shared_dir / "other", shared_dir / "secret"
+    for path in (tool, other):
+        shutil.copy("/bin/true", path)
+    secret.write_text("x")
+    st = secret.stat()
+    kernel.add(DenyEntry("exec_ino", str(tool.stat().st_ino)))
+    kernel.add(DenyEntry("open_ino", "%d:%d" % (st.st_ino, kernel_dev(st.st_dev))))
+    assert _status_as([tool]) == "EPERM"
+    assert _status_as([other]) == "0"
+    assert _status_as(["cat", secret]) == "EPERM"
+
+
+def test_denies_scoped_to_a_uid_leave_other_users_alone(kernel, shared_dir):
+    tool = shared_dir / "sntlsmuid"
+    shutil.copy("/bin/true", tool)
+    secret = shared_dir / "secret"
+    secret.write_text("x")
+    secret.chmod(0o644)
+    kernel.add(DenyEntry("exec_name", "sntlsmuid", scope=Scope(uid=NOBODY)))
+    kernel.add(DenyEntry("open_file", str(secret), scope=Scope(uid=NOBODY)))
+    assert _status_as([tool], uid=NOBODY) == "EPERM"
+    assert _status_as([tool]) == "0"
+    assert _status_as(["cat", secret], uid=NOBODY) == "EPERM"
+    assert _status_as(["cat", secret]) == "0"
+
+
+def test_connect_deny_scoped_to_a_cgroup(kernel):
+    server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    server.bind(("127.0.0.1", 0))
+    server.listen(4)
+    port = server.getsockname()[1]
+    try:
+        with scratch_cgroup("lsm-scope") as cgroup:
+            inside = cgroup[len(cgroup2_mount().rstrip("/")):]
+            kernel.add(DenyEntry("net", "127.0.0.1/32", port, Scope(cgroup=inside)))
+
+            def attempt(**who) -> int:
+                out = subprocess.run([sys.executable, "-c", CLIENT, "127.0.0.1", str(port), "tcp"], preexec_fn=_as(**who),
+                                     capture_output=True, text=True, timeout=30)
+                return int(out.stdout)
+
+            assert attempt(cgroup=cgroup) == errno.EPERM
+            assert attempt() == 0
+    finally:
+        server.close()
