@@ -267,7 +267,12 @@ class KernelEnforcer:
                 self.fanotify.deny(_fanotify_kind(entry), entry.target, entry.scope)
                 self._installed[entry] = []
             else:
-                self._install(entry, self._map_entries(entry))
+                try:
+                    self._install(entry, self._map_entries(entry))
+                except KernelError:
+                    self._uninstall(entry)  # the key keeps the scopes it had
+                    del self._installed[entry]
+                    raise
             self._sync_attachments()
             log.info("enforce.entry_added", entry=str(entry), mechanism=mechanism)
         self._watch_paths()
@@ -299,7 +304,11 @@ class KernelEnforcer:
                 fresh = self._map_entries(entry)
                 if fresh != self._installed[entry]:
                     self._uninstall(entry)
-                    self._install(entry, fresh)
+                    try:
+                        self._install(entry, fresh)
+                    except KernelError as exc:
+                        self._uninstall(entry)
+                        log.error("enforce.entry_lost", entry=str(entry), error=str(exc))
             self._sync_attachments()
         if self.fanotify is not None:
             self.fanotify.refresh()
@@ -356,11 +365,7 @@ class KernelEnforcer:
                 for (other_map, other_key), other in self._holders.items():
                     if other_map == "snt_deny_net" and _net_contains(other_key, key):
                         scopes |= set(other.values())
-            try:
-                self._map_set(map_name, key, scopes)
-            except KernelError as exc:
-                log.error("enforce.value_failed", map=map_name, error=str(exc))
-                raise
+            self._map_set(map_name, key, scopes)
 
     def _kernel_scope(self, scope: Scope) -> tuple[int, int, int, int] | None:
         """(cgroup id, uid, cgroup level, flags) of a scope; None when its cgroup does not

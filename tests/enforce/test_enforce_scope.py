@@ -288,3 +288,18 @@ def test_one_key_shared_by_two_scopes_keeps_the_other_when_one_goes(kernel, work
     kernel.remove(by_cgroup)
     assert kernel.map_contents()["snt_deny_exec_comm"] == []
     assert run([str(named)], cgroup=cgroup) == "0"
+
+
+def test_more_scopes_on_one_key_than_a_value_holds_fail_that_entry_only(kernel, workdir):
+    from sentinel.actions.enforce_kernel import MAX_SCOPES
+    from sentinel.errors import KernelError
+
+    name = "sntmany%d" % (os.getpid() % 1000)
+    named = copy_true(workdir / name)
+    for uid in range(NOBODY - MAX_SCOPES, NOBODY):
+        kernel.add(DenyEntry("exec_name", name, scope=Scope(uid=uid)))
+    with pytest.raises(KernelError, match="scopes on one"):
+        kernel.add(DenyEntry("exec_name", name, scope=Scope(uid=NOBODY)))
+    assert DenyEntry("exec_name", name, scope=Scope(uid=NOBODY)) not in kernel.entries()
+    assert run([str(named)], uid=NOBODY - 1) == "-9"  # the entries that fit still apply
+    assert run([str(named)], uid=NOBODY) == "0"
