@@ -9,6 +9,11 @@
    (kill-at-exec) and by file (fanotify); no marker may appear. A control run without the
    deny must create the marker, or the check proves nothing.
 
+3. The cost of a scoped fanotify deny for a process OUT of its scope: a C program opens a
+   file N times; the file unmarked (baseline), then marked with a deny scoped to another
+   uid, then to another cgroup: every open waits for the agent's answer, which reads the
+   opener's uid or cgroup from /proc and allows it. Printed per open, and as a ratio.
+
 Run: sudo .venv/bin/python -m benchmarks.bench_kill [--kills N]
 """
 
@@ -58,6 +63,36 @@ def compile_c(source: str, path: str) -> None:
         subprocess.run(["gcc", "-O2", "-o", path, f.name], check=True)
 
 
+OPEN_LOOP_PROGRAM = r"""
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <time.h>
+#include <unistd.h>
+int main(int argc, char **argv) {
+    int n = atoi(argv[2]);
+    struct timespec a, b;
+    clock_gettime(CLOCK_MONOTONIC, &a);
+    for (int i = 0; i < n; i++) {
+        int fd = open(argv[1], O_RDONLY);
+        if (fd < 0) { perror("open"); return 1; }
+        close(fd);
+    }
+    clock_gettime(CLOCK_MONOTONIC, &b);
+    printf("%f\n", ((b.tv_sec - a.tv_sec) * 1e9 + (b.tv_nsec - a.tv_nsec)) / n / 1000.0);
+    return 0;
+}
+"""
+
+
+def open_cost_us(program: str, path: str, opens: int) -> float:
+    """Microseconds per open+close of `path`, measured inside the C program."""
+    result = subprocess.run([program, path, str(opens)], preexec_fn=lambda: None, capture_output=True, text=True, timeout=300)
+    if result.returncode != 0:
+        raise SystemExit("open loop failed: %s" % result.stderr)
+    return float(result.stdout)
+
+
 def percentile(values: list[float], fraction: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(round(fraction * (len(ordered) - 1))))]
@@ -104,6 +139,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--kills", type=int, default=200)
     parser.add_argument("--exec-runs", type=int, default=100)
+    parser.add_argument("--opens", type=int, default=5000)
     args = parser.parse_args()
     work = tempfile.mkdtemp(prefix="sentinel-bench-kill-")
     kernel = KernelEnforcer(MECHANISMS)
@@ -138,6 +174,22 @@ def main() -> None:
         print("no instruction of a denied program ran: %s" % ("yes" if ok else "NO"))
         if not ok:
             sys.exit(1)
+
+        from sentinel.actions.enforce_plan import Scope
+
+        opener, target = os.path.join(work, "openloop"), os.path.join(work, "scoped")
+        compile_c(OPEN_LOOP_PROGRAM, opener)
+        with open(target, "w") as f:
+            f.write("x")
+        baseline = open_cost_us(opener, target, args.opens)
+        print("fanotify deny scoped away from the opener (root, root cgroup): %d opens each" % args.opens)
+        print("  unmarked file:                %8.2f us per open" % baseline)
+        for label, scope in (("scoped to uid 65533:", Scope(uid=65533)), ("scoped to another cgroup:", Scope(cgroup="/snt-bench-none"))):
+            entry = DenyEntry("open_file", target, scope=scope)
+            kernel.add(entry)
+            cost = open_cost_us(opener, target, args.opens)
+            kernel.remove(entry)
+            print("  %-29s %8.2f us per open (x%.1f; the answer with its /proc read: %.1f us)" % (label, cost, cost / baseline, cost - baseline))
     finally:
         kernel.close()
         shutil.rmtree(work, ignore_errors=True)
