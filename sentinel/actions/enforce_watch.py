@@ -96,13 +96,21 @@ class PathWatcher:
                 log.warning("enforce.refresh_failed", error=str(exc))
 
     def _forget_removed(self, events: list) -> None:
-        """Watches the kernel dropped (directory deleted: IN_IGNORED) are no longer ours."""
+        """Watches the kernel dropped (directory deleted: IN_IGNORED) are no longer ours, and
+        a watched directory moved away no longer stands for its path: both are forgotten,
+        so the next watch() puts a watch on whatever the path names now."""
         gone = {event.wd for event in events if event.mask & flags.IGNORED}
-        if gone:
+        moved = {event.wd for event in events if event.mask & flags.MOVE_SELF} - gone
+        if gone or moved:
             with self._lock:
                 for directory, descriptor in list(self._descriptors.items()):
-                    if descriptor in gone:
+                    if descriptor in gone | moved:
                         del self._descriptors[directory]
+                for descriptor in moved:
+                    try:
+                        self._inotify.rm_watch(descriptor)
+                    except OSError:
+                        pass
 
     def close(self) -> None:
         with self._lock:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 
 from sentinel.actions.enforce_watch import PathWatcher, watch_directory
 
@@ -23,8 +24,8 @@ def test_a_file_replaced_by_rename_calls_on_change(tmp_path):
         watcher.watch([str(target)])
         assert watcher.watched() == [str(tmp_path)]
         (tmp_path / "tool.new").write_text("new")
-        changed.clear()  # creating tool.new already counts; the rename must count again
-        assert changed.wait(5)
+        assert changed.wait(5)  # a name created in the directory
+        time.sleep(0.05)  # past the settle window, so the rename is a batch of its own
         changed.clear()
         os.rename(tmp_path / "tool.new", target)
         assert changed.wait(5)
@@ -46,5 +47,23 @@ def test_watches_follow_the_wanted_set_and_the_backstop_fires_without_events(tmp
         assert watcher.watched() == [str(tmp_path / "b")]
         assert fired.wait(5)  # no event at all: the periodic backstop still re-resolves
         assert watcher.changes == 0
+    finally:
+        watcher.close()
+
+
+def test_a_watched_directory_moved_away_is_replaced_by_the_new_one(tmp_path):
+    changed = threading.Event()
+    watched = tmp_path / "dir"
+    watched.mkdir()
+    watcher = PathWatcher(changed.set, backstop_seconds=60)
+    try:
+        watcher.watch([str(watched / "tool")])
+        os.rename(watched, tmp_path / "dir.old")
+        watched.mkdir()
+        assert changed.wait(5)
+        watcher.watch([str(watched / "tool")])  # what on_change does after re-resolving
+        changed.clear()
+        (watched / "tool").write_text("new")  # in the NEW directory
+        assert changed.wait(5)
     finally:
         watcher.close()
