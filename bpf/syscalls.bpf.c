@@ -26,6 +26,7 @@
 #define SENTINEL_PREFIX_MAX SENTINEL_OPEN_PREFIX_MAX
 #define SENTINEL_CAP_VERSION_1 0x19980330
 #define SENTINEL_PID_NS_LEVELS 32  /* MAX_PID_NS_LEVEL */
+#define SENTINEL_INLINE_NAME SENTINEL_OPEN_FIRST_COMPONENT_MAX  /* inline name bytes a dentry read takes */
 #define SENTINEL_O_ACCMODE 3
 #define SENTINEL_O_PATH 010000000
 /* Open verdicts of the filter's cheap part */
@@ -69,6 +70,7 @@ struct sentinel_open_cfg {
 	u32 alt_accmodes;
 	u32 alt_file_types;
 	u32 alt_drop_class;
+	u32 first_check;    /* every prefix is "/<component>/...": snt_open_first lists those components */
 };
 BPF_ARRAY(snt_open_cfg, struct sentinel_open_cfg, 1);
 struct sentinel_prefix_key {
@@ -92,6 +94,14 @@ struct sentinel_basename_key {
 };
 BPF_HASH(snt_open_basenames, struct sentinel_basename_key, u8, SENTINEL_OPEN_FILTER_ENTRIES);
 
+/* The first components of the prefixes, NUL-padded: a path whose first component is not one
+ * cannot start with a prefix, which saves building the trie key. */
+struct sentinel_first_key {
+	u64 words[SENTINEL_INLINE_NAME / 8];
+};
+BPF_HASH(snt_open_first, struct sentinel_first_key, u8, SENTINEL_OPEN_FILTER_ENTRIES);
+BPF_PERCPU_ARRAY(snt_first_buf, struct sentinel_first_key, 1);
+
 /* The real uids the selectors allow: value bits SENTINEL_OPEN_SEL_GLOBAL / SENTINEL_OPEN_SEL_ANY_PATH. */
 BPF_HASH(snt_open_uids, u32, u8, SENTINEL_OPEN_FILTER_ENTRIES);
 /* v2 cgroup ids whose class is certain: SENTINEL_CGROUP_HOST / SENTINEL_CGROUP_CONTAINER.
@@ -112,22 +122,34 @@ BPF_PERCPU_ARRAY(snt_open_stats, u64, 2);
 BPF_TABLE("lru_hash", u64, u64, snt_sock_peer, 16384);
 
 /* Dentry names of one path, leaf first, before they are written root first. */
+/* What the path walk reads of a dentry, in one read from d_parent: d_parent, d_name,
+ * d_inode and the inline name bytes after it (d_iname, d_shortname), where the layout has
+ * them in that order (SENTINEL_DENTRY_INLINE). */
+
+struct sentinel_dentry_head {
+	struct dentry *parent;
+	struct qstr name;
+	struct inode *inode;
+	u64 inline_name[SENTINEL_INLINE_NAME / 8];
+};
+#define SENTINEL_DENTRY_INLINE                                                                          \
+	(__builtin_offsetof(struct dentry, d_name) == __builtin_offsetof(struct dentry, d_parent) + 8 &&     \
+	 __builtin_offsetof(struct dentry, d_inode) == __builtin_offsetof(struct dentry, d_name) + 16 &&     \
+	 __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__)
 struct sentinel_walk {
 	u64 names[SENTINEL_PATH_DEPTH];
 	u32 lens[SENTINEL_PATH_DEPTH];
 	u32 count;
 	u32 flags;
+	struct sentinel_dentry_head head;  /* of the last dentry read: the path's first component */
+	u32 first_inline;                  /* head.inline_name holds that component's name */
+	u32 _pad;
 };
 BPF_PERCPU_ARRAY(snt_walks, struct sentinel_walk, 1);
 
 /* The head of the struct file behind an fd (SENTINEL_FILE_HEAD bytes), read in one helper
  * call instead of one per member (each bpf_probe_read_kernel costs tens of ns). */
 BPF_PERCPU_ARRAY(snt_file_copy, struct file, 1);
-/* What the path walk reads of a dentry, in one read (d_parent and d_name are adjacent). */
-struct sentinel_dentry_head {
-	struct dentry *parent;
-	struct qstr name;
-};
 
 /* Whether the walked path's last component is one of the configured file names. */
 static __always_inline int sentinel_basename_listed(struct sentinel_walk *w)
@@ -170,6 +192,7 @@ static __always_inline struct sentinel_walk *sentinel_walk_path(struct dentry *d
 		return 0;
 	w->count = 0;
 	w->flags = 0;
+	w->first_inline = 0;
 #ifdef SENTINEL_CAN_CROSS_MOUNTS
 	char *mnt = (char *)vfsmnt - SENTINEL_MOUNT_OFF_MNT;
 #endif
@@ -199,18 +222,20 @@ static __always_inline struct sentinel_walk *sentinel_walk_path(struct dentry *d
 		u32 n = w->count;
 		if (n >= SENTINEL_PATH_DEPTH)
 			break;
-		struct sentinel_dentry_head head;
-		if (__builtin_offsetof(struct dentry, d_name) == __builtin_offsetof(struct dentry, d_parent) + sizeof(void *)) {
-			if (bpf_probe_read_kernel(&head, sizeof(head), &dentry->d_parent) != 0)
+		struct sentinel_dentry_head *head = &w->head;
+		w->first_inline = 0;
+		if (SENTINEL_DENTRY_INLINE) {
+			if (bpf_probe_read_kernel(head, sizeof(*head), &dentry->d_parent) != 0)
 				break;
-		} else if (bpf_probe_read_kernel(&head.parent, sizeof(head.parent), &dentry->d_parent) != 0 ||
-			   bpf_probe_read_kernel(&head.name, sizeof(head.name), (void *)&dentry->d_name) != 0) {
+			w->first_inline = (u64)head->name.name == (u64)dentry + __builtin_offsetof(struct dentry, d_inode) + 8;
+		} else if (bpf_probe_read_kernel(&head->parent, sizeof(head->parent), &dentry->d_parent) != 0 ||
+			   bpf_probe_read_kernel(&head->name, sizeof(head->name), (void *)&dentry->d_name) != 0) {
 			break;
 		}
-		w->names[n] = (u64)head.name.name;
-		w->lens[n] = head.name.len;
+		w->names[n] = (u64)head->name.name;
+		w->lens[n] = head->name.len;
 		w->count = n + 1;
-		struct dentry *parent = head.parent;
+		struct dentry *parent = head->parent;
 		if (parent == dentry) {
 			w->flags |= detached_flag;
 			return w;
@@ -272,6 +297,29 @@ static __always_inline int sentinel_prefix_match(const char *text, u32 len)
 	bpf_probe_read_kernel(key->data, size, text);
 	key->prefixlen = size * 8;
 	return snt_open_prefixes.lookup((struct sentinel_prefix_key *)key) != 0;
+}
+
+/* Whether the walked path's first component may begin a prefix: 0 only when its name, read
+ * with the last dentry of the walk, is certainly not among the prefixes' first components. */
+static __always_inline int sentinel_first_listed(struct sentinel_walk *w)
+{
+	u32 last = w->count - 1;
+	if (!w->first_inline || last >= SENTINEL_PATH_DEPTH)
+		return 1;  /* no component (the path is "/"), or its name is not at hand */
+	u32 len = w->lens[last];
+	if (len >= SENTINEL_INLINE_NAME)
+		return 1;
+	u32 zero = 0;
+	struct sentinel_first_key *key = snt_first_buf.lookup(&zero);
+	if (!key)
+		return 1;
+	int i;
+	for (i = 0; i < SENTINEL_INLINE_NAME / 8; i++) {
+		s32 left = (s32)len - 8 * i;  /* name bytes in this word */
+		u64 mask = left >= 8 ? ~0ULL : left <= 0 ? 0 : (1ULL << (8 * left)) - 1;
+		key->words[i] = w->head.inline_name[i] & mask;
+	}
+	return snt_open_first.lookup(key) != 0;
 }
 
 /* Whether the walked path, root first, starts with a configured prefix: the trie key is
@@ -648,7 +696,8 @@ int snt_sys_exit(struct sentinel_sys_exit_args *args)
 			if (open_filter && file) {
 				w = sentinel_walk_path(fcopy->f_path.dentry, fcopy->f_path.mnt, root_dentry, root_mnt,
 						       SENTINEL_F_SYS_PATH_TRUNC, SENTINEL_F_SYS_PATH_DETACHED);
-				if (w && !(cfg->has_basenames && sentinel_basename_listed(w)) && !sentinel_walk_prefix_match(w))
+				if (w && !(cfg->has_basenames && sentinel_basename_listed(w)) &&
+				    !((!cfg->first_check || sentinel_first_listed(w)) && sentinel_walk_prefix_match(w)))
 					return 0;
 				open_filter = 0;
 			}

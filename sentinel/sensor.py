@@ -286,10 +286,15 @@ class Sensor:
                 cost="every open of the attached types reaches userspace (~5 us each to decode in Python)",
                 reasons=list(plan.reasons),
             )
-        names = (b"snt_open_prefixes", b"snt_open_comms", b"snt_open_basenames", b"snt_open_uids", b"snt_open_cgroups")
-        trie, comms, basenames, uids, cgroups = (self._bpf[name] for name in names)
-        for table in (trie, comms, basenames, uids, cgroups):
+        names = (b"snt_open_prefixes", b"snt_open_comms", b"snt_open_basenames", b"snt_open_uids", b"snt_open_cgroups",
+                 b"snt_open_first")  # fmt: skip
+        trie, comms, basenames, uids, cgroups, firsts = (self._bpf[name] for name in names)
+        for table in (trie, comms, basenames, uids, cgroups, firsts):
             table.clear()
+        for raw in plan.first_components:
+            key = firsts.Key()
+            ctypes.memmove(ctypes.addressof(key), raw, len(raw))
+            firsts[key] = ctypes.c_uint8(1)
         for raw in plan.basenames:
             key = basenames.Key()
             ctypes.memmove(ctypes.addressof(key), raw, len(raw))

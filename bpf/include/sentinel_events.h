@@ -220,6 +220,9 @@ struct sentinel_sys_desc {
 #define SENTINEL_OPEN_FILTER_ENTRIES 1024  /* prefixes, comms and file names the open filter holds */
 #define SENTINEL_OPEN_BASENAME_MAX 64  /* bytes of a file name the open filter compares, NUL included */
 #define SENTINEL_OPEN_CGROUP_ENTRIES 4096  /* cgroups whose class the open filter knows */
+/* bytes of a path's first component the open filter's quick check compares (NUL-padded; a
+ * dentry's inline name area, DNAME_INLINE_LEN, is at most this long) */
+#define SENTINEL_OPEN_FIRST_COMPONENT_MAX 40
 /* bits of a uid's value in the open filter's uid set: which selectors allow it */
 #define SENTINEL_OPEN_SEL_GLOBAL 1    /* every open */
 #define SENTINEL_OPEN_SEL_ANY_PATH 2  /* the opens that pass whatever their path */

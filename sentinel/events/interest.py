@@ -162,6 +162,9 @@ class OpenFilterPlan:
     prefixes: tuple[bytes, ...] = ()
     comms: tuple[bytes, ...] = ()
     basenames: tuple[bytes, ...] = ()
+    # the first component of every prefix, when each has the form "/<component>/..." and the
+    # component is short enough for the kernel's quick check (else empty)
+    first_components: tuple[bytes, ...] = ()
     uids: dict[int, int] = field(default_factory=dict)  # uid -> OPEN_SEL_* bits
     reasons: tuple[str, ...] = ()
 
@@ -190,6 +193,18 @@ def _drop_class(container: str | None, hybrid: bool, reasons: list[str]) -> int:
             return 0
         return abi.CGROUP_HOST
     return 0
+
+
+def _first_components(prefixes: tuple[bytes, ...]) -> tuple[bytes, ...]:
+    """The first path components of the prefixes, for the kernel's quick check; () when a
+    prefix does not name a whole first component ("/", "/et") or one is too long to compare."""
+    firsts = set()
+    for prefix in prefixes:
+        component, slash, _rest = prefix[1:].partition(b"/")
+        if not prefix.startswith(b"/") or not slash or not component or len(component) >= abi.OPEN_FIRST_COMPONENT_MAX:
+            return ()
+        firsts.add(component)
+    return tuple(sorted(firsts))
 
 
 def plan_open_filter(interest: Interest, hybrid: bool = False) -> OpenFilterPlan:
@@ -222,7 +237,7 @@ def plan_open_filter(interest: Interest, hybrid: bool = False) -> OpenFilterPlan
     if not narrowed:
         cfg = dict.fromkeys(("enabled", "pass_created", "has_comms", "has_basenames", "any_path", "uid_bits", "drop_class",
                              "alt_enabled", "alt_drop_class"), 0)  # fmt: skip
-        cfg.update(accmodes=_ALL_ACCMODES, file_types=_ALL_FILE_TYPES, alt_accmodes=0, alt_file_types=0)
+        cfg.update(accmodes=_ALL_ACCMODES, file_types=_ALL_FILE_TYPES, alt_accmodes=0, alt_file_types=0, first_check=0)
         return OpenFilterPlan(enabled=False, cfg=cfg, reasons=tuple(reasons))
     path_everything = prefixes is None or "" in prefixes
     alt = any_path if any_path is not None and not path_everything else None
@@ -242,10 +257,14 @@ def plan_open_filter(interest: Interest, hybrid: bool = False) -> OpenFilterPlan
         "alt_file_types": _mask(alt.file_types, _ALL_FILE_TYPES) if alt is not None else 0,
         "alt_drop_class": _drop_class(alt.container, hybrid, reasons) if alt is not None else 0,
     }
+    prefixes_kept = () if path_everything else encoded["prefixes"]
+    firsts = _first_components(prefixes_kept)
+    cfg["first_check"] = int(bool(firsts))
     return OpenFilterPlan(
         enabled=True,
         cfg=cfg,
-        prefixes=() if path_everything else encoded["prefixes"],
+        first_components=firsts,
+        prefixes=prefixes_kept,
         comms=() if path_everything else encoded["comms"],
         basenames=() if path_everything else encoded["file names"],
         uids=uids,

@@ -91,7 +91,7 @@ def test_an_open_filter_larger_than_the_kernel_map_is_turned_off_not_truncated(m
     class _Leaf:
         enabled = pass_created = has_comms = has_basenames = 0
 
-    names = (b"snt_open_prefixes", b"snt_open_comms", b"snt_open_basenames", b"snt_open_uids", b"snt_open_cgroups",
+    names = (b"snt_open_prefixes", b"snt_open_comms", b"snt_open_basenames", b"snt_open_uids", b"snt_open_cgroups", b"snt_open_first",
              b"snt_open_cfg")
     maps = {name: FakeMap() for name in names}
     sensor = Sensor(Config(), Interest(), table=object())

@@ -251,3 +251,14 @@ def test_selectors_over_approximate(path, flags, uid, container, kind):
     alt = plan.cfg["alt_enabled"] and allowed(plan.cfg["alt_accmodes"], plan.cfg["alt_file_types"], abi.OPEN_SEL_ANY_PATH,
                                               plan.cfg["alt_drop_class"])
     assert plan.cfg["any_path"] or path_part or alt
+
+
+def test_first_components_for_the_kernel_quick_check():
+    def plan(*prefixes):
+        return plan_open_filter(Interest(event_types=frozenset({"openat"}), open_path_prefixes=prefixes))
+
+    quick = plan("/etc/shadow", "/var/log/", "/etc/pam.d/")
+    assert quick.first_components == (b"etc", b"var") and quick.cfg["first_check"] == 1
+    # "/etc" also matches "/etcfoo/x": its first component is not a whole one
+    for prefixes in (("/etc",), ("/etc/", "/"), ("/tmp/", "/" + "x" * abi.OPEN_FIRST_COMPONENT_MAX + "/")):
+        assert plan(*prefixes).first_components == () and plan(*prefixes).cfg["first_check"] == 0, prefixes
