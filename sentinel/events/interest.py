@@ -54,6 +54,14 @@ class OpenSelectors:
                   ("container", self.container))  # fmt: skip
         return tuple(name for name, value in values if value is not None)
 
+    def as_dict(self) -> dict[str, object]:
+        """The selectors in effect, JSON-ready: access modes and inode types as sorted numbers."""
+        values = {"access": self.accmodes, "file type": self.file_types, "uid": self.uids}
+        shown: dict[str, object] = {name: sorted(value) for name, value in values.items() if value is not None}
+        if self.container is not None:
+            shown["container"] = self.container
+        return shown
+
     def union(self, other: OpenSelectors) -> OpenSelectors:
         """What either allows (a selector that allows every value becomes None)."""
         accmodes = _either(self.accmodes, other.accmodes)

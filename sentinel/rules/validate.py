@@ -38,6 +38,12 @@ class Validation:
             prefixes = self.interest["open_path_prefixes"]
             opens = ("every open" if prefixes is None else
                      "opens under %d path prefix(es) or by %d program name(s)" % (len(prefixes), len(self.interest["open_comms"])))
+            selectors = self.interest.get("open_selectors")
+            if selectors:
+                opens += "; every open selected by %s" % ", ".join(selectors)
+            any_path = self.interest.get("open_any_path")
+            if any_path is not None:
+                opens += "; any path when selected by %s" % (", ".join(any_path) or "nothing")
             lines.append("capture: %d event type(s); %s" % (len(self.interest["event_types"]), opens))
             lines += ["  " + reason for reason in self.interest["reasons"]]
         counts = self.counts
@@ -81,6 +87,8 @@ def validate(paths: Sequence[str]) -> Validation:
         "open_path_prefixes": None if interest.open_path_prefixes is None else list(interest.open_path_prefixes),
         "open_comms": sorted(interest.open_comms),
         "open_created": interest.open_created,
+        "open_selectors": interest.open_selectors.as_dict(),
+        "open_any_path": None if interest.open_any_path is None else interest.open_any_path.as_dict(),
         "reasons": list(interest.reasons),
     }
     return result

@@ -262,3 +262,14 @@ def test_first_components_for_the_kernel_quick_check():
     # "/etc" also matches "/etcfoo/x": its first component is not a whole one
     for prefixes in (("/etc",), ("/etc/", "/"), ("/tmp/", "/" + "x" * abi.OPEN_FIRST_COMPONENT_MAX + "/")):
         assert plan(*prefixes).first_components == () and plan(*prefixes).cfg["first_check"] == 0, prefixes
+
+
+def test_validate_reports_the_selectors(tmp_path):
+    from sentinel.rules.validate import validate
+
+    rules = tmp_path / "r.yaml"
+    rules.write_text(textwrap.dedent(SELECTING))
+    result = validate([str(rules)])
+    assert result.interest["open_selectors"] == {"access": [1, 2, 3], "file type": sorted(FILE_KINDS)}
+    assert result.interest["open_any_path"]["container"] == IN_CONTAINER
+    assert "every open selected by access, file type; any path when selected by access, file type, container" in result.text()
