@@ -112,7 +112,7 @@ def in_scope(pid: int, scopes: frozenset) -> bool:
             if not cgroup_read:
                 cgroup, cgroup_read = process_cgroup(pid), True
             if cgroup is not None:
-                if scope.below and not cgroup.startswith(scope.cgroup.rstrip("/") + "/"):
+                if scope.below and (cgroup == scope.cgroup or not cgroup.startswith(scope.cgroup.rstrip("/") + "/")):
                     continue
                 if not scope.below and cgroup != scope.cgroup:
                     continue

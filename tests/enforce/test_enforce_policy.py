@@ -7,7 +7,7 @@ import pytest
 from sentinel.actions.enforce import Enforcer, RateLimiter
 from sentinel.actions.enforce_plan import DenyEntry, Scope, compile_rules
 from sentinel.config import EnforceConfig
-from sentinel.errors import RuleError
+from sentinel.errors import ConfigError, RuleError
 from sentinel.events.model import Event, Process
 from sentinel.rules.ruleset import load_rules_text
 
@@ -134,6 +134,34 @@ def test_shared_entries_are_reference_counted():
     assert kernel.installed == {DenyEntry("exec_name", "a")}
     instance.apply_rules([])
     assert kernel.installed == set()
+
+
+def test_rules_on_one_target_with_different_scopes_count_separately():
+    instance, kernel, _ = enforcer()
+    scoped = rules(rule_yaml("for 1000", "evt.type = execve and proc.name = a and user.uid = 1000"),
+                   rule_yaml("for 1000 too", "evt.type = execve and proc.name = a and user.uid in (1000, 1001)"),
+                   rule_yaml("for web", "evt.type = execve and proc.name = a and proc.cgroup = /web"))
+    instance.apply_rules(scoped)
+    assert instance.references[DenyEntry("exec_name", "a", scope=Scope(uid=1000))] == 2
+    assert kernel.installed == {DenyEntry("exec_name", "a", scope=Scope(uid=1000)),
+                                DenyEntry("exec_name", "a", scope=Scope(uid=1001)),
+                                DenyEntry("exec_name", "a", scope=Scope(cgroup="/web"))}
+    instance.apply_rules([r for r in scoped if r.name == "for 1000"])
+    assert kernel.installed == {DenyEntry("exec_name", "a", scope=Scope(uid=1000))}
+
+
+def test_control_deny_takes_a_scope():
+    from types import SimpleNamespace
+
+    from sentinel.actions.enforce import AgentEnforcement
+
+    instance, kernel, _ = enforcer()
+    wiring = AgentEnforcement(instance, kernel, lambda *a, **k: None)
+    deny = wiring.control_handlers()["deny"]
+    deny({"kind": "exec_ino", "target": "1234", "uid": 33, "cgroup": "/web/", "below": True}, SimpleNamespace(uid=0))
+    assert kernel.installed == {DenyEntry("exec_ino", "1234", scope=Scope(uid=33, cgroup="/web", below=True))}
+    with pytest.raises(ConfigError):
+        deny({"kind": "exec_name", "target": "nc", "cgroup": "web"}, SimpleNamespace(uid=0))
 
 
 def _event(pid=100, vpid=100, comm="victim", exepath="/tmp/victim"):
