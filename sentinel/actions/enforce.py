@@ -223,11 +223,14 @@ class Enforcer:
         self.record("deny", str(entry), mode="enforce", outcome=outcome, detail="by " + operator)
         return outcome
 
-    def kernel_denial(self, kind: str, path: str, pid: int) -> None:
-        """The kernel refused an operation (a fanotify answer): recorded with the rules behind it."""
-        target = ("%s_file" % kind, path)
+    def kernel_denial(self, kind: str, path: str, pid: int, scopes: tuple = ()) -> None:
+        """The kernel refused an operation (a fanotify answer): recorded with the rules behind
+        it, those whose entry for the file has a scope the process was found in."""
+        entries = {DenyEntry("%s_file" % kind, path, scope=scope) for scope in scopes if isinstance(scope, Scope)}
+        if not entries:
+            entries = {e for plan in self.plans.values() for e in plan.entries if (e.kind, e.target) == ("%s_file" % kind, path)}
         rules = [name for name, plan in self.plans.items()
-                 if any((e.kind, e.target) == target for e in plan.entries) and self.mode_of(name) == "enforce"]
+                 if entries & set(plan.entries) and self.mode_of(name) == "enforce"]
         self.record("deny", "pid %d %s %s" % (pid, kind, path), rule=",".join(rules) or None, mode="enforce", outcome="denied (EPERM)")
 
     # ------------------------------------------------------------------ listing
@@ -343,7 +346,7 @@ def start_enforcement(config: Any, store_action: Recorder, rules: Iterable[Any],
             mechanisms,
             agent_pid=agent_pid,
             keep_on_exit=config.enforce.keep_on_exit,
-            on_denial=lambda denial: enforcer_ref[0].kernel_denial(denial.kind, denial.path, denial.pid),
+            on_denial=lambda denial: enforcer_ref[0].kernel_denial(denial.kind, denial.path, denial.pid, denial.scopes),
             on_kill_done=lambda result: defer(
                 "kill_done", "pid %d" % result.pid, mode="enforce", outcome="dead",
                 detail="dead %.2f ms after the decision, %.2f ms after the event%s"

@@ -94,15 +94,17 @@ def process_cgroup(pid: int) -> str | None:
     return None
 
 
-def in_scope(pid: int, scopes: frozenset) -> bool:
-    """Whether `pid` is in one of `scopes` (objects with uid, cgroup, below, everyone as in
-    enforce_plan.Scope); a fact that cannot be read contradicts nothing."""
-    if any(scope.everyone for scope in scopes):
-        return True
+def scopes_of(pid: int, scopes: frozenset) -> list:
+    """The scopes among `scopes` (objects with uid, cgroup, below, everyone as in
+    enforce_plan.Scope) that `pid` is in; a fact that cannot be read contradicts nothing.
+    /proc is read only for what a scope asks, once."""
+    found = [scope for scope in scopes if scope.everyone]
     uid: int | None = None
     cgroup: str | None = None
     uid_read = cgroup_read = False
     for scope in scopes:
+        if scope.everyone:
+            continue
         if scope.uid >= 0:
             if not uid_read:
                 uid, uid_read = process_uid(pid), True
@@ -116,8 +118,8 @@ def in_scope(pid: int, scopes: frozenset) -> bool:
                     continue
                 if not scope.below and cgroup != scope.cgroup:
                     continue
-        return True
-    return False
+        found.append(scope)
+    return found
 
 
 @dataclass(frozen=True)
@@ -125,6 +127,7 @@ class Denial:
     kind: str  # exec | open
     path: str
     pid: int
+    scopes: tuple = ()  # the deny scopes the process was found in
 
 
 def file_identity(st: os.stat_result) -> tuple[int, int]:
@@ -313,8 +316,9 @@ class FanotifyDenier:
             kind = "exec" if mask & FAN_OPEN_EXEC_PERM else "open"
             if kinds and kind in kinds and pid not in self.protected_pids:
                 path, scopes = kinds[kind]
-                if in_scope(pid, scopes):
-                    verdict, denial = FAN_DENY, Denial(kind, path, pid)
+                applied = scopes_of(pid, scopes)
+                if applied:
+                    verdict, denial = FAN_DENY, Denial(kind, path, pid, tuple(applied))
         finally:
             try:
                 os.write(self.fd, _RESPONSE.pack(event_fd, verdict))

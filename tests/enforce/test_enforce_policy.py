@@ -240,3 +240,31 @@ def test_the_readme_enforcement_examples_compile_to_kernel_entries():
         assert plans and all(plan.entries for plan in plans.values())
     scoped = compile_rules(load_rules_text([("README.md", blocks[1])]).rules)["No shell for the web service"]
     assert {entry.scope for entry in scoped.entries} == {Scope(uid=33, cgroup="/system.slice/web.service")}
+
+
+def test_a_fanotify_denial_is_recorded_with_the_rules_whose_scope_applied():
+    instance, _, actions = enforcer()
+    instance.apply_rules(rules(rule_yaml("for 1000", "evt.type = execve and proc.exepath = /opt/x and user.uid = 1000"),
+                               rule_yaml("for 2000", "evt.type = execve and proc.exepath = /opt/x and user.uid = 2000")))
+    instance.kernel_denial("exec", "/opt/x", 77, (Scope(uid=1000),))
+    assert actions[-1][1]["rule"] == "for 1000"
+    instance.kernel_denial("exec", "/opt/x", 77)  # no scope known: every rule on the file
+    assert actions[-1][1]["rule"] == "for 1000,for 2000"
+
+
+def test_the_fanotify_scope_check_reads_uid_and_cgroup_from_proc():
+    import os
+
+    from sentinel.kernel.fanotify import process_cgroup, scopes_of
+
+    me = os.getpid()
+    mine = process_cgroup(me)
+    assert mine is not None and mine.startswith("/")
+    everyone, my_uid, other_uid = Scope(), Scope(uid=os.getuid()), Scope(uid=os.getuid() + 1)
+    assert scopes_of(me, frozenset({my_uid, other_uid})) == [my_uid]
+    assert scopes_of(me, frozenset({other_uid, everyone})) == [everyone]
+    assert scopes_of(me, frozenset({Scope(cgroup=mine)})) == [Scope(cgroup=mine)]
+    assert scopes_of(me, frozenset({Scope(cgroup=mine, below=True)})) == []  # below is strictly under
+    assert scopes_of(me, frozenset({Scope(uid=os.getuid() + 1, cgroup=mine)})) == []  # both must hold
+    gone = 2**22 + 1  # above pid_max: nothing can be read, so nothing contradicts the scope
+    assert scopes_of(gone, frozenset({other_uid})) == [other_uid]
