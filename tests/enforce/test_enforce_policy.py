@@ -228,6 +228,17 @@ def test_listing_shows_entries_with_their_rules():
     assert listing["modes"]["global"] == "enforce"
 
 
+def test_the_enforcement_doc_examples_compile_to_kernel_entries():
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "enforcement.md").read_text()
+    blocks = [block.split("```", 1)[0] for block in doc.split("```yaml\n")[1:]]
+    assert blocks
+    for block in blocks:
+        plans = compile_rules(load_rules_text([("enforcement.md", block)]).rules)
+        assert plans and all(plan.entries for plan in plans.values())
+
+
 def test_the_readme_enforcement_examples_compile_to_kernel_entries():
     from pathlib import Path
 
