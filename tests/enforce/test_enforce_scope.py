@@ -303,3 +303,29 @@ def test_more_scopes_on_one_key_than_a_value_holds_fail_that_entry_only(kernel, 
     assert DenyEntry("exec_name", name, scope=Scope(uid=NOBODY)) not in kernel.entries()
     assert run([str(named)], uid=NOBODY - 1) == "-9"  # the entries that fit still apply
     assert run([str(named)], uid=NOBODY) == "0"
+
+
+@pytest.fixture
+def kernel_without_fanotify(cgroup):
+    """The kill fallbacks alone, as on a host without fanotify permission events."""
+    enforcer = KernelEnforcer({"deny_exec": ("kill-at-exec",), "deny_open": ("kill-at-open",),
+                               "deny_connect": ("cgroup-sock-addr",), "kill": ("bpf-send-signal",)}, cgroup_path=cgroup)
+    assert enforcer.fanotify is None
+    yield enforcer
+    enforcer.close()
+
+
+def test_kill_at_open_and_at_exec_of_a_file_respect_the_scope(kernel_without_fanotify, workdir, cgroup):
+    kernel = kernel_without_fanotify
+    secret, tool = workdir / "secret", copy_true(workdir / "tool")
+    secret.write_text("s")
+    secret.chmod(0o644)
+    opened = DenyEntry("open_file", str(secret), scope=Scope(uid=NOBODY))
+    executed = DenyEntry("exec_file", str(tool), scope=Scope(cgroup=relative(cgroup)))
+    kernel.add(opened)
+    kernel.add(executed)
+    assert (kernel.mechanism_for(opened), kernel.mechanism_for(executed)) == ("kill-at-open", "kill-at-exec")
+    assert run(["cat", str(secret)], uid=NOBODY) == "-9"
+    assert run(["cat", str(secret)]) == "0"
+    assert run([str(tool)], cgroup=cgroup) == "-9"
+    assert run([str(tool)]) == "0"
