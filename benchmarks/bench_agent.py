@@ -52,6 +52,9 @@ CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 # A step passes only if an exec right after the load is in SQLite within this long: the agent
 # kept up (the store alone may hold an event up to flush_seconds, 0.5 s by default).
 CATCH_UP_SECONDS = 1.5
+# Past these, the agent is overwhelmed (its backlog waits in memory): the search stops there.
+OVERWHELMED_SECONDS = 60.0
+MEMORY_LIMIT_MB = 2048
 
 
 def rule_paths() -> list[str]:
@@ -133,12 +136,16 @@ class Agent:
     def events(self) -> int:
         return self.status()["counters"].get("events", 0)
 
-    def seconds_to_store(self, exepath: str, limit: float = 60.0) -> float:
+    def seconds_to_store(self, exepath: str, limit: float = OVERWHELMED_SECONDS) -> float:
         """Exec `exepath` (a copy of the do-nothing target) and return the seconds until its
-        event is in SQLite: the agent's lag behind the kernel, batching included."""
+        event is in SQLite: the agent's lag behind the kernel, batching included. Gives up
+        (returns `limit`) after `limit` seconds, or at once if the agent's backlog has grown
+        its memory past MEMORY_LIMIT_MB."""
         started = time.monotonic()
         subprocess.run([exepath], check=True)
         while time.monotonic() - started < limit:
+            if memory_mb(self.process.pid)["rss"] > MEMORY_LIMIT_MB:
+                return limit
             with sqlite3.connect("file:%s?mode=ro" % self.db, uri=True) as conn:
                 if conn.execute("SELECT 1 FROM events WHERE proc_exepath = ? LIMIT 1", (exepath,)).fetchone():
                     return time.monotonic() - started
@@ -152,8 +159,13 @@ class Agent:
         return (self.events() - before) / seconds
 
     def stop(self) -> None:
+        """SIGTERM (the agent writes what it accepted); SIGKILL if it is still draining a backlog after 60 s."""
         self.process.send_signal(signal.SIGTERM)
-        self.process.wait(120)
+        try:
+            self.process.wait(60)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
         self.log.close()
 
 
@@ -260,6 +272,10 @@ def search(load: Load, rates: list[int], refine: int = 2) -> list[dict]:
     for rate in rates:
         rows.append(load.step(rate))
         print_row(rows[-1])
+        if rows[-1]["catch_up_s"] >= OVERWHELMED_SECONDS:
+            print("the agent is overwhelmed (no catch-up within %.0f s or RSS over %d MB): search stopped"
+                  % (OVERWHELMED_SECONDS, MEMORY_LIMIT_MB))
+            return rows
         failures += not rows[-1]["passed"]
         if failures >= 2:
             break
@@ -273,6 +289,8 @@ def search(load: Load, rates: list[int], refine: int = 2) -> list[dict]:
             break
         rows.append(load.step(middle))
         print_row(rows[-1])
+        if rows[-1]["catch_up_s"] >= OVERWHELMED_SECONDS:
+            break
     return rows
 
 
@@ -347,7 +365,8 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2, help="generator processes sharing the rate")
     parser.add_argument("--exec-iterations", type=int, default=2000, help="0 skips the exec-loop slowdown")
     parser.add_argument("--outputs", type=int, default=3, help="SIEM outputs (taking every event) for the forwarding overhead run")
-    parser.add_argument("--profile", action="store_true", help="profile the consumer thread at the best rate found")
+    parser.add_argument("--profile", type=int, nargs="?", const=-1, metavar="RATE",
+                        help="profile the consumer thread at RATE syscalls/s (default: the best rate found)")
     args = parser.parse_args()
     rates = [int(rate) for rate in args.rates.split(",")]
     build_dir = tempfile.mkdtemp(prefix="sentinel-bench-agent-")
@@ -400,10 +419,11 @@ def main() -> None:
                   % (args.outputs, rate, with_outputs["agent_us_per_event"], without["agent_us_per_event"],
                      with_outputs["agent_us_per_event"] / max(without["agent_us_per_event"], 1e-9), with_outputs["passed"]))
 
-        if args.profile and best is not None:
+        profile_rate = best["target_per_s"] if args.profile == -1 and best is not None else args.profile
+        if profile_rate:
             profile_dir = Path(build_dir) / "profile"
             profile_dir.mkdir()
-            profile_consumer(profile_dir, mix, target, best["target_per_s"], args.seconds, args.workers)
+            profile_consumer(profile_dir, mix, target, profile_rate, args.seconds, args.workers)
     finally:
         shutil.rmtree(build_dir, ignore_errors=True)
 

@@ -243,3 +243,30 @@ def test_a_part_failing_at_start_stops_the_others_and_exits(agent_dir):
     assert result.returncode == 1
     assert "sensor.ringbuf_pages must be a power of two, not 3" in result.stderr
     assert "agent.stopped" in result.stderr
+
+
+def test_a_broken_rule_file_at_start_exits_with_its_location_and_leaves_nothing_attached(agent_dir):
+    """The rules load alongside the enforcement programs: their error must still stop the
+    start, after the enforcement that did load is closed again."""
+    broken = agent_dir / "broken.yaml"
+    broken.write_text("- rule: Broken\n  desc: x\n  condition: proc.name = = x\n  output: x\n  priority: WARNING\n")
+    config = agent_dir / "sentinel.yaml"
+    config.write_text("control:\n  socket: %s\n" % (agent_dir / "c.sock"))
+    result = subprocess.run(
+        [sys.executable, "-m", "sentinel.cli", "run", "--config", str(config), "--db", str(agent_dir / "e.db"),
+         "--rules", str(broken)],
+        capture_output=True, text=True, timeout=120, cwd=REPO,
+    )
+    assert result.returncode == 1
+    assert "broken.yaml:3:26" in result.stderr
+    assert "enforce.mechanisms" in result.stderr  # the enforcement had started...
+    assert "agent.stopped" in result.stderr  # ...and shutdown() closed it
+
+
+def test_status_says_where_the_start_time_went(start_agent):
+    agent = start_agent()
+    status = request(str(agent.socket_path), "status")
+    phases = status["start_seconds"]
+    assert list(phases) == ["store_spawn", "kernel_claim", "enforcement_and_rules", "store_wait", "sensor"]
+    assert all(seconds >= 0 for seconds in phases.values()) and phases["sensor"] > 0
+    assert 0 < status["rules_load_seconds"] <= phases["enforcement_and_rules"] + phases["kernel_claim"]
