@@ -285,6 +285,20 @@ int snt_kill_check(struct bpf_raw_tracepoint_args *ctx)
 	return 0;
 }
 
+#ifdef SNT_NET_UNSCOPED
+/* Kernels whose cgroup sock_addr programs lack the uid/cgroup helpers: only unscoped
+ * network entries exist there (userspace refuses scoped ones). */
+static __always_inline int snt_net_applies(struct snt_deny_value *value)
+{
+	if (!value || value->nscopes)
+		return 0;
+	snt_count(&value->hits);
+	return 1;
+}
+#else
+#define snt_net_applies snt_applies
+#endif
+
 /* 1 when the destination (port, 16-byte address) is denied, for this port or any port.
  * The trie gives the longest prefix only: userspace folds the scopes of every shorter
  * prefix (same port) into each value, so the longest match decides for all of them. */
@@ -294,11 +308,11 @@ static __always_inline int snt_net_denied(u16 port, const void *addr16)
 	key.prefixlen = 144;
 	__builtin_memcpy(&key.data[0], &port, 2);
 	__builtin_memcpy(&key.data[2], addr16, 16);
-	if (snt_applies(snt_deny_net.lookup(&key)))
+	if (snt_net_applies(snt_deny_net.lookup(&key)))
 		return 1;
 	key.data[0] = 0;
 	key.data[1] = 0;
-	return snt_applies(snt_deny_net.lookup(&key));
+	return snt_net_applies(snt_deny_net.lookup(&key));
 }
 
 static __always_inline int snt_sock_addr4(struct bpf_sock_addr *ctx)

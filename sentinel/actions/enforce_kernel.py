@@ -176,7 +176,10 @@ class KernelEnforcer:
         on_denial: Callable[[Denial], None] | None = None,
         on_kill_done: Callable[[KillResult], None] | None = None,
         pin_dir: str = PIN_DIR,
+        network_scopes: bool | None = None,
     ) -> None:
+        """network_scopes: whether the cgroup sock_addr programs check scopes (they need
+        the uid/cgroup helpers there); None tries, and falls back to unscoped programs."""
         from sentinel.kernel.probe import cgroup2_mount
 
         self.mechanisms = mechanisms
@@ -201,7 +204,7 @@ class KernelEnforcer:
         self._pidfds: dict[int, int] = {}  # pidfd -> pid
         self._wake_read, self._wake_write = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         self._closed = False
-        self.bpf = self._load()
+        self.bpf = self._load(network_scopes)
         self._write_config()
         self.fanotify: FanotifyDenier | None = None
         if not self.lsm and "fanotify" in mechanisms.get("deny_exec", ()) + mechanisms.get("deny_open", ()):
@@ -213,7 +216,21 @@ class KernelEnforcer:
         self._watcher = PathWatcher(self.refresh)
 
     # ------------------------------------------------------------------ loading
-    def _load(self):
+    def _load(self, network_scopes: bool | None):
+        """The programs, with scope checks in the cgroup sock_addr programs where the kernel
+        gives them the caller's uid and cgroup (every program type has them since 6.1);
+        where it does not, the same programs without (scoped network denies are refused)."""
+        self.network_scopes = network_scopes is not False or self.lsm
+        try:
+            return self._compile_and_load()
+        except KernelError as exc:
+            if network_scopes is not None or self.lsm:
+                raise
+            log.warning("enforce.network_scopes_unavailable", error=str(exc))
+            self.network_scopes = False
+            return self._compile_and_load()
+
+    def _compile_and_load(self):
         from bcc import BPF
 
         from sentinel.kernel import loader
@@ -221,7 +238,10 @@ class KernelEnforcer:
         sources = ("enforce.bpf.c", "lsm.bpf.c") if self.lsm else ("enforce.bpf.c",)
         directory = loader.bpf_dir()
         text = loader.compose_sources(sources, directory)
-        bpf = loader.compile_text(text, ["-I%s" % (directory / "include"), "-Wno-unused-function"])
+        cflags = ["-I%s" % (directory / "include"), "-Wno-unused-function"]
+        if not self.network_scopes:
+            cflags.append("-DSNT_NET_UNSCOPED")
+        bpf = loader.compile_text(text, cflags)
         try:
             # Loaded now, so attaching later (the first entry, the first kill) takes no compile.
             bpf.load_func(b"snt_exec_kill", BPF.RAW_TRACEPOINT)
@@ -262,6 +282,8 @@ class KernelEnforcer:
             if entry in self._installed:
                 return
             mechanism = self.mechanism_for(entry)
+            if entry.kind == "net" and not entry.scope.everyone and not self.network_scopes:
+                raise KernelError("%s: this kernel's cgroup sock_addr programs cannot read the caller's uid and cgroup" % entry)
             if mechanism == "fanotify":
                 assert self.fanotify is not None
                 self.fanotify.deny(_fanotify_kind(entry), entry.target, entry.scope)

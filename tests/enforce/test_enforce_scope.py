@@ -329,3 +329,22 @@ def test_kill_at_open_and_at_exec_of_a_file_respect_the_scope(kernel_without_fan
     assert run(["cat", str(secret)]) == "0"
     assert run([str(tool)], cgroup=cgroup) == "-9"
     assert run([str(tool)]) == "0"
+
+
+def test_without_scope_helpers_in_sock_addr_programs_scoped_network_denies_are_refused(cgroup, listener):
+    from sentinel.errors import KernelError
+
+    kernel = KernelEnforcer(MECHANISMS, cgroup_path=cgroup, network_scopes=False)  # as on such a kernel
+    try:
+        assert not kernel.network_scopes
+        with pytest.raises(KernelError, match="cannot read the caller's uid and cgroup"):
+            kernel.add(DenyEntry("net", "127.0.0.1/32", listener, Scope(uid=NOBODY)))
+        kernel.add(DenyEntry("net", "127.0.0.1/32", listener))
+        assert _connect(listener, cgroup=cgroup) == errno.EPERM
+    finally:
+        kernel.close()
+    assert _connect(listener, cgroup=cgroup) == 0
+
+
+def test_this_kernel_checks_scopes_in_sock_addr_programs(kernel):
+    assert kernel.network_scopes  # 6.1+: every program type has the uid/cgroup helpers
