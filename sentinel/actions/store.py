@@ -27,6 +27,8 @@ import queue
 import signal
 import sqlite3
 import stat
+import subprocess
+import sys
 import threading
 import time
 import urllib.parse
@@ -41,9 +43,15 @@ from sentinel.actions.store_schema import MIGRATIONS, SCHEMA_VERSION, migrate
 from sentinel.config import Config, StoreConfig
 from sentinel.errors import ConfigError, SourceLocation, StoreError
 from sentinel.events.model import Event, Process
-from sentinel.log import get_logger
 
-log = get_logger("sentinel.store")
+
+def _log() -> Any:
+    """The module's logger, made on first use: the store process logs only around retention
+    and so starts without structlog and what it pulls in (8 MB of its RSS)."""
+    from sentinel.log import get_logger
+
+    return get_logger("sentinel.store")
+
 
 _NS_PER_DAY = 86_400 * 1_000_000_000
 # Rows removed per retention statement: short transactions, so the writer is never held up long.
@@ -433,7 +441,7 @@ class Store:
             total += count
             if count == 0:
                 self._size_floor = used
-                log.warning("store.retention.alerts_exceed_max_bytes", **{"store.path": self.path, "store.bytes": used})
+                _log().warning("store.retention.alerts_exceed_max_bytes", **{"store.path": self.path, "store.bytes": used})
                 break
         return total
 
@@ -444,7 +452,7 @@ class Store:
         while self.conn.execute("PRAGMA freelist_count").fetchone()[0]:
             self.conn.execute("PRAGMA incremental_vacuum(%d)" % _VACUUM_STEP_PAGES).fetchall()
         self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
-        log.info("store.retention", **{"store.path": self.path, **{"deleted." + k: v for k, v in deleted.items()}})
+        _log().info("store.retention", **{"store.path": self.path, **{"deleted." + k: v for k, v in deleted.items()}})
 
     def close(self) -> None:
         """Write what is pending, then leave a file readers can open without write access."""
@@ -514,6 +522,20 @@ class WriterStats:
         return dict(self.__dict__)
 
 
+# The store process is a plain `python -c` (not multiprocessing's spawn, which re-imports the
+# agent's main module, the CLI, and starts a resource-tracker process of its own: 14 MB RSS).
+_STORE_PROCESS_ENTRY = "from sentinel.actions.store import serve_store_process; serve_store_process()"
+_PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def serve_store_process() -> None:
+    """Entry point of the store process: argv[1] is its end of the socket pair to the agent,
+    whose first message is (path, StoreConfig)."""
+    conn = multiprocessing.connection.Connection(int(sys.argv[1]))
+    path, config = conn.recv()
+    _store_process_main(path, config, conn)
+
+
 def _store_process_main(path: str, config: StoreConfig, conn: multiprocessing.connection.Connection) -> None:
     """The store process: opens the database, writes each batch it receives, acks with a result."""
     # A stop signal for the whole group (systemd's default KillMode, `timeout`, Ctrl-C) must
@@ -571,13 +593,25 @@ class _ProcessSink:
             self.wait_open()
 
     def _spawn(self) -> None:
-        context = multiprocessing.get_context("spawn")
-        self._conn, child_end = context.Pipe()
-        self.process = context.Process(
-            target=_store_process_main, args=(self.path, self.config, child_end), name="sentinel-store", daemon=True
-        )
-        self.process.start()
-        child_end.close()
+        self._conn, child_end = multiprocessing.Pipe()
+        # The same sentinel package as this process, wherever the interpreter would look first.
+        python_path = os.pathsep.join(filter(None, (_PACKAGE_ROOT, os.environ.get("PYTHONPATH"))))
+        try:
+            self.process = subprocess.Popen(
+                [sys.executable, "-c", _STORE_PROCESS_ENTRY, str(child_end.fileno())],
+                pass_fds=(child_end.fileno(),),
+                stdin=subprocess.DEVNULL,
+                env=dict(os.environ, PYTHONPATH=python_path),
+            )
+        except OSError as exc:
+            self._conn.close()
+            raise StoreError("cannot start the store process: %s" % exc, SourceLocation(self.path)) from None
+        finally:
+            child_end.close()
+        try:
+            self._conn.send((self.path, self.config))
+        except OSError:
+            pass  # it died at once: wait_open() reports it
         self._opened = False
         self._open_error: str | None = None
 
@@ -594,16 +628,13 @@ class _ProcessSink:
             if message != "error":
                 self._opened = True
                 return
-            self.process.join()
+            self.process.wait()
             self._open_error = payload
         raise StoreError(self._open_error)
 
     def _restart(self) -> None:
         self._conn.close()
-        self.process.join(1)
-        if self.process.is_alive():
-            self.process.kill()
-            self.process.join()
+        self._reap(1)
         self.restarts += 1
         self._spawn()
         self.wait_open()
@@ -614,7 +645,7 @@ class _ProcessSink:
             self._conn.send((message, payload))
             reply, result = self._conn.recv()
         except (EOFError, OSError) as exc:
-            exit_code = self.process.exitcode
+            exit_code = self.process.poll()
             self._restart()
             raise StoreError(
                 "the store process died (%s, exit code %s); started a new one" % (type(exc).__name__, exit_code),
@@ -646,7 +677,14 @@ class _ProcessSink:
         except StoreError:
             pass  # it died: there is nothing left to flush there
         self._conn.close()
-        self.process.join(10)
+        self._reap(10)
+
+    def _reap(self, timeout: float) -> None:
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
 
 
 class StoreWriter:
@@ -815,7 +853,7 @@ class StoreWriter:
         if now - self._last_error_logged < _ERROR_LOG_SECONDS:
             self._errors_unlogged += 1
             return
-        log.error(
+        _log().error(
             event,
             **{
                 "store.path": self.path,

@@ -6,6 +6,8 @@ import json
 import os
 import re
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
 
@@ -605,3 +607,27 @@ def test_store_process_that_cannot_open_in_the_background_says_why_when_waited_f
         with pytest.raises(StoreError, match="newer than this sentinel"):
             writer.wait_open()
     writer.close()  # nothing to flush there; returns at once
+
+
+def test_the_store_process_starts_without_the_agent_s_heavy_modules():
+    """Every module it imports is resident for the agent's lifetime: no BPF front end, rule
+    compiler, CLI or logging stack (structlog pulls in rich) before it needs one. (sqlite-utils
+    brings click along.)"""
+    loaded = subprocess.run(
+        [sys.executable, "-c", "import sys, sentinel.actions.store; print(' '.join(sorted(sys.modules)))"],
+        capture_output=True, text=True, check=True,
+    ).stdout.split()
+    assert not {"bcc", "structlog", "rich", "sentinel.cli", "sentinel.rules.ruleset", "sentinel.rules.compiler"} & set(loaded)
+
+
+def test_the_store_process_is_the_only_process_the_writer_starts(db_path):
+    def children() -> set[int]:
+        found = set()
+        for task in os.listdir("/proc/self/task"):
+            with open("/proc/self/task/%s/children" % task) as listing:
+                found.update(int(pid) for pid in listing.read().split())
+        return found
+
+    before = children()
+    with StoreWriter(db_path, StoreConfig(), separate_process=True) as writer:
+        assert children() - before == {writer.status()["store_process_pid"]}
