@@ -452,7 +452,10 @@ def main() -> None:
                   % (args.outputs, rate, with_outputs["agent_us_per_event"], without["agent_us_per_event"],
                      with_outputs["agent_us_per_event"] / max(without["agent_us_per_event"], 1e-9), with_outputs["passed"]))
 
-        profile_rate = best["target_per_s"] if args.profile == -1 and best is not None else args.profile
+        profile_rate = args.profile
+        if profile_rate == -1:  # the best rate found; else the fastest the agent kept up with
+            chosen = best or fastest
+            profile_rate = chosen["target_per_s"] if chosen is not None else None
         if profile_rate:
             profile_dir = Path(build_dir) / "profile"
             profile_dir.mkdir()

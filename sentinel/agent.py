@@ -260,6 +260,8 @@ class Agent:
         # compile in libbcc, which releases the GIL: on two cores the rules cost no wall time.
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="sentinel-rules") as pool:
             rules_loading = pool.submit(self.load_rules)
+            if self._earlier_enforcement_kept():
+                rules_loading.result()  # a broken rule file must leave that enforcement in force
             self._claim_kernel()
             lap("kernel_claim")
             self._start_enforcement(self._rules_once_loaded(rules_loading))
@@ -328,6 +330,17 @@ class Agent:
         from sentinel.actions.enforce import start_enforcement
 
         self.enforcement = start_enforcement(self.config, self._record_action, rules, self.pid)
+
+    @staticmethod
+    def _earlier_enforcement_kept() -> bool:
+        """Whether an earlier agent left its denies pinned (enforce.keep_on_exit): the enforcer
+        takes them over, so it may only start once this agent's rules are known to load."""
+        from sentinel.actions.enforce_kernel import PIN_DIR
+
+        try:
+            return bool(os.listdir(PIN_DIR))
+        except OSError:
+            return False
 
     def _rules_once_loaded(self, loading: Future[None]) -> Iterator[Any]:
         """The rules, waited for only when the enforcer applies them (after its programs are
