@@ -358,10 +358,12 @@ def profile_consumer(workdir: Path, mix: str, target: str, rate: int, seconds: f
     consumer.start()
     scratch = workdir / "scratch"
     scratch.mkdir(exist_ok=True)
-    subprocess.run([mix, str(seconds), str(rate), str(workers), target, str(scratch)], capture_output=True, check=True)
-    time.sleep(1.0)
-    agent.stop()
-    consumer.join()
+    try:
+        subprocess.run([mix, str(seconds), str(rate), str(workers), target, str(scratch)], capture_output=True, check=True)
+        time.sleep(1.0)
+    finally:
+        agent.stop()  # run() returns through shutdown(): programs detached, store flushed
+        consumer.join()
     stats = pstats.Stats(profiler)
     events = 0
     cumulative: dict[tuple[str, str], float] = {}
