@@ -121,11 +121,9 @@ BPF_PERCPU_ARRAY(snt_open_stats, u64, 2);
 /* The last peer a socket sent to without being connected: fd.name_changed. */
 BPF_TABLE("lru_hash", u64, u64, snt_sock_peer, 16384);
 
-/* Dentry names of one path, leaf first, before they are written root first. */
 /* What the path walk reads of a dentry, in one read from d_parent: d_parent, d_name,
  * d_inode and the inline name bytes after it (d_iname, d_shortname), where the layout has
  * them in that order (SENTINEL_DENTRY_INLINE). */
-
 struct sentinel_dentry_head {
 	struct dentry *parent;
 	struct qstr name;
@@ -136,6 +134,7 @@ struct sentinel_dentry_head {
 	(__builtin_offsetof(struct dentry, d_name) == __builtin_offsetof(struct dentry, d_parent) + 8 &&     \
 	 __builtin_offsetof(struct dentry, d_inode) == __builtin_offsetof(struct dentry, d_name) + 16 &&     \
 	 __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__)
+/* Dentry names of one path, leaf first, before they are written root first. */
 struct sentinel_walk {
 	u64 names[SENTINEL_PATH_DEPTH];
 	u32 lens[SENTINEL_PATH_DEPTH];
@@ -246,6 +245,16 @@ static __always_inline struct sentinel_walk *sentinel_walk_path(struct dentry *d
 	return w;
 }
 
+/* `offset & SENTINEL_TAIL_MASK`, masked in asm: the compiler would drop a mask that an earlier
+ * bound check implies, and older verifiers (6.1) do not carry that bound through 32-bit
+ * arithmetic, so they refuse the write. */
+_Static_assert(SENTINEL_TAIL_MASK == 0x3fff, "the asm mask below is SENTINEL_TAIL_MASK");
+static __always_inline u64 sentinel_tail_at(u64 offset)
+{
+	asm volatile("%[offset] &= 0x3fff" : [offset] "+r"(offset));
+	return offset;
+}
+
 /* Write the walked path root first ("/a/b/c", no NUL) at the cursor. */
 static __always_inline void sentinel_put_walk(char *tail, struct sentinel_cursor *cur, struct sentinel_walk *w)
 {
@@ -272,10 +281,10 @@ static __always_inline void sentinel_put_walk(char *tail, struct sentinel_cursor
 		u32 k = count - 1 - j;
 		if (k >= SENTINEL_PATH_DEPTH)
 			break;
-		tail[pos & SENTINEL_TAIL_MASK] = '/';
+		tail[sentinel_tail_at(pos)] = '/';
 		pos++;
 		u32 len = w->lens[k] & (SENTINEL_NAME_MAX - 1);
-		bpf_probe_read_kernel(tail + (pos & SENTINEL_TAIL_MASK), len, (void *)w->names[k]);
+		bpf_probe_read_kernel(tail + sentinel_tail_at(pos), len, (void *)w->names[k]);
 		pos += len;
 	}
 	cur->off = pos;
