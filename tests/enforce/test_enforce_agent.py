@@ -116,6 +116,23 @@ def _connect(port: int) -> int:
 ENFORCE_CONFIG = "enforce:\n  mode: enforce\n"
 
 
+def _wait_for_free_kernel_lock(timeout: float = 180.0) -> None:
+    """Only the agent holding the host's kernel lock removes leftovers; another agent running
+    on this host (a service, another test run) would make the next start skip the cleanup."""
+    from sentinel.errors import SentinelError
+    from sentinel.kernel import hygiene
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            hygiene.acquire_kernel_lock().release()
+            return
+        except SentinelError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
 def test_agent_kills_denies_audits_and_fails_open(workdir):
     kill_name = "sntk%d" % (time.monotonic_ns() % 100000)
     (workdir / "bin").mkdir()
@@ -193,10 +210,11 @@ def test_a_crashed_agent_leaves_no_stale_deny_after_the_next_start(workdir):
         first.stop(signal.SIGKILL)
         assert _connect(port) == errno.EPERM  # cgroup programs outlive a crashed loader
         rules.write_text("[]\n")
+        _wait_for_free_kernel_lock()
         second = RunningAgent(workdir / "second", [rules], extra_config=ENFORCE_CONFIG)
         try:
             second.wait_for_notification("READY=1")
-            assert _connect(port) == 0
+            assert _connect(port) == 0, second.log_path.read_text()[-3000:]
         finally:
             second.stop()
     finally:
