@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import select
 import threading
+import time
 from collections.abc import Callable, Iterable
 
 from inotify_simple import INotify, flags
@@ -28,6 +29,9 @@ log = get_logger("sentinel.actions.enforce_watch")
 WATCH_MASK = (flags.CREATE | flags.MOVED_TO | flags.MOVED_FROM | flags.DELETE
               | flags.DELETE_SELF | flags.MOVE_SELF | flags.ONLYDIR)
 SETTLE_MS = 5  # events of one `mv` or `cp` arrive together: read them all, refresh once
+# A busy watched directory (/tmp) must not turn into a stat() storm: at most one
+# re-resolution per interval, the events of the interval folded into it.
+MIN_REFRESH_INTERVAL = 0.05
 BACKSTOP_SECONDS = 30.0
 
 
@@ -80,16 +84,21 @@ class PathWatcher:
         poller = select.poll()
         poller.register(self._inotify.fileno(), select.POLLIN)
         poller.register(self._stop_read, select.POLLIN)
+        last_refresh = 0.0
         while True:
             ready = poller.poll(self.backstop_seconds * 1000)
             if self._stop.is_set():
                 return
             if ready:
+                pause = last_refresh + MIN_REFRESH_INTERVAL - time.monotonic()
+                if pause > 0 and self._stop.wait(pause):
+                    return
                 events = self._inotify.read(timeout=SETTLE_MS)
                 self._forget_removed(events)
                 if all(event.mask == flags.IGNORED for event in events):
                     continue  # only watches removed by watch(): nothing changed on disk
                 self.changes += 1
+            last_refresh = time.monotonic()
             try:
                 self.on_change()
             except Exception as exc:  # a failed re-resolution must not stop the watching
