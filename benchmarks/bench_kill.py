@@ -14,6 +14,10 @@
    uid, then to another cgroup: every open waits for the agent's answer, which reads the
    opener's uid or cgroup from /proc and allows it. Printed per open, and as a ratio.
 
+4. How soon a denied path replaced by rename() (what `mv` does) is denied again: from the
+   rename to the fanotify mark (a file) or the kill-at-exec map key (a directory) being on
+   the new inode, through the inotify watcher (the periodic re-check is 30 s away).
+
 Run: sudo .venv/bin/python -m benchmarks.bench_kill [--kills N]
 """
 
@@ -93,6 +97,34 @@ def open_cost_us(program: str, path: str, opens: int) -> float:
     return float(result.stdout)
 
 
+def follow_ms(kernel: KernelEnforcer, path: str, is_dir: bool, runs: int) -> list[float]:
+    """Milliseconds from renaming a fresh file (or directory) onto `path` to the enforcer
+    holding the new inode."""
+    def holds(ino: int) -> bool:
+        if is_dir:
+            return any(row["ino"] == ino for row in kernel.map_contents()["snt_deny_exec_dir"])
+        return any(row["ino"] == ino for row in kernel.fanotify.entries())
+
+    delays = []
+    for i in range(runs):
+        fresh = "%s.new%d" % (path, i)
+        if is_dir:
+            os.mkdir(fresh)
+        else:
+            shutil.copy("/bin/true", fresh)
+        ino = os.stat(fresh).st_ino
+        if is_dir:
+            shutil.rmtree(path)
+        start = time.monotonic_ns()
+        os.rename(fresh, path)
+        while not holds(ino):
+            if time.monotonic_ns() - start > 10e9:
+                raise SystemExit("%s was not followed within 10 s" % path)
+            time.sleep(0.0002)
+        delays.append((time.monotonic_ns() - start) / 1e6)
+    return delays
+
+
 def percentile(values: list[float], fraction: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(round(fraction * (len(ordered) - 1))))]
@@ -140,6 +172,7 @@ def main() -> None:
     parser.add_argument("--kills", type=int, default=200)
     parser.add_argument("--exec-runs", type=int, default=100)
     parser.add_argument("--opens", type=int, default=5000)
+    parser.add_argument("--follow-runs", type=int, default=100)
     args = parser.parse_args()
     work = tempfile.mkdtemp(prefix="sentinel-bench-kill-")
     kernel = KernelEnforcer(MECHANISMS)
@@ -190,6 +223,16 @@ def main() -> None:
             cost = open_cost_us(opener, target, args.opens)
             kernel.remove(entry)
             print("  %-29s %8.2f us per open (x%.1f; the answer with its /proc read: %.1f us)" % (label, cost, cost / baseline, cost - baseline))
+
+        followed_file, followed_dir = os.path.join(work, "followed"), os.path.join(work, "followeddir")
+        shutil.copy("/bin/true", followed_file)
+        os.mkdir(followed_dir)
+        kernel.add(DenyEntry("exec_file", followed_file))
+        kernel.add(DenyEntry("exec_dir", followed_dir))
+        print("a denied path replaced by rename(), until the deny is on the new inode (%d renames each)" % args.follow_runs)
+        for label, path, is_dir in (("file (fanotify mark):", followed_file, False), ("directory (kill-at-exec map):", followed_dir, True)):
+            delays = follow_ms(kernel, path, is_dir, args.follow_runs)
+            print("  %-29s median %6.2f ms  p99 %6.2f ms  max %6.2f ms" % (label, statistics.median(delays), percentile(delays, 0.99), max(delays)))
     finally:
         kernel.close()
         shutil.rmtree(work, ignore_errors=True)

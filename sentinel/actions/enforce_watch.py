@@ -4,9 +4,11 @@ A deny of a file, a directory or a cgroup is installed on the kernel object the 
 at that moment (an inode, a cgroup id). When the path is replaced (`mv new old`, delete and
 recreate, a cgroup removed and made again), the entry must move to the new object. The
 watcher puts an inotify watch on the directory holding each path (the nearest existing
-ancestor while the path's directory itself is missing) and calls `on_change` as soon as a
-name is created, moved or deleted there; `on_change` re-resolves every entry and calls
-`watch()` again, so a directory that appears gets its own watch. A slow periodic call
+ancestor while the path's directory itself is missing) and calls `on_change` as soon as one
+of the watched names (or a directory on the way to one) is created, moved or deleted there;
+other names in the same directory (a busy /tmp) cost a read and a set lookup, no refresh.
+`on_change` re-resolves every entry and calls `watch()` again, so a directory that appears
+gets its own watch. A slow periodic call
 (`backstop_seconds`) covers what inotify cannot see: a directory higher up renamed, a
 filesystem mounted over a path.
 """
@@ -16,7 +18,6 @@ from __future__ import annotations
 import os
 import select
 import threading
-import time
 from collections.abc import Callable, Iterable
 
 from inotify_simple import INotify, flags
@@ -29,9 +30,6 @@ log = get_logger("sentinel.actions.enforce_watch")
 WATCH_MASK = (flags.CREATE | flags.MOVED_TO | flags.MOVED_FROM | flags.DELETE
               | flags.DELETE_SELF | flags.MOVE_SELF | flags.ONLYDIR)
 SETTLE_MS = 5  # events of one `mv` or `cp` arrive together: read them all, refresh once
-# A busy watched directory (/tmp) must not turn into a stat() storm: at most one
-# re-resolution per interval, the events of the interval folded into it.
-MIN_REFRESH_INTERVAL = 0.05
 BACKSTOP_SECONDS = 30.0
 
 
@@ -52,6 +50,8 @@ class PathWatcher:
         self._inotify = INotify(nonblocking=False)
         self._lock = threading.Lock()
         self._descriptors: dict[str, int] = {}  # directory -> watch descriptor
+        self._directories: dict[int, str] = {}  # watch descriptor -> directory
+        self._interesting: frozenset[str] = frozenset()  # the paths and every ancestor of them
         self._stop = threading.Event()
         self._stop_read, self._stop_write = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         self.changes = 0  # on_change calls caused by inotify events (not the backstop)
@@ -60,19 +60,29 @@ class PathWatcher:
 
     def watch(self, paths: Iterable[str]) -> None:
         """Watch exactly the directories of `paths` (watches no longer needed are removed)."""
+        paths = [os.path.normpath(path) for path in paths]
         wanted = {watch_directory(path) for path in paths}
+        interesting = set()
+        for path in paths:
+            while path not in interesting and path != "/":
+                interesting.add(path)
+                path = os.path.dirname(path)
         with self._lock:
             if self._stop.is_set():
                 return
+            self._interesting = frozenset(interesting)
             for directory in sorted(set(self._descriptors) - wanted):
                 descriptor = self._descriptors.pop(directory)
+                self._directories.pop(descriptor, None)
                 try:
                     self._inotify.rm_watch(descriptor)
                 except OSError:
                     pass  # the directory went away and its watch with it
             for directory in sorted(wanted - set(self._descriptors)):
                 try:
-                    self._descriptors[directory] = self._inotify.add_watch(directory, WATCH_MASK)
+                    descriptor = self._inotify.add_watch(directory, WATCH_MASK)
+                    self._descriptors[directory] = descriptor
+                    self._directories[descriptor] = directory
                 except OSError as exc:
                     log.warning("enforce.watch_failed", path=directory, error=str(exc))
 
@@ -84,25 +94,33 @@ class PathWatcher:
         poller = select.poll()
         poller.register(self._inotify.fileno(), select.POLLIN)
         poller.register(self._stop_read, select.POLLIN)
-        last_refresh = 0.0
         while True:
             ready = poller.poll(self.backstop_seconds * 1000)
             if self._stop.is_set():
                 return
             if ready:
-                pause = last_refresh + MIN_REFRESH_INTERVAL - time.monotonic()
-                if pause > 0 and self._stop.wait(pause):
-                    return
                 events = self._inotify.read(timeout=SETTLE_MS)
+                relevant = self._relevant(events)
                 self._forget_removed(events)
-                if all(event.mask == flags.IGNORED for event in events):
-                    continue  # only watches removed by watch(): nothing changed on disk
+                if not relevant:
+                    continue  # other names in a watched directory, or watches watch() removed
                 self.changes += 1
-            last_refresh = time.monotonic()
             try:
                 self.on_change()
             except Exception as exc:  # a failed re-resolution must not stop the watching
                 log.warning("enforce.refresh_failed", error=str(exc))
+
+    def _relevant(self, events: list) -> bool:
+        """Whether an event names a watched path or a directory on the way to one, or is
+        about a watched directory itself (moved or deleted)."""
+        with self._lock:
+            for event in events:
+                directory = self._directories.get(event.wd)
+                if event.mask & flags.IGNORED or directory is None:
+                    continue  # a watch removed by watch() (or by the kernel, see below)
+                if not event.name or os.path.join(directory, event.name) in self._interesting:
+                    return True
+        return False
 
     def _forget_removed(self, events: list) -> None:
         """Watches the kernel dropped (directory deleted: IN_IGNORED) are no longer ours, and
@@ -115,6 +133,7 @@ class PathWatcher:
                 for directory, descriptor in list(self._descriptors.items()):
                     if descriptor in gone | moved:
                         del self._descriptors[directory]
+                        del self._directories[descriptor]
                 for descriptor in moved:
                     try:
                         self._inotify.rm_watch(descriptor)
