@@ -746,6 +746,7 @@ class StoreWriter:
             self._closing = True
             self._batches.put(None)
             self._thread.join()
+            self._sink.close()  # the pipe and the exited process
             raise
 
     # Hot path.
