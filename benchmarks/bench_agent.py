@@ -96,12 +96,12 @@ def cpu_seconds(pid: int) -> float:
 class Agent:
     """`sentinel run` as a service would start it, with a notify socket to time READY."""
 
-    def __init__(self, workdir: Path, outputs: int = 0) -> None:
+    def __init__(self, workdir: Path, outputs: int = 0, ringbuf_pages: int | None = None) -> None:
         self.workdir = workdir
         self.db = workdir / "events.db"
         self.socket = workdir / "control.sock"
         config = workdir / "sentinel.yaml"
-        config.write_text(config_text(workdir, outputs))
+        config.write_text(config_text(workdir, outputs, ringbuf_pages))
         notify_path = str(workdir / "notify.sock")
         notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         notify.bind(notify_path)
@@ -171,8 +171,10 @@ class Agent:
         self.log.close()
 
 
-def config_text(workdir: Path, outputs: int = 0) -> str:
+def config_text(workdir: Path, outputs: int = 0, ringbuf_pages: int | None = None) -> str:
     text = "control:\n  socket: %s\nlog_level: warning\n" % (workdir / "control.sock")
+    if ringbuf_pages:
+        text += "sensor:\n  ringbuf_pages: %d\n" % ringbuf_pages
     if outputs:
         # SIEM outputs that take every event, not only alerts: the heaviest forwarding load.
         text += "forward:\n  outbox: %s\noutputs:\n" % (workdir / "outbox.db")
@@ -387,6 +389,7 @@ def main() -> None:
     parser.add_argument("--rates", default="5000,10000,15000,20000,25000,30000,40000",
                         help="target syscalls per second of the steps, ascending")
     parser.add_argument("--workers", type=int, default=2, help="generator processes sharing the rate")
+    parser.add_argument("--ringbuf-pages", type=int, help="sensor.ringbuf_pages for the throughput steps (default: the configured one)")
     parser.add_argument("--exec-iterations", type=int, default=2000, help="0 skips the exec-loop slowdown")
     parser.add_argument("--outputs", type=int, default=3, help="SIEM outputs (taking every event) for the forwarding overhead run")
     parser.add_argument("--profile", type=int, nargs="?", const=-1, metavar="RATE",
@@ -410,7 +413,7 @@ def main() -> None:
 
         load_dir = Path(build_dir) / "throughput"
         load_dir.mkdir()
-        agent = Agent(load_dir)
+        agent = Agent(load_dir, ringbuf_pages=args.ringbuf_pages)
         try:
             phases = agent.start_phases
             print("time to READY: %.2f s = %s + interpreter start and imports %.2f s" % (
