@@ -269,3 +269,54 @@ def test_agent_enforces_scoped_and_inode_rules(workdir):
         assert denials
     finally:
         assert agent.stop() == 0
+
+
+CGROUP_NET_RULE = """
+- rule: deny test port to one cgroup
+  desc: a network deny scoped to a cgroup
+  condition: evt.type = connect and fd.rport = {port} and proc.cgroup = {cgroup}
+  output: "denied connect from %proc.cgroup"
+  priority: WARNING
+  action: deny
+  mode: enforce
+"""
+
+CONNECT_CLIENT = "import socket, sys\ns = socket.socket()\ntry:\n    s.connect(('127.0.0.1', int(sys.argv[1])))\n    print(0)\nexcept OSError as exc:\n    print(exc.errno)\n"
+
+
+def test_agent_enforces_a_network_deny_scoped_to_a_cgroup(workdir):
+    import sys
+
+    from sentinel.kernel.probe import cgroup2_mount, scratch_cgroup
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    port = listener.getsockname()[1]
+    try:
+        with scratch_cgroup("agent-scope") as cgroup:
+            relative = cgroup[len(cgroup2_mount().rstrip("/")):]
+            rules = workdir / "rules.yaml"
+            rules.write_text(CGROUP_NET_RULE.format(port=port, cgroup=relative))
+            agent = RunningAgent(workdir, [rules], extra_config=ENFORCE_CONFIG)
+            try:
+                agent.wait_for_notification("READY=1")
+
+                def connect_from(inside: bool) -> int:
+                    def enter() -> None:
+                        with open(os.path.join(cgroup, "cgroup.procs"), "w") as f:
+                            f.write("0")
+
+                    out = subprocess.run([sys.executable, "-c", CONNECT_CLIENT, str(port)], preexec_fn=enter if inside else None,
+                                         capture_output=True, text=True, timeout=30)
+                    return int(out.stdout)
+
+                assert connect_from(inside=True) == errno.EPERM
+                assert connect_from(inside=False) == 0
+                assert _connect(port) == 0  # this test process is outside the cgroup too
+                listing = request(str(agent.socket_path), "enforce_list")
+                assert [e["entry"] for e in listing["entries"]] == ["net ::/0 port %d for cgroup %s" % (port, relative)]
+            finally:
+                assert agent.stop() == 0
+    finally:
+        listener.close()
