@@ -49,6 +49,22 @@ class Program:
 
 _EXEC = frozenset({"execve", "execveat"})
 _CLONE = frozenset({"clone", "clone3", "fork", "vfork"})
+# The record opcodes that carry each event type not sent as a generic syscall record.
+_OPS_OF_TYPE = {
+    **{t: (abi.OP_EXEC, abi.OP_EXEC_FAILED) for t in _EXEC},
+    **{t: (abi.OP_CLONE,) for t in _CLONE},
+    "procexit": (abi.OP_EXIT,),
+    "chdir": (abi.OP_CHDIR,),
+    "fchdir": (abi.OP_CHDIR,),
+    "compat_syscall": (abi.OP_COMPAT,),
+    "io_uring_submit": (abi.OP_IO_URING,),
+}
+
+
+def urgent_ops(event_types: frozenset[str]) -> frozenset[int]:
+    """Record opcodes that carry `event_types` (any other type is a generic syscall record)."""
+    return frozenset(op for event_type in event_types for op in _OPS_OF_TYPE.get(event_type, (abi.OP_SYSCALL,)))
+
 PROGRAMS: tuple[Program, ...] = (
     Program("snt_exec", RAW_TRACEPOINT, "sched_process_exec", _EXEC),
     Program("snt_execve_enter", TRACEPOINT, "syscalls:sys_enter_execve", _EXEC),
@@ -154,6 +170,7 @@ class Sensor:
             self._fill_env_keep(env_keys)
             self._fill_syscall_descriptors()
             self._fill_open_filter(self.interest)
+            self._fill_urgent_ops(self.interest)
             self._reader = RingBufferReader(self._bpf, poll_ms=self.config.sensor.batch_ms)
             self._reader.start()
             self._attach(programs_for(self.interest.event_types))
@@ -177,6 +194,7 @@ class Sensor:
         for key in [k for k in self._attached if k not in wanted]:
             self._detach(self._attached.pop(key))
         self._fill_open_filter(interest)
+        self._fill_urgent_ops(interest)
         self._attach(tuple(p for k, p in wanted.items() if k not in self._attached))
         self.interest = interest
 
@@ -270,6 +288,12 @@ class Sensor:
             value = table.Leaf()
             ctypes.memmove(ctypes.addressof(value), abi.SYS_DESC.struct.pack(*(fields[n] for n in abi.SYS_DESC.names)), abi.SYS_DESC.size)
             table[ctypes.c_uint(spec.nr)] = value
+
+    def _fill_urgent_ops(self, interest: Interest) -> None:
+        table = self._bpf[b"snt_urgent_ops"]
+        urgent = urgent_ops(interest.urgent_types)
+        for op in range(abi.OP_SLOTS):
+            table[ctypes.c_uint(op)] = ctypes.c_ubyte(op in urgent)
 
     def _fill_open_filter(self, interest: Interest) -> None:
         """The in-kernel open filter from the interest (interest.plan_open_filter): selectors,

@@ -81,6 +81,9 @@ BPF_PERCPU_ARRAY(snt_scratch, struct sentinel_record_buf, 1);
 #define SENTINEL_WAKEUP_BATCH 32
 #endif
 BPF_PERCPU_ARRAY(snt_unwoken, u32, 1);
+/* Opcodes whose records wake the reader at once (non-zero): those a kill rule matches, so
+ * that a kill decision never waits for a batch. Filled by userspace from the interest. */
+BPF_ARRAY(snt_urgent_ops, u8, SENTINEL_OP_SLOTS);
 
 /* Syscall tracepoint contexts: the layout every kernel since 4.x uses for syscalls:*. */
 struct sentinel_sys_enter_args {
@@ -141,7 +144,8 @@ static __always_inline void sentinel_submit(char *rec, u32 body_size, u32 tail_l
 	u32 zero = 0;
 	u64 wakeup = BPF_RB_NO_WAKEUP;
 	u32 *unwoken = snt_unwoken.lookup(&zero);
-	if (unwoken && ++*unwoken >= SENTINEL_WAKEUP_BATCH) {
+	u8 *urgent = snt_urgent_ops.lookup(&op);
+	if (unwoken && (++*unwoken >= SENTINEL_WAKEUP_BATCH || (urgent && *urgent))) {
 		*unwoken = 0;
 		wakeup = BPF_RB_FORCE_WAKEUP;
 	}

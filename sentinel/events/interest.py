@@ -98,6 +98,9 @@ class Interest:
     open_any_path: OpenSelectors | None = None
     # Why a filter could not be narrowed: "rule 'X' forces every open to userspace".
     reasons: tuple[str, ...] = field(default=())
+    # Event types a kill rule matches: their records wake the reader at once instead of
+    # waiting up to sensor.batch_ms with the rest, so a kill decision is not delayed.
+    urgent_types: frozenset[str] = frozenset()
 
     def wants(self, event_type: str) -> bool:
         return event_type in self.event_types
@@ -110,10 +113,15 @@ class Interest:
         """Combine two interests (e.g. rules and the always-stored types) without losing either.
 
         An interest that wants no open contributes nothing to the other's open filter."""
+        merged = dict(
+            event_types=self.event_types | other.event_types,
+            reasons=self.reasons + other.reasons,
+            urgent_types=self.urgent_types | other.urgent_types,
+        )
         if not other.wants_opens:
-            return replace(self, event_types=self.event_types | other.event_types, reasons=self.reasons + other.reasons)
+            return replace(self, **merged)
         if not self.wants_opens:
-            return replace(other, event_types=self.event_types | other.event_types, reasons=self.reasons + other.reasons)
+            return replace(other, **merged)
         prefixes = None
         if self.open_path_prefixes is not None and other.open_path_prefixes is not None:
             prefixes = tuple(sorted(set(self.open_path_prefixes) | set(other.open_path_prefixes)))
@@ -121,14 +129,13 @@ class Interest:
         if self.open_any_path is not None and other.open_any_path is not None:
             any_path = self.open_any_path.union(other.open_any_path)
         return Interest(
-            event_types=self.event_types | other.event_types,
             open_path_prefixes=prefixes,
             open_comms=self.open_comms | other.open_comms,
             open_basenames=self.open_basenames | other.open_basenames,
             open_created=self.open_created or other.open_created,
             open_selectors=self.open_selectors.union(other.open_selectors),
             open_any_path=any_path,
-            reasons=self.reasons + other.reasons,
+            **merged,
         )
 
 

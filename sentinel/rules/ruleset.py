@@ -622,9 +622,13 @@ def _interest(enabled: list[Rule], per_bucket: dict[str, list[tuple[Rule, ast.Ex
         if event_type not in OPEN_EVENT_TYPES and not (event_type == _OTHER and entries):
             continue
         per_rule += [(rule, _any_path_if_root(narrowing(condition))) for rule, condition in entries]
+    urgent: set[str] = set()
+    for rule in enabled:
+        if rule.action == "kill":
+            urgent |= rule.event_types if rule.event_types is not None else event_types
     opens_wanted = bool(event_types & OPEN_EVENT_TYPES)
     if not opens_wanted:
-        return Interest(event_types=frozenset(event_types), open_path_prefixes=())
+        return Interest(event_types=frozenset(event_types), open_path_prefixes=(), urgent_types=frozenset(urgent))
     found = [(rule, narrowed) for rule, narrowed in per_rule if not narrowed.impossible]
     reasons: list[str] = []
     for rule, narrowed in found:
@@ -657,6 +661,7 @@ def _interest(enabled: list[Rule], per_bucket: dict[str, list[tuple[Rule, ast.Ex
         open_selectors=global_selectors,
         open_any_path=any_path,
         reasons=tuple(reasons),
+        urgent_types=frozenset(urgent),
     )
 
 

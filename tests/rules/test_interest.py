@@ -86,6 +86,28 @@ def test_no_open_rules_means_no_opens():
     assert interest.open_path_prefixes == ()
 
 
+def test_kill_rules_make_their_event_types_urgent_and_survive_a_union():
+    kill = """
+    - rule: Kill miners
+      desc: d
+      condition: evt.type = execve and proc.name = xmrig
+      output: x
+      priority: critical
+      action: kill
+    - rule: Deny nothing urgent
+      desc: d
+      condition: evt.type = connect and fd.rport = 4444
+      output: x
+      priority: critical
+      action: deny
+    """
+    interest = load(NARROWABLE, kill).interest
+    assert interest.urgent_types == frozenset({"execve"})
+    assert load(NARROWABLE).interest.urgent_types == frozenset()
+    always = Interest(event_types=frozenset({"connect"}))
+    assert interest.union(always).urgent_types == always.union(interest).urgent_types == frozenset({"execve"})
+
+
 _PATHS = st.sampled_from(["/etc/shadow", "/etc/shadowed", "/etc/sudoers.d/x", "/etc/sudoers", "/root/.ssh/id", "/root/.sshx",
                           "/home/a/.ssh/k", "/home/a/x", "/srv/keys", "/srv/keys/a", "/srv/keysx", "/tmp/a", "/var/log/x",
                           "/home/b/.ssh/authorized_keys", "/opt/authorized_keys2", "/opt/authorized_keys3"])
