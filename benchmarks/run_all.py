@@ -15,6 +15,7 @@ BENCHMARKS = (
     "bench_exec",
     "bench_open",
     "bench_kill",
+    "bench_enforce_agent",
     "bench_agent",
     "bench_tui",
 )
