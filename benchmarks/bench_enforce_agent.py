@@ -11,9 +11,9 @@ For every kill it measures, on the wall clock:
   event -> death   from the exec event's kernel timestamp (the events table) to that moment
 and splits event -> death with the agent's own record of each kill (kill_done action:
 "dead X ms after the decision, Y ms after the event"):
-  event -> decision  ring buffer (a lone event waits up to sensor.batch_ms for the reader's
-                     timer: --batch-ms shows its share), decode, enrich, rule match,
-                     safety checks, kill map write
+  event -> decision  ring buffer (the kill rule's exec record wakes the reader at once;
+                     other records wait up to sensor.batch_ms, set by --batch-ms), decode,
+                     enrich, rule match, safety checks, kill map write
   decision -> death  the kill map / pidfd signal until the process is gone (agent's view)
 
 Run: sudo .venv/bin/python -m benchmarks.bench_enforce_agent [--kills N]
