@@ -13,24 +13,16 @@ import textwrap
 import time
 
 import pytest
+from enforce_helpers import MECHANISMS, eventually
 
 from sentinel.actions.enforce import Enforcer
 from sentinel.actions.enforce_kernel import KernelEnforcer, process_start_ns
 from sentinel.actions.enforce_plan import DenyEntry
 from sentinel.config import EnforceConfig
 from sentinel.kernel import hygiene
-from sentinel.kernel.probe import scratch_cgroup
 from sentinel.rules.ruleset import load_rules_text
 
 pytestmark = pytest.mark.kernel
-
-# This kernel's fallbacks (BPF LSM programs do not load here).
-MECHANISMS = {
-    "deny_exec": ("fanotify", "kill-at-exec"),
-    "deny_open": ("fanotify", "kill-at-open"),
-    "deny_connect": ("cgroup-sock-addr",),
-    "kill": ("bpf-send-signal",),
-}
 
 # Client run inside the test cgroup: prints the errno (0 = success) of each attempt.
 CLIENT = textwrap.dedent(
@@ -62,19 +54,6 @@ def _exec_status(path: str) -> str:
         return str(_spawn([path]).returncode)
     except PermissionError:
         return "EPERM"
-
-
-@pytest.fixture
-def cgroup():
-    with scratch_cgroup("enforce-test") as path:
-        yield path
-
-
-@pytest.fixture
-def kernel(cgroup):
-    enforcer = KernelEnforcer(MECHANISMS, cgroup_path=cgroup)
-    yield enforcer
-    enforcer.close()
 
 
 def _in_cgroup(cgroup: str, host: str, port: int, kind: str) -> int:
@@ -122,17 +101,6 @@ def test_denied_binary_gets_eperm_and_a_copy_elsewhere_runs(kernel, tmp_path):
     assert _exec_status(str(denied)) == "0"
 
 
-def _eventually(check, seconds: float = 5.0) -> bool:
-    """Poll `check` until it is true or `seconds` pass (the backstop refresh is 30 s away,
-    so a pass within a few seconds is inotify's doing)."""
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        time.sleep(0.05)
-    return check()
-
-
 def test_denied_path_follows_a_file_replaced_by_mv(kernel, tmp_path):
     denied = tmp_path / "tool"
     shutil.copy("/bin/true", denied)
@@ -143,7 +111,7 @@ def test_denied_path_follows_a_file_replaced_by_mv(kernel, tmp_path):
     old_inode = denied.stat().st_ino
     assert _spawn(["mv", str(fresh), str(denied)]).returncode == 0
     assert denied.stat().st_ino != old_inode
-    assert _eventually(lambda: _exec_status(str(denied)) == "EPERM")
+    assert eventually(lambda: _exec_status(str(denied)) == "EPERM")
     assert str(tmp_path) in kernel._watcher.watched()
 
 
@@ -153,7 +121,7 @@ def test_denied_path_that_appears_later_is_denied_once_created(kernel, tmp_path)
     kernel.add(DenyEntry("exec_dir", str(tmp_path / "later" / "sub")))
     (tmp_path / "later" / "sub").mkdir()  # the directory the deny names appears
     shutil.copy("/bin/true", denied)
-    assert _eventually(lambda: _exec_status(str(denied)) == str(-9))
+    assert eventually(lambda: _exec_status(str(denied)) == str(-9))
 
 
 def test_kill_at_exec_follows_a_directory_replaced_by_mv(kernel, tmp_path):
@@ -166,7 +134,7 @@ def test_kill_at_exec_follows_a_directory_replaced_by_mv(kernel, tmp_path):
     shutil.copy("/bin/true", tmp_path / "fresh" / "tool")
     assert _spawn(["mv", "-T", str(denied), str(tmp_path / "old")]).returncode == 0
     assert _spawn(["mv", "-T", str(tmp_path / "fresh"), str(denied)]).returncode == 0
-    assert _eventually(lambda: _exec_status(str(denied / "tool")) == str(-9))
+    assert eventually(lambda: _exec_status(str(denied / "tool")) == str(-9))
     assert _exec_status(str(tmp_path / "old" / "tool")) == "0"  # the old directory is no longer denied
 
 

@@ -16,23 +16,17 @@ import subprocess
 import sys
 import tempfile
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
+from enforce_helpers import MECHANISMS, entering, eventually
 
 from sentinel.actions.enforce_kernel import KernelEnforcer, kernel_dev
 from sentinel.actions.enforce_plan import DenyEntry, Scope
-from sentinel.kernel.probe import cgroup2_mount, scratch_cgroup
+from sentinel.kernel.probe import cgroup2_mount
 
 pytestmark = pytest.mark.kernel
 
-MECHANISMS = {
-    "deny_exec": ("fanotify", "kill-at-exec"),
-    "deny_open": ("fanotify", "kill-at-open"),
-    "deny_connect": ("cgroup-sock-addr",),
-    "kill": ("bpf-send-signal",),
-}
 NOBODY = 65533  # a uid no account of this host uses
 
 CLIENT = textwrap.dedent(
@@ -57,19 +51,6 @@ def workdir():
     shutil.rmtree(directory, ignore_errors=True)
 
 
-@pytest.fixture
-def cgroup():
-    with scratch_cgroup("scope-test") as path:
-        yield path
-
-
-@pytest.fixture
-def kernel(cgroup):
-    enforcer = KernelEnforcer(MECHANISMS, cgroup_path=cgroup)
-    yield enforcer
-    enforcer.close()
-
-
 def relative(cgroup: str) -> str:
     """A cgroup directory as proc.cgroup names it: its path under the cgroup2 mount."""
     return cgroup[len(cgroup2_mount().rstrip("/")):]
@@ -79,30 +60,13 @@ def run(argv: list[str], uid: int | None = None, cgroup: str | None = None) -> s
     """Exit status of argv (-9: killed), or EPERM when the exec itself was refused, started
     by fork+exec as `uid` inside `cgroup`."""
 
-    def before_exec() -> None:
-        if cgroup is not None:
-            with open(os.path.join(cgroup, "cgroup.procs"), "w") as f:
-                f.write("0")
-        if uid is not None:
-            os.setgid(uid)
-            os.setuid(uid)
-
     try:
-        result = subprocess.run(argv, preexec_fn=before_exec, capture_output=True, text=True, timeout=30)
+        result = subprocess.run(argv, preexec_fn=entering(uid, cgroup), capture_output=True, text=True, timeout=30)
     except PermissionError:
         return "EPERM"
     if "Operation not permitted" in result.stderr:
         return "EPERM"
     return str(result.returncode)
-
-
-def eventually(check, seconds: float = 5.0) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        time.sleep(0.05)
-    return check()
 
 
 def copy_true(path: Path) -> Path:
@@ -216,15 +180,7 @@ def test_scope_on_a_cgroup_created_later_applies_once_it_exists(kernel, workdir,
 
 
 def _connect(port: int, uid: int | None = None, cgroup: str | None = None) -> int:
-    def before_exec() -> None:
-        if cgroup is not None:
-            with open(os.path.join(cgroup, "cgroup.procs"), "w") as f:
-                f.write("0")
-        if uid is not None:
-            os.setgid(uid)
-            os.setuid(uid)
-
-    result = subprocess.run([sys.executable, "-c", CLIENT, str(port)], preexec_fn=before_exec,
+    result = subprocess.run([sys.executable, "-c", CLIENT, str(port)], preexec_fn=entering(uid, cgroup),
                             capture_output=True, text=True, timeout=30)
     assert result.returncode == 0, result.stderr
     return int(result.stdout)
