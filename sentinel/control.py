@@ -182,8 +182,14 @@ def request(path: str, cmd: str, timeout: float = 10.0, **args: Any) -> Any:
         sock.close()
         raise ControlError("cannot reach the agent at %s: %s" % (path, exc.strerror or exc)) from None
     with sock:
-        sock.sendall(json.dumps(dict(args, cmd=cmd)).encode() + b"\n")
-        reply_line = sock.makefile("rb").readline()
+        try:
+            sock.sendall(json.dumps(dict(args, cmd=cmd)).encode() + b"\n")
+        except OSError:
+            pass  # an agent refusing this peer answers and closes at once: its reply may be waiting
+        try:
+            reply_line = sock.makefile("rb").readline()
+        except OSError as exc:
+            raise ControlError("the agent closed the connection: %s" % (exc.strerror or exc)) from None
     if not reply_line:
         raise ControlError("the agent closed the connection without a reply")
     reply = json.loads(reply_line)

@@ -48,16 +48,20 @@ def test_unauthorised_peer_is_refused(server):
     read_end, write_end = os.pipe()
     child = os.fork()
     if child == 0:
-        os.close(read_end)
-        os.setgid(nobody.pw_gid)
-        os.setuid(nobody.pw_uid)
-        try:
-            request(server.path, "status")
-            message = b"ALLOWED"
-        except ControlError as exc:
-            message = str(exc).encode()
-        os.write(write_end, message)
-        os._exit(0)
+        try:  # whatever happens, the forked child must never return into pytest
+            os.close(read_end)
+            os.setgid(nobody.pw_gid)
+            os.setuid(nobody.pw_uid)
+            try:
+                request(server.path, "status")
+                message = b"ALLOWED"
+            except ControlError as exc:
+                message = str(exc).encode()
+            except BaseException as exc:
+                message = repr(exc).encode()
+            os.write(write_end, message)
+        finally:
+            os._exit(0)
     os.close(write_end)
     answer = os.read(read_end, 4096).decode()
     os.waitpid(child, 0)
