@@ -261,7 +261,9 @@ class Sensor:
             return {}
         table = self._bpf[b"snt_lost"]
         counts = {}
-        for op in range(abi.OP_SLOTS):
+        # one bpf() lookup per opcode that exists, not per slot: each is a syscall the
+        # sensor itself may be tracing
+        for op in abi.RECORDS:
             total = sum(int(v) for v in table[ctypes.c_uint(op)])
             if total:
                 counts[op] = total

@@ -6,6 +6,9 @@ per record, no ctypes callback per record as in bcc's ring_buffer__poll (measure
 each). The kernel side wakes this thread only once per batch of records per CPU
 (SENTINEL_WAKEUP_BATCH); between wakeups the thread drains the ring every `poll_ms`, which
 bounds the delay of a lone event. Batches are handed to the consumer, which decodes.
+When the consumer falls `max_backlog_bytes` behind, the thread stops draining: the ring
+fills and the kernel counts what it cannot queue (snt_lost), instead of this process
+growing without bound.
 
 bcc 0.26 has no lost-record callback: drops are counted in the kernel (snt_lost).
 Reading positions without barriers is correct on x86-64 (stores are not reordered with
@@ -36,7 +39,7 @@ _LENGTH = struct.Struct("<I")
 class RingBufferReader:
     """Drains `map_name` of a loaded bcc.BPF; `take()` returns the records seen so far."""
 
-    def __init__(self, bpf, map_name: str = "snt_events", poll_ms: int = 10) -> None:
+    def __init__(self, bpf, map_name: str = "snt_events", poll_ms: int = 10, max_backlog_bytes: int = 64 << 20) -> None:
         table = bpf[map_name.encode()]
         self._size = int(table.max_entries)
         if self._size <= 0 or self._size & (self._size - 1):
@@ -52,6 +55,11 @@ class RingBufferReader:
         self._epoll = select.epoll()
         self._epoll.register(table.map_fd, select.EPOLLIN)
         self._batches: deque[list[bytes]] = deque()
+        self._max_backlog = max_backlog_bytes
+        # bytes drained (written by the reader thread only) and taken (by the consumer only):
+        # one writer each, so the backlog, their difference, is exact without a lock
+        self._drained_bytes = 0
+        self._taken_bytes = 0
         self._ready = threading.Event()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
@@ -65,9 +73,13 @@ class RingBufferReader:
         wait = self._epoll.poll
         while not self._stopping.is_set():
             wait(self._poll_seconds)
+            if self._drained_bytes - self._taken_bytes >= self._max_backlog:
+                self._stopping.wait(self._poll_seconds)  # let the consumer catch up
+                continue
             batch = self.drain()
             if batch:
                 self.records += len(batch)
+                self._drained_bytes += sum(map(len, batch))
                 self._batches.append(batch)
                 self._ready.set()
 
@@ -100,6 +112,7 @@ class RingBufferReader:
         records: list[bytes] = []
         while self._batches:
             records.extend(self._batches.popleft())
+        self._taken_bytes += sum(map(len, records))
         return records
 
     def stop(self) -> None:

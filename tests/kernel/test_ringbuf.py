@@ -4,10 +4,13 @@ wake it at once."""
 
 from __future__ import annotations
 
+import collections
 import ctypes
 import os
+import select
 import struct
 import subprocess
+import threading
 import time
 
 import pytest
@@ -22,12 +25,19 @@ DATA_SIZE = 64
 BUSY, DISCARDED = 1 << 31, 1 << 30
 
 
+class Memory(bytearray):
+    """A bytearray standing in for an mmap (the reader closes its maps when it stops)."""
+
+    def close(self) -> None:
+        pass
+
+
 class Image:
     """Consumer page, producer page and data pages mapped twice, as bytearrays."""
 
     def __init__(self) -> None:
-        self.consumer = bytearray(PAGE_SIZE)
-        self.producer = bytearray(PAGE_SIZE + 2 * DATA_SIZE)
+        self.consumer = Memory(PAGE_SIZE)
+        self.producer = Memory(PAGE_SIZE + 2 * DATA_SIZE)
         self.position = 0
 
     def put(self, payload: bytes, flags: int = 0) -> None:
@@ -40,11 +50,20 @@ class Image:
         self.position += len(record)
         struct.pack_into("<Q", self.producer, 0, self.position)
 
-    def reader(self) -> RingBufferReader:
+    def reader(self, max_backlog_bytes: int = 1 << 20) -> RingBufferReader:
         reader = RingBufferReader.__new__(RingBufferReader)
         reader._size = DATA_SIZE
         reader._producer = self.producer
         reader._consumer = self.consumer
+        reader._poll_seconds = 0.001
+        reader._max_backlog = max_backlog_bytes
+        reader._drained_bytes = reader._taken_bytes = 0
+        reader._batches = collections.deque()
+        reader._ready = threading.Event()
+        reader._stopping = threading.Event()
+        reader._epoll = select.epoll()  # nothing registered: every wait times out
+        reader._thread = None
+        reader.records = 0
         return reader
 
     @property
@@ -83,6 +102,36 @@ def test_reading_stops_at_a_record_still_being_written():
     struct.pack_into("<I", image.producer, PAGE_SIZE + busy_at, len(b"writing"))  # committed
     assert [bytes(r) for r in reader.drain()] == [b"writing", b"after"]
     assert reader.drain() == []
+
+
+def test_a_consumer_far_behind_stops_the_draining_until_it_takes():
+    """Past the backlog bound the ring is left to fill (the kernel then counts losses)
+    instead of the reader's memory growing without bound."""
+    image = Image()
+    reader = image.reader(max_backlog_bytes=8)
+    reader.start()
+    try:
+        image.put(b"first")  # 5 bytes pending: under the bound, drained
+        assert eventually(lambda: image.consumed == image.position)
+        image.put(b"second")  # 11 bytes pending after this one: drained, then the bound holds
+        assert eventually(lambda: image.consumed == image.position)
+        image.put(b"third")
+        time.sleep(0.05)
+        assert image.consumed < image.position
+        assert [bytes(r) for r in reader.take(timeout=1.0)] == [b"first", b"second"]
+        assert eventually(lambda: image.consumed == image.position)
+        assert [bytes(r) for r in reader.take(timeout=1.0)] == [b"third"]
+    finally:
+        reader.stop()
+
+
+def eventually(check, seconds: float = 2.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(0.005)
+    return check()
 
 
 def test_urgent_ops_name_the_records_that_carry_each_event_type():
