@@ -225,6 +225,7 @@ class Agent:
             "alerts_per_rule": dict(self.alerts_per_rule),
             "store": self.store.status() if self.store is not None else {"error": self.store_error},
             "kernel_lost": sum(self.sensor.lost().values()) if self.sensor is not None else 0,
+            "kernel_retried": self.sensor.retried() if self.sensor is not None else 0,
             "records_received": self.sensor.records_received if self.sensor is not None else 0,
             "process_table": self.table.stats() if self.table is not None else {},
             "forwarding": [dataclasses.asdict(output) for output in self.forwarder.status()] if self.forwarder else [],

@@ -269,6 +269,12 @@ class Sensor:
                 counts[op] = total
         return counts
 
+    def retried(self) -> int:
+        """Records the ring buffer refused once and took on a retry (not lost)."""
+        if self._bpf is None:
+            return 0
+        return sum(int(v) for v in self._bpf[b"snt_retried"][ctypes.c_uint(0)])
+
     @property
     def records_received(self) -> int:
         return self._reader.records if self._reader is not None else 0
