@@ -6,14 +6,13 @@ from __future__ import annotations
 import errno
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import textwrap
 import time
 
 import pytest
-from enforce_helpers import MECHANISMS, eventually
+from enforce_helpers import MECHANISMS, dual_stack_socket, eventually
 
 from sentinel.actions.enforce import Enforcer
 from sentinel.actions.enforce_kernel import KernelEnforcer, process_start_ns
@@ -73,11 +72,7 @@ def servers():
     opened = []
 
     def listen(kind: str) -> int:
-        s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM if kind == "tcp" else socket.SOCK_DGRAM)
-        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-        s.bind(("::", 0))
-        if kind == "tcp":
-            s.listen(16)
+        s = dual_stack_socket(kind)
         opened.append(s)
         return s.getsockname()[1]
 

@@ -19,6 +19,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from enforce_helpers import dual_stack_socket, entering
 
 from sentinel.actions.enforce_kernel import KernelEnforcer, kernel_dev
 from sentinel.actions.enforce_plan import DenyEntry, Scope
@@ -117,12 +118,7 @@ CLIENT = textwrap.dedent(
 def test_connect_and_sendto_a_denied_port_get_eperm(kernel, host, kind):
     servers = []
     for _ in range(2):
-        s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM if kind == "tcp" else socket.SOCK_DGRAM)
-        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-        s.bind(("::", 0))
-        if kind == "tcp":
-            s.listen(4)
-        servers.append(s)
+        servers.append(dual_stack_socket(kind))
     denied, allowed = (s.getsockname()[1] for s in servers)
     try:
         kernel.add(DenyEntry("net", "127.0.0.1/32", denied))
@@ -141,21 +137,9 @@ def test_connect_and_sendto_a_denied_port_get_eperm(kernel, host, kind):
 NOBODY = 65533
 
 
-def _as(uid: int | None = None, cgroup: str | None = None):
-    def before_exec() -> None:
-        if cgroup is not None:
-            with open(os.path.join(cgroup, "cgroup.procs"), "w") as f:
-                f.write("0")
-        if uid is not None:
-            os.setgid(uid)
-            os.setuid(uid)
-
-    return before_exec
-
-
 def _status_as(argv, **who) -> str:
     try:
-        result = subprocess.run([str(a) for a in argv], preexec_fn=_as(**who), capture_output=True, text=True, timeout=30)
+        result = subprocess.run([str(a) for a in argv], preexec_fn=entering(**who), capture_output=True, text=True, timeout=30)
     except PermissionError:
         return "EPERM"
     return "EPERM" if "Operation not permitted" in result.stderr else str(result.returncode)
@@ -209,7 +193,7 @@ def test_connect_deny_scoped_to_a_cgroup(kernel):
             kernel.add(DenyEntry("net", "127.0.0.1/32", port, Scope(cgroup=inside)))
 
             def attempt(**who) -> int:
-                out = subprocess.run([sys.executable, "-c", CLIENT, "127.0.0.1", str(port), "tcp"], preexec_fn=_as(**who),
+                out = subprocess.run([sys.executable, "-c", CLIENT, "127.0.0.1", str(port), "tcp"], preexec_fn=entering(**who),
                                      capture_output=True, text=True, timeout=30)
                 return int(out.stdout)
 

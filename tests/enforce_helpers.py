@@ -1,9 +1,11 @@
-"""What the real-kernel enforcement tests share: this kernel's mechanisms, a test-owned cgroup
-with an enforcer attached to it, polling, and children started as another uid or in a cgroup."""
+"""What the real-kernel enforcement tests (tests/enforce on this host, tests/lsm in the guest)
+share: this kernel's mechanisms, polling, dual-stack sockets, and children started as another
+uid or in a cgroup."""
 
 from __future__ import annotations
 
 import os
+import socket
 import time
 from collections.abc import Callable
 
@@ -40,3 +42,14 @@ def entering(uid: int | None = None, cgroup: str | None = None) -> Callable[[], 
             os.setuid(uid)
 
     return before_exec
+
+
+def dual_stack_socket(kind: str) -> socket.socket:
+    """A socket on a fresh port of :: that IPv4 peers reach too (as ::ffff:127.0.0.1); a TCP
+    one listens."""
+    s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM if kind == "tcp" else socket.SOCK_DGRAM)
+    s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+    s.bind(("::", 0))
+    if kind == "tcp":
+        s.listen(16)
+    return s
