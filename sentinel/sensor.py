@@ -300,7 +300,7 @@ class Sensor:
     def _fill_urgent_ops(self, interest: Interest) -> None:
         table = self._bpf[b"snt_urgent_ops"]
         urgent = urgent_ops(interest.urgent_types)
-        for op in range(abi.OP_SLOTS):
+        for op in abi.RECORDS:  # the other slots stay 0
             table[ctypes.c_uint(op)] = ctypes.c_ubyte(op in urgent)
 
     def _fill_open_filter(self, interest: Interest) -> None:

@@ -86,7 +86,7 @@ class RingBufferReader:
     def drain(self) -> list[bytes]:
         """Every committed record after the consumer position; advances it past them."""
         producer, data_start, mask = self._producer, PAGE_SIZE, self._size - 1
-        consumed = _POSITION.unpack_from(self._consumer, 0)[0]
+        consumed = was_consumed = _POSITION.unpack_from(self._consumer, 0)[0]
         produced = _POSITION.unpack_from(producer, 0)[0]
         records = []
         append = records.append
@@ -100,7 +100,7 @@ class RingBufferReader:
             if not length & _DISCARDED:
                 append(producer[start + _HEADER_SIZE : start + _HEADER_SIZE + size])
             consumed += (size + _HEADER_SIZE + 7) & ~7
-        if records or consumed != _POSITION.unpack_from(self._consumer, 0)[0]:
+        if consumed != was_consumed:
             _POSITION.pack_into(self._consumer, 0, consumed)
         return records
 
