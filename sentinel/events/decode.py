@@ -18,10 +18,12 @@ from __future__ import annotations
 
 import stat
 import struct
+import sys
 from typing import Any, Callable, Protocol
 
 from sentinel.events import abi, sysdecode
 from sentinel.events.model import Event, Process
+from sentinel.events.model import _copy_process  # the straight-line slot copy Process forks use
 from sentinel.log import get_logger
 
 log = get_logger("sentinel.events.decode")
@@ -35,6 +37,13 @@ _EXEC_FAILED, _EXEC_FAILED_SIZE = abi.EXEC_FAILED.struct.unpack_from, abi.EXEC_F
 _CLONE = abi.CLONE.struct.unpack_from
 _EXIT = abi.EXIT.struct.unpack_from
 _CHDIR, _CHDIR_SIZE = abi.CHDIR.struct.unpack_from, abi.CHDIR.size
+# Byte ranges of an exec record that identify its template: credentials (uid..loginuid),
+# then pgid to the end of the fixed part (session, tty, caps, exe identity, flags, lengths).
+_EXEC_CREDS = abi.EXEC.offsets["uid"]
+_EXEC_VPID = abi.EXEC.offsets["vpid"]
+_EXEC_PGID = abi.EXEC.offsets["pgid"]
+# Distinct exec templates and argv regions remembered; past this the memory starts over.
+MAX_SHARED = 4096
 
 
 class ProcessTableLike(Protocol):
@@ -120,6 +129,9 @@ class Decoder:
         self.decoded = 0
         self.dropped = 0
         self._next_num = 1
+        self.max_shared = MAX_SHARED
+        self._templates: dict[tuple, Process] = {}  # exec record key -> shared fields
+        self._argvs: dict[bytes, tuple[str | None, tuple[str, ...]]] = {}  # args region -> argv
         self._handlers = {
             abi.OP_EXEC: self._exec,
             abi.OP_EXEC_FAILED: self._exec_failed,
@@ -163,12 +175,57 @@ class Decoder:
         return proc
 
     def _exec(self, data: bytes) -> Event:
+        """A new image. Everything but the process's identity comes from a shared
+        template (see `_exec_template`), so a process costs its own object and ints only."""
         (
             _op, _abi, _size, boot_ns, start_ns, cgroup_id, pid, _tid, _cpu, _pad, comm,
-            ppid, old_pid, parent_start_ns, uid, gid, euid, egid, loginuid, vpid, pgid, vpgid, sid, tty,
+            ppid, old_pid, parent_start_ns, _uid, _gid, _euid, _egid, _loginuid, vpid, _pgid, vpgid, _sid, _tty,
+            _cap_permitted, _cap_effective, _cap_inheritable, _exe_ino, _exe_dev, _exe_mode, _exe_uid, _exe_gid,
+            _exe_mtime_ns, _exe_ctime_ns, _flags,
+            filename_len, interp_len, exepath_len, cwd_len, args_len, env_len, cgroups_key,
+        ) = _EXEC(data)  # fmt: skip
+        args_start = _EXEC_SIZE + filename_len + interp_len + exepath_len + cwd_len
+        args_end = args_start + args_len
+        key = (cgroup_id, comm, data[_EXEC_CREDS:_EXEC_VPID], data[_EXEC_PGID:args_start], data[args_end : args_end + env_len])
+        template = self._templates.get(key)
+        if template is None:
+            template = self._exec_template(data, key)
+        raw_args = data[args_start:args_end]
+        argv = self._argvs.get(raw_args)
+        if argv is None:
+            argv = self._argv(raw_args)
+        proc = _copy_process(template)
+        proc.pid = pid
+        proc.tid = old_pid if old_pid != pid else pid
+        proc.ppid = ppid
+        proc.start_ns = start_ns
+        proc.vpid = pid if vpid == pid else vpid
+        proc.is_vpgid_leader = vpid == vpgid
+        proc.exe = template.filename if argv[0] is None else argv[0]
+        proc.args = argv[1]
+        event = Event(
+            template.exec_syscall,
+            proc,
+            0,
+            {"filename": template.filename},
+            None,
+            boot_ns,
+            self.boot_to_utc_ns(boot_ns),
+            old_pid,
+        )
+        self.table.on_exec(event, parent_start_ns, cgroups_key)  # may replace event.proc with the stored one
+        return event
+
+    def _exec_template(self, data: bytes, key: tuple) -> Process:
+        """The fields of an exec record that are not the process's identity or its argv,
+        decoded once per distinct (binary, credentials, cwd, environment, cgroup, session):
+        a busy host execs the same few programs the same way again and again."""
+        (
+            _op, _abi, _size, _boot_ns, _start_ns, cgroup_id, _pid, _tid, _cpu, _pad, comm,
+            _ppid, _old_pid, _parent_start_ns, uid, gid, euid, egid, loginuid, _vpid, pgid, vpgid, sid, tty,
             cap_permitted, cap_effective, cap_inheritable, exe_ino, exe_dev, exe_mode, exe_uid, exe_gid,
             exe_mtime_ns, exe_ctime_ns, flags,
-            filename_len, interp_len, exepath_len, cwd_len, args_len, env_len, cgroups_key,
+            filename_len, interp_len, exepath_len, cwd_len, args_len, env_len, _cgroups_key,
         ) = _EXEC(data)  # fmt: skip
         position = _EXEC_SIZE
         filename = _string(data, position, filename_len)
@@ -178,28 +235,19 @@ class Decoder:
         exepath = _path(data, position, exepath_len)
         position += exepath_len
         cwd = _path(data, position, cwd_len)
-        position += cwd_len
-        argv = _strings(data, position, args_len)
-        position += args_len
+        position += cwd_len + args_len
         env = _strings(data, position, env_len)
-        syscall = "execveat" if flags & abi.F_EXECVEAT else "execve"
-        # attribute stores, not keyword arguments: half the cost on the busiest record type
-        proc = Process(pid, start_ns)
-        proc.tid = old_pid
-        proc.ppid = ppid
-        proc.vpid = vpid
+        proc = Process()
         proc.pgid = pgid
         proc.vpgid = vpgid
         proc.sid = sid
-        proc.comm = _text(comm.split(b"\0", 1)[0])
-        proc.exe = argv[0] if argv else filename
-        proc.exepath = exepath
-        proc.filename = filename
+        proc.comm = sys.intern(_text(comm.split(b"\0", 1)[0]))
+        proc.exepath = sys.intern(exepath)
+        proc.filename = sys.intern(filename)
         proc.interpreter = interp if interp != filename else ""
-        proc.args = tuple(argv[1:])
         proc.args_truncated = bool(flags & abi.F_ARGS_TRUNC)
         proc.env = tuple(env)
-        proc.cwd = cwd
+        proc.cwd = sys.intern(cwd)
         proc.tty = tty
         proc.uid = uid
         proc.gid = gid
@@ -217,19 +265,20 @@ class Decoder:
         proc.exe_from_memfd = bool(flags & abi.F_EXE_MEMFD)
         proc.exe_upper_layer = bool(flags & abi.F_EXE_UPPER)
         proc.exe_writable = exe_writable(exe_mode, exe_uid, exe_gid, euid, egid, cap_effective)
-        proc.is_vpgid_leader = vpid == vpgid
-        proc.exec_syscall = syscall
-        event = Event(
-            syscall,
-            proc,
-            res=0,
-            args={"filename": filename},
-            boot_ns=boot_ns,
-            time_ns=self.boot_to_utc_ns(boot_ns),
-            tid=old_pid,
-        )
-        self.table.on_exec(event, parent_start_ns, cgroups_key)  # may replace event.proc with the stored one
-        return event
+        proc.exec_syscall = "execveat" if flags & abi.F_EXECVEAT else "execve"
+        if len(self._templates) >= self.max_shared:
+            self._templates.clear()
+        self._templates[key] = proc
+        return proc
+
+    def _argv(self, raw: bytes) -> tuple[str | None, tuple[str, ...]]:
+        """(argv[0], argv[1:]) of an args region, argv[0] None when argv is empty; remembered."""
+        argv = _strings(raw, 0, len(raw))
+        decoded = (argv[0], tuple(argv[1:])) if argv else (None, ())
+        if len(self._argvs) >= self.max_shared:
+            self._argvs.clear()
+        self._argvs[raw] = decoded
+        return decoded
 
     def _exec_failed(self, data: bytes) -> Event:
         (

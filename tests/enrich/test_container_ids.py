@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+
 import pytest
 
-from sentinel.enrich.container import HOST, CgroupResolver, parse_cgroup, short_id
+from sentinel.enrich import container
+from sentinel.enrich.container import HOST, CgroupResolver, parse_cgroup, pid_exists, short_id
 
 ID = "3f4c2b1a0e9d8c7b6a5f4e3d2c1b0a99887766554433221100ffeeddccbbaa00"
 ID2 = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
@@ -173,3 +177,19 @@ def test_hybrid_hosts_cache_by_css_set_until_it_may_have_been_reused(fake_proc):
 def test_malformed_lines_are_skipped():
     info = parse_cgroup("garbage\n\n0::/docker/%s\n" % ID)
     assert info.container_id == ID[:12]
+
+
+def test_pid_exists_tells_a_running_process_from_a_reaped_one():
+    child = subprocess.Popen(["/bin/true"])
+    child.wait()
+    assert pid_exists(os.getpid())
+    assert not pid_exists(child.pid)
+
+
+def test_resolver_does_not_read_proc_for_a_reaped_process(monkeypatch):
+    child = subprocess.Popen(["/bin/true"])
+    child.wait()
+    opened = []
+    monkeypatch.setattr(container, "read_at", lambda dir_fd, name: opened.append(name))
+    assert CgroupResolver("/proc").resolve(child.pid, 0, 0) is None
+    assert opened == []

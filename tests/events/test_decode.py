@@ -301,3 +301,72 @@ def test_exe_writable_follows_dac_and_cap_dac_override():
     assert exe_writable(mode, 0, 0, 1000, 1000, 1 << 1)
     assert exe_writable(stat.S_IFREG | 0o775, 0, 1000, 1000, 1000, 0)
     assert exe_writable(stat.S_IFREG | 0o757, 0, 0, 1000, 1000, 0)
+
+
+def _fields(proc: Process) -> dict:
+    return {name: getattr(proc, name) for name in Process.__slots__ if name != "parent"}
+
+
+def _changed(name: str, fmt: str, value):
+    if fmt.endswith("s"):
+        return b"other"
+    return value ^ 1 if name != "hdr.op" else value
+
+
+def test_exec_fields_decoded_after_a_similar_exec_are_those_of_a_fresh_decode():
+    """Execs share decoded fields (templates, argv): a record that differs from an earlier
+    one in any single field must still decode exactly as a fresh decoder decodes it."""
+    warm, _ = make_decoder()
+    base = exec_record()
+    warm.decode(base)
+    defaults = dict(zip(abi.EXEC.names, abi.EXEC.struct.unpack_from(base)))
+    skipped = {"hdr.op", "hdr.abi", "hdr.size", "filename_len", "interp_len", "exepath_len", "cwd_len", "args_len", "env_len"}
+    for name, fmt in abi.EXEC.fields:
+        if name in skipped or name.endswith("_pad"):
+            continue
+        values = {key.replace(".", "__"): value for key, value in defaults.items() if key not in skipped}
+        values[name.replace(".", "__")] = _changed(name, fmt, defaults[name])
+        variant = exec_record(**values)
+        fresh, _ = make_decoder()
+        expected = fresh.decode(variant)
+        got = warm.decode(variant)
+        assert _fields(got.proc) == _fields(expected.proc), name
+        assert (got.type, got.args, got.tid, got.boot_ns, got.time_ns) == (
+            expected.type, expected.args, expected.tid, expected.boot_ns, expected.time_ns
+        ), name  # fmt: skip
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from([b"/bin/true\0", b"/usr/bin/env\0"]),
+            st.sampled_from([b"", b"/bin/true\0", b"\0", b"/bin/true\0x\0", b"a\0b\0c"]),
+            st.sampled_from([b"", b"PATH=/bin\0", b"PATH=/usr/bin\0LD_PRELOAD=/x.so\0"]),
+            st.sampled_from(["/", "/root", "/home/a b"]),
+        ),
+        min_size=1,
+        max_size=6,
+    )
+)
+@settings(max_examples=60, deadline=None)
+def test_a_sequence_of_execs_decodes_as_each_would_alone(execs):
+    warm, _ = make_decoder()
+    warm.max_shared = 2  # the shared caches start over often
+    for filename, args, env, cwd in execs:
+        tail = filename + components(cwd) + args + env
+        data = record(
+            abi.EXEC, abi.OP_EXEC, tail, hdr__pid=7, hdr__start_ns=9, filename_len=len(filename),
+            cwd_len=len(components(cwd)), args_len=len(args), env_len=len(env),
+        )  # fmt: skip
+        fresh, _ = make_decoder()
+        assert _fields(warm.decode(data).proc) == _fields(fresh.decode(data).proc)
+
+
+def test_execs_of_the_same_program_share_their_strings():
+    decoder, _ = make_decoder()
+    first = decoder.decode(exec_record(hdr__pid=100, old_pid=100)).proc
+    second = decoder.decode(exec_record(hdr__pid=200, old_pid=200, hdr__start_ns=8_000)).proc
+    assert first is not second and (first.pid, second.pid) == (100, 200)
+    assert second.start_ns == 8_000 and second.tid == 200
+    for name in ("env", "args", "exepath", "cwd", "filename", "comm", "exe"):
+        assert getattr(first, name) is getattr(second, name), name
