@@ -54,6 +54,7 @@ class SensorConfig:
         "SUDO_USER",
         "PATH",
     )
+    # Pages of each CPU's ring buffer (a power of two): 1024 = 4 MiB per online CPU.
     ringbuf_pages: int = 1024
     # Longest wait of an event in the ring buffer before the reader drains it; the kernel
     # wakes the reader earlier once 32 records are queued on a CPU. Lower costs CPU when idle.

@@ -27,6 +27,7 @@ from sentinel.events.decode import Decoder, ProcessTableLike
 from sentinel.events.interest import PROCESS_LIFECYCLE, Interest, cgroup_classes, plan_open_filter
 from sentinel.events.model import Event
 from sentinel.kernel import loader
+from sentinel.kernel import ringbuf
 from sentinel.kernel.ringbuf import RingBufferReader
 from sentinel.log import get_logger
 
@@ -163,7 +164,8 @@ class Sensor:
             raise ConfigError("sensor.ringbuf_pages must be a power of two, not %d" % pages)
         if not 1 <= self.config.sensor.batch_ms <= 1000:
             raise ConfigError("sensor.batch_ms must be between 1 and 1000, not %d" % self.config.sensor.batch_ms)
-        loaded = loader.load_object(defines={"SENTINEL_RINGBUF_PAGES": pages})
+        slots = ringbuf.cpu_slots()
+        loaded = loader.load_object(defines={"SENTINEL_RINGBUF_PAGES": pages, "SENTINEL_CPU_SLOTS": slots})
         self._bpf = loaded.bpf
         self.compile_seconds = loaded.compile_seconds
         try:
@@ -171,7 +173,10 @@ class Sensor:
             self._fill_syscall_descriptors()
             self._fill_open_filter(self.interest)
             self._fill_urgent_ops(self.interest)
-            self._reader = RingBufferReader(self._bpf, poll_ms=self.config.sensor.batch_ms)
+            rings = ringbuf.fill_cpu_rings(self._bpf, slots)
+            self._reader = RingBufferReader(
+                rings, abi.HEADER.offsets["boot_ns"], poll_ms=self.config.sensor.batch_ms
+            )
             self._reader.start()
             self._attach(programs_for(self.interest.event_types))
         except BaseException:

@@ -18,10 +18,12 @@ import pytest
 from sentinel.config import Config, SensorConfig
 from sentinel.events import abi
 from sentinel.events.interest import PROCESS_LIFECYCLE, Interest
-from sentinel.kernel.ringbuf import PAGE_SIZE, RingBufferReader
+from sentinel.kernel import ringbuf
+from sentinel.kernel.ringbuf import PAGE_SIZE, Ring, RingBufferReader, cpu_list
 from sentinel.sensor import Sensor, urgent_ops
 
 DATA_SIZE = 64
+ORDER_OFFSET = 8
 BUSY, DISCARDED = 1 << 31, 1 << 30
 
 
@@ -50,25 +52,25 @@ class Image:
         self.position += len(record)
         struct.pack_into("<Q", self.producer, 0, self.position)
 
+    def ring(self) -> Ring:
+        return Ring(self.consumer, self.producer, DATA_SIZE)
+
     def reader(self, max_backlog_bytes: int = 1 << 20) -> RingBufferReader:
-        reader = RingBufferReader.__new__(RingBufferReader)
-        reader._size = DATA_SIZE
-        reader._producer = self.producer
-        reader._consumer = self.consumer
-        reader._poll_seconds = 0.001
-        reader._max_backlog = max_backlog_bytes
-        reader._drained_bytes = reader._taken_bytes = 0
-        reader._batches = collections.deque()
-        reader._ready = threading.Event()
-        reader._stopping = threading.Event()
-        reader._epoll = select.epoll()  # nothing registered: every wait times out
-        reader._thread = None
-        reader.records = 0
-        return reader
+        return reader_of([self], max_backlog_bytes)
 
     @property
     def consumed(self) -> int:
         return struct.unpack_from("<Q", self.consumer, 0)[0]
+
+
+def reader_of(images: list[Image], max_backlog_bytes: int = 1 << 20) -> RingBufferReader:
+    """A reader of memory images (no fd: every epoll wait times out after poll_ms)."""
+    return RingBufferReader([image.ring() for image in images], ORDER_OFFSET, poll_ms=1, max_backlog_bytes=max_backlog_bytes)
+
+
+def stamped(timestamp: int, text: bytes) -> bytes:
+    """A payload with its timestamp at ORDER_OFFSET, as records carry boot_ns."""
+    return struct.pack("<QQ", 0, timestamp) + text
 
 
 def test_committed_records_in_order_and_discarded_ones_skipped():
@@ -125,6 +127,37 @@ def test_a_consumer_far_behind_stops_the_draining_until_it_takes():
         reader.stop()
 
 
+def test_records_of_several_rings_come_out_in_timestamp_order():
+    """Each CPU's ring is in order by itself; a batch interleaves them by boot_ns."""
+    first, second = Image(), Image()
+    first.put(stamped(10, b"a"))
+    second.put(stamped(11, b"b"))
+    first.put(stamped(12, b"c"))
+    reader = reader_of([first, second])
+    assert [bytes(r)[16:] for r in reader.drain()] == [b"a", b"b", b"c"]
+    second.put(stamped(13, b"d"))
+    assert [bytes(r)[16:] for r in reader.drain()] == [b"d"]
+    assert first.consumed == first.position and second.consumed == second.position
+
+
+def test_a_ring_is_read_up_to_the_position_seen_before_any_record_was_taken():
+    """What a CPU commits while another ring is being read waits for the next batch, so a
+    batch never holds a later record of one CPU without the earlier ones of the others."""
+    first = Image()
+    first.put(stamped(1, b"x"))
+    ring = first.ring()
+    produced = ring.produced()
+    first.put(stamped(2, b"y"))  # committed after the position was read
+    assert [bytes(r)[16:] for r in ring.drain(produced)] == [b"x"]
+    assert [bytes(r)[16:] for r in ring.drain(ring.produced())] == [b"y"]
+
+
+def test_cpu_lists_as_sysfs_writes_them():
+    assert cpu_list("0-1\n") == [0, 1]
+    assert cpu_list("0,2-4,7") == [0, 2, 3, 4, 7]
+    assert cpu_list("5") == [5]
+
+
 def eventually(check, seconds: float = 2.0) -> bool:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
@@ -166,5 +199,34 @@ def test_a_kill_rules_event_wakes_the_reader_without_waiting_for_the_batch():
             finally:
                 child.kill()
                 child.wait()
+    finally:
+        sensor.close()
+
+
+@pytest.mark.kernel
+def test_each_online_cpu_writes_its_own_ring():
+    """An exec pinned to each online CPU lands in that CPU's ring, and the sensor delivers
+    them all, in time order."""
+    online = ringbuf.read_cpu_list("online")
+    sensor = Sensor(Config(), Interest(event_types=PROCESS_LIFECYCLE))
+    sensor.start(bootstrap=False)
+    try:
+        rings = sensor._reader._rings
+        assert len(rings) == len(online) and len({ring.fd for ring in rings}) == len(online)
+        outer = sensor._bpf[b"snt_rings"]
+        assert len(outer) == ringbuf.cpu_slots()
+        before = [ring.produced() for ring in rings]
+        markers = {}
+        for index, cpu in enumerate(online):
+            markers[cpu] = "ring-%d-cpu-%d" % (os.getpid(), cpu)
+            subprocess.run(["/bin/true", markers[cpu]], check=True, preexec_fn=lambda cpu=cpu: os.sched_setaffinity(0, {cpu}))
+        arrived: list[str] = []
+        deadline = time.monotonic() + 5
+        while len(arrived) < len(markers) and time.monotonic() < deadline:
+            for event in sensor.poll(0.1):
+                arrived += [m for m in markers.values() if event.type == "execve" and m in event.proc.args]
+        assert arrived == list(markers.values())
+        assert all(ring.produced() > was for ring, was in zip(rings, before))
+        assert sensor.lost() == {}
     finally:
         sensor.close()
