@@ -3,6 +3,8 @@
 Prints:
 - bytes per stored process (tracemalloc) for N processes built the way the sensor builds
   them (unique argv, exe paths and cwds from a realistic pool), with ancestry;
+- bytes per retained exited process, and the table's memory for the exited processes of
+  5 s at 5,000 execs/s, on processes decoded from kernel records of bench_exec's loop;
 - the time of a full garbage-collector pass over such a table;
 - the cost of lookup (hit, exited hit, placeholder), on_fork, on_exec (cgroup given by the
   kernel record, and read from /proc/<pid>/cgroup), on_exit;
@@ -20,8 +22,10 @@ import os
 import time
 import tracemalloc
 
+from benchmarks.bench_decode import loop_records, seeded_table
 from sentinel.config import SensorConfig
 from sentinel.enrich.proctable import ProcessTable
+from sentinel.events.decode import Decoder
 from sentinel.events.model import Event, Process
 
 SECOND_NS = 1_000_000_000
@@ -84,6 +88,31 @@ def measure_memory(count: int) -> float:
     return (grown - (56 + 8 * len(procs))) / count
 
 
+def measure_exited(execs: int, retained_max: int | None = None) -> tuple[float, int]:
+    """(bytes per retained exited process, how many are retained) after `execs` fork+exec+exit
+    of bench_exec's loop decoded from kernel records: what 5 s of exited processes cost
+    the agent. tracemalloc, after a warm-up that fills the decoder's shared caches."""
+    records = loop_records(execs + 100)
+    table = seeded_table(records)()
+    if retained_max is not None:
+        table.exited_max = retained_max
+    decode = Decoder(table, lambda ns: ns).decode
+    for record in records[:300]:
+        decode(record)
+    exited_before = table.stats()["exited"]
+    gc.collect()
+    tracemalloc.start()
+    before = tracemalloc.take_snapshot()
+    for record in records[300:]:
+        decode(record)
+    gc.collect()
+    after = tracemalloc.take_snapshot()
+    tracemalloc.stop()
+    grown = sum(stat.size_diff for stat in after.compare_to(before, "filename"))
+    retained = table.stats()["exited"] - exited_before
+    return grown / retained, table.stats()["exited"]
+
+
 def per_op_us(fn, repeat: int) -> float:
     started = time.perf_counter()
     for i in range(repeat):
@@ -97,6 +126,20 @@ def main() -> None:
     count = parser.parse_args().processes
 
     print("memory: %.0f bytes per process (%d processes, tracemalloc)" % (measure_memory(count), count))
+    config = SensorConfig()
+    rate, grace = 5_000, config.process_exit_grace_seconds
+    execs = int(rate * grace)
+    per_exited, retained = measure_exited(execs, retained_max=execs + 1000)
+    print(
+        "memory: %.0f bytes per retained exited process (%d execs of bench_exec's loop decoded from"
+        " records, every exited one retained, tracemalloc)" % (per_exited, retained)
+    )
+    per_exited, retained = measure_exited(execs)
+    print(
+        "memory at %d execs/s for the %.0f s grace: %d exited processes retained (process_exited_max %d),"
+        " %.0f bytes each, %.1f MB"
+        % (rate, grace, retained, config.process_exited_max, per_exited, per_exited * retained / 1e6)
+    )
 
     table = ProcessTable(SensorConfig(process_table_max=count * 3))
     procs = populate(table, count)

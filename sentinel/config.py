@@ -65,6 +65,9 @@ class SensorConfig:
     # An exited process stays resolvable this long for late events (longer while it has
     # live children).
     process_exit_grace_seconds: float = 5.0
+    # ...and at most this many exited processes stay (the oldest go first; those with live
+    # children stay whatever the count): at 5,000 execs/s the grace alone would keep 25,000.
+    process_exited_max: int = 8192
 
 
 @dataclass(frozen=True)

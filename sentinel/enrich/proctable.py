@@ -14,7 +14,10 @@ by the kernel's precise value the first time a kernel record names the process, 
 enforcement maps keyed by (pid, start) see the kernel's own numbers.
 
 Lifetime and memory. An exited process stays in the table for `process_exit_grace_seconds`
-(late events from other CPUs still resolve) and for as long as it has live children.
+(late events from other CPUs still resolve) and for as long as it has live children. At
+most `process_exited_max` exited entries stay: past it the oldest childless ones go early
+(at 5,000 execs/s the grace alone would keep 25,000; late events arrive within
+milliseconds, not seconds), while those with live children are kept whatever the count.
 Past `process_table_max` entries, the oldest exited entries are evicted first, then the
 oldest live ones, childless first (they come back from /proc on their next lookup). A
 dropped exited entry with no live children lets go of its own parent, so chains of exited
@@ -55,6 +58,9 @@ _SWEEP_SECONDS = 1.0
 _MAX_LINK_DEPTH = 64
 # How far into the live entries eviction looks for one without children.
 _LEAF_SCAN = 64
+# How many exited entries with live children one trim moves aside before giving up (the
+# count may then exceed process_exited_max until they go).
+_TRIM_SCAN = 64
 # Reconcile checks this many live entries per step (~10 ms: one stat read each), then lets
 # events through for _SLICE_GAP seconds.
 _RECONCILE_SLICE = 1024
@@ -90,6 +96,9 @@ class ProcessTable:
             raise ConfigError("sensor.process_table_max must be at least 1, not %d" % config.process_table_max)
         self.max_entries = config.process_table_max
         self.exit_grace_seconds = config.process_exit_grace_seconds
+        if config.process_exited_max < 0:
+            raise ConfigError("sensor.process_exited_max must be at least 0, not %d" % config.process_exited_max)
+        self.exited_max = config.process_exited_max
         self.reconcile_seconds = config.proc_reconcile_seconds
         self.procfs = procfs if procfs is not None else ProcFS(env_keep=config.env_keep)
         self.users = users if users is not None else UserResolver(proc_root=self.procfs.root)
@@ -115,6 +124,7 @@ class ProcessTable:
         self.misses = 0
         self.refreshed = 0
         self.evicted = 0
+        self.trimmed = 0  # exited entries dropped early by process_exited_max
         self.reconciled = 0
         self.placeholders = 0
 
@@ -136,6 +146,7 @@ class ProcessTable:
             "misses": self.misses,
             "refreshed": self.refreshed,
             "evicted": self.evicted,
+            "trimmed": self.trimmed,
             "reconciled": self.reconciled,
             "placeholders": self.placeholders,
         }
@@ -201,7 +212,9 @@ class ProcessTable:
         self._fill_names(proc)
         zombie = proc.from_proc and proc.exited  # /proc still lists it until it is reaped
         proc.exited = False
-        proc.parent = self._parent_of(proc, parent_start_ns)
+        proc.parent = parent = self._parent_of(proc, parent_start_ns)
+        if parent is not None and parent.pid == proc.ppid:
+            proc.ppid = parent.pid  # one int object for the whole family, not one per process
 
         if previous is not None:
             self._unlink_from_parent(previous)
@@ -487,15 +500,41 @@ class ProcessTable:
         del self._live[proc.pid]
         proc.exited = True
         self._unlink_from_parent(proc)
-        self._exited[(proc.pid, proc.start_ns)] = (proc, now)
+        key = (proc.pid, proc.start_ns)
+        self._exited[key] = (proc, now)
         self._last_exited[proc.pid] = proc
         if now >= self._next_sweep:
             self._sweep(now)
+        if len(self._exited) > self.exited_max:
+            self._trim_exited(key)
 
-    def _drop_exited(self, key: tuple[int, int], proc: Process) -> None:
+    def _trim_exited(self, newest: tuple[int, int]) -> None:
+        """Back to `exited_max` exited entries, oldest first, never `newest` (its exit event
+        is being built). One with live children moves to the young end instead: their
+        clone and exec records still look it up. A trimmed process keeps its `parent`:
+        events still in the pipeline may render its ancestry."""
+        exited = self._exited
+        moved = 0
+        while len(exited) > self.exited_max and moved < _TRIM_SCAN:
+            key = next(iter(exited))
+            if key == newest:
+                return
+            entry = exited[key]
+            if entry[0] in self._children:
+                del exited[key]
+                exited[key] = entry
+                moved += 1
+            else:
+                self._forget_exited(key, entry[0])
+                self.trimmed += 1
+
+    def _forget_exited(self, key: tuple[int, int], proc: Process) -> None:
         del self._exited[key]
         if self._last_exited.get(proc.pid) is proc:
             del self._last_exited[proc.pid]
+
+    def _drop_exited(self, key: tuple[int, int], proc: Process) -> None:
+        self._forget_exited(key, proc)
         if self._children.pop(proc, None) is None:
             proc.parent = None  # nothing live needs its ancestry any more
 

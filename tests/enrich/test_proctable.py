@@ -326,3 +326,67 @@ def test_overflow_of_live_processes_evicts_the_oldest_which_come_back_from_proc(
 def test_table_max_must_be_positive(fake_proc, fake_clock):
     with pytest.raises(ConfigError, match="process_table_max"):
         make_table(fake_proc, fake_clock, process_table_max=0)
+
+
+def _run_children(table, parent, pids, start_ns=10**12):
+    """fork + exec + exit of one child per pid; their exec ids, in exit order."""
+    ids = []
+    for n, pid in enumerate(pids):
+        start = start_ns + n * 1000
+        table.on_fork(parent.pid, parent.start_ns, pid, start, False)
+        table.on_exec(kernel_exec(pid, start, parent.pid, "true"))
+        assert table.on_exit(pid, start, 0, 0).exited
+        ids.append((pid, start))
+    return ids
+
+
+def test_exited_processes_are_bounded_by_count_oldest_first(host, fake_clock):
+    table = make_table(host, fake_clock, process_exit_grace_seconds=5.0, process_exited_max=3)
+    table.bootstrap()
+    bash = table.lookup(100)
+    ids = _run_children(table, bash, range(1000, 1010))
+    assert table.stats()["exited"] == 3 and table.stats()["trimmed"] == 7
+    for pid, start in ids[-3:]:
+        kept = table.lookup(pid, start)
+        assert kept.exited and kept.start_ns == start and kept.parent is bash
+    for pid, start in ids[:-3]:
+        assert is_placeholder(table.lookup(pid, start))
+
+
+def test_a_trimmed_process_keeps_its_ancestry_for_events_in_flight(host, fake_clock):
+    table = make_table(host, fake_clock, process_exited_max=1)
+    table.bootstrap()
+    bash = table.lookup(100)
+    table.on_fork(100, bash.start_ns, 1000, 10**12, False)
+    first = table.on_exec(kernel_exec(1000, 10**12, 100, "true"))
+    table.on_exit(1000, 10**12, 0, 0)
+    _run_children(table, bash, [1001, 1002])
+    assert is_placeholder(table.lookup(1000, 10**12))
+    assert first.parent is bash
+
+
+def test_the_count_bound_keeps_exited_parents_of_live_children(host, fake_clock):
+    table = make_table(host, fake_clock, process_exited_max=2)
+    table.bootstrap()
+    bash = table.lookup(100)
+    sleep = table.lookup(200)
+    table.on_exit(100, bash.start_ns, 0, 0)  # bash exits, its child sleep runs on
+    _run_children(table, table.lookup(1), range(1000, 1010))
+    assert table.lookup(100, bash.start_ns) is bash
+    assert sleep.parent is bash and bash.parent is table.lookup(1)
+    # a late exec of the running child still links to its exited parent
+    table.on_exec(kernel_exec(200, sleep.start_ns, 100, "ls"), parent_start_ns=bash.start_ns)
+    assert table.lookup(200).parent is bash
+
+
+def test_with_no_room_for_exited_processes_the_exit_still_resolves(host, fake_clock):
+    table = make_table(host, fake_clock, process_exited_max=0)
+    table.bootstrap()
+    sleep = table.lookup(200)
+    assert table.on_exit(200, sleep.start_ns, 3, 0) is sleep
+    assert sleep.exited and sleep.exit_code == 3 and sleep.parent is table.lookup(100)
+
+
+def test_a_negative_exited_bound_is_a_configuration_error(fake_proc, fake_clock):
+    with pytest.raises(ConfigError, match="process_exited_max"):
+        make_table(fake_proc, fake_clock, process_exited_max=-1)

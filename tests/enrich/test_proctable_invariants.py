@@ -27,7 +27,9 @@ class TableMachine(RuleBasedStateMachine):
         self.fake = FakeProc(Path(self.tmp.name))
         self.fake.add(1, ppid=0, comm="init", start_ticks=1)
         self.clock = FakeClock()
-        self.table = make_table(self.fake, self.clock, process_table_max=25, process_exit_grace_seconds=2.0)
+        self.table = make_table(
+            self.fake, self.clock, process_table_max=25, process_exit_grace_seconds=2.0, process_exited_max=4
+        )
         self.table.bootstrap()
         self.next_start = 10**12
         self.model: dict[int, int] = {}  # pid -> start of the live process the "kernel" has
@@ -68,9 +70,15 @@ class TableMachine(RuleBasedStateMachine):
     def exit(self, data) -> None:
         pid, start = data.draw(st.sampled_from(sorted(self.model.items())))
         del self.model[pid]
-        exited = self.table.on_exit(pid, start, 0, 0)
+        table = self.table
+        live = table._live.get(pid)
+        retiring = live is not None and live.start_ns == start
+        exited = table.on_exit(pid, start, 0, 0)
         if exited is not None:
             assert exited.exited
+        if retiring and len(table._exited) > table.exited_max:  # only parents of live processes stay over
+            over = [proc for proc, _when in table._exited.values() if proc is not exited]
+            assert all(proc in table._children for proc in over)
 
     @rule(seconds=st.floats(min_value=0, max_value=3))
     def time_passes(self, seconds) -> None:
