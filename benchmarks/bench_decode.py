@@ -243,7 +243,7 @@ def report(name: str, records: list[bytes], repeats: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--execs", type=int, default=2000)
+    parser.add_argument("--execs", type=int, default=10_000, help="fork+execs per stream (past 8,192 the exited bound works)")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--no-kernel", action="store_true", help="skip the stream captured from the kernel")
     options = parser.parse_args()

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 
 from sentinel.config import SensorConfig
@@ -111,7 +112,10 @@ class ProcessTable:
                 "processes read from it will not match kernel records",
             )
         self._live: dict[int, Process] = {}  # pid -> current image; order: last exec/fork
-        self._exited: dict[tuple[int, int], tuple[Process, float]] = {}  # exec id -> (proc, exited at); exit order
+        # exec id -> (proc, exited at), in exit order. An OrderedDict: the oldest entry is
+        # taken on every exit once the count bound is reached, and a plain dict finds its
+        # first entry by skipping every slot deleted before it (~3 us at 8,192 entries).
+        self._exited: OrderedDict[tuple[int, int], tuple[Process, float]] = OrderedDict()
         self._last_exited: dict[int, Process] = {}  # pid -> its most recent exited process
         self._children: dict[Process, set[Process]] = {}  # live children of a stored process
         self._link_depth = 0
@@ -521,8 +525,7 @@ class ProcessTable:
                 return
             entry = exited[key]
             if entry[0] in self._children:
-                del exited[key]
-                exited[key] = entry
+                exited.move_to_end(key)
                 moved += 1
             else:
                 self._forget_exited(key, entry[0])

@@ -31,6 +31,8 @@ log = get_logger("sentinel.events.decode")
 CAP_DAC_OVERRIDE = 1
 
 # Bound once: attribute lookups per record add up at tens of thousands of records a second.
+_ABI_VERSION = abi.ABI_VERSION
+_CLONE_EVENT_TYPES = abi.SYSCALL_EVENT_TYPES
 _PREFIX = abi.PREFIX.unpack_from
 _EXEC, _EXEC_SIZE = abi.EXEC.struct.unpack_from, abi.EXEC.size
 _EXEC_FAILED, _EXEC_FAILED_SIZE = abi.EXEC_FAILED.struct.unpack_from, abi.EXEC_FAILED.size
@@ -151,7 +153,7 @@ class Decoder:
         try:
             op, version, size = _PREFIX(data)
             handler = self._handlers.get(op)
-            if handler is None or version != abi.ABI_VERSION or size > len(data):
+            if handler is None or version != _ABI_VERSION or size > len(data):
                 raise ValueError("op %d, abi %d, size %d of %d bytes" % (op, version, size, len(data)))
             event = handler(data)
         except (struct.error, ValueError, IndexError) as exc:
@@ -310,15 +312,8 @@ class Decoder:
         args: dict[str, Any] = {"child_pid": pid, "child_tid": tid, "is_thread": is_thread}
         if flags & abi.F_CLONE_FLAGS:
             args["flags"] = clone_flags
-        return Event(
-            abi.SYSCALL_EVENT_TYPES.get(syscall, "clone"),
-            parent,
-            res=tid,
-            args=args,
-            boot_ns=boot_ns,
-            time_ns=self.boot_to_utc_ns(boot_ns),
-            tid=parent_tid,
-        )
+        # positional: a keyword call costs ~80 ns more, on every record
+        return Event(_CLONE_EVENT_TYPES.get(syscall, "clone"), parent, tid, args, None, boot_ns, self.boot_to_utc_ns(boot_ns), parent_tid)
 
     def _exit(self, data: bytes) -> Event:
         (
@@ -330,15 +325,8 @@ class Decoder:
         proc.exited = True
         proc.exit_code = code
         proc.exit_signal = signal
-        return Event(
-            "procexit",
-            proc,
-            res=0,
-            args={"status": code, "sig": signal, "core": core},
-            boot_ns=boot_ns,
-            time_ns=self.boot_to_utc_ns(boot_ns),
-            tid=tid,
-        )
+        args = {"status": code, "sig": signal, "core": core}
+        return Event("procexit", proc, 0, args, None, boot_ns, self.boot_to_utc_ns(boot_ns), tid)
 
     def _chdir(self, data: bytes) -> Event:
         (
