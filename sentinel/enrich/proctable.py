@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import sys
 import time
-from collections import OrderedDict
+from collections import deque
 from collections.abc import Callable, Iterator
 
 from sentinel.config import SensorConfig
@@ -62,6 +62,9 @@ _LEAF_SCAN = 64
 # How many exited entries with live children one trim moves aside before giving up (the
 # count may then exceed process_exited_max until they go).
 _TRIM_SCAN = 64
+# Exits this close together share one recorded exit time (the first one's); the grace period
+# is counted from the end of the run, so no entry goes early.
+_EPOCH_SECONDS = 0.1
 # Reconcile checks this many live entries per step (~10 ms: one stat read each), then lets
 # events through for _SLICE_GAP seconds.
 _RECONCILE_SLICE = 1024
@@ -112,10 +115,15 @@ class ProcessTable:
                 "processes read from it will not match kernel records",
             )
         self._live: dict[int, Process] = {}  # pid -> current image; order: last exec/fork
-        # exec id -> (proc, exited at), in exit order. An OrderedDict: the oldest entry is
-        # taken on every exit once the count bound is reached, and a plain dict finds its
-        # first entry by skipping every slot deleted before it (~3 us at 8,192 entries).
-        self._exited: OrderedDict[tuple[int, int], tuple[Process, float]] = OrderedDict()
+        self._exited: dict[tuple[int, int], Process] = {}  # exec id -> exited process
+        # Exit order, for the grace period and the count bound: the exec ids (an id may
+        # already be gone from _exited: skipped when reached), and [start time, count] of
+        # each run of exits within _EPOCH_SECONDS. No per-entry time or tuple (a retained
+        # exited process costs its Process and its index entries), and the oldest is a
+        # popleft (a dict finds its first entry by skipping every slot deleted before it:
+        # ~3 us per exit at 8,192 entries).
+        self._exit_order: deque[tuple[int, int]] = deque()
+        self._exit_epochs: deque[list] = deque()
         self._last_exited: dict[int, Process] = {}  # pid -> its most recent exited process
         self._children: dict[Process, set[Process]] = {}  # live children of a stored process
         self._link_depth = 0
@@ -421,9 +429,9 @@ class ProcessTable:
         return True
 
     def _find_exited(self, pid: int, start_ns: int) -> Process | None:
-        entry = self._exited.get((pid, start_ns))
-        if entry is not None:
-            return entry[0]
+        exited = self._exited.get((pid, start_ns))
+        if exited is not None:
+            return exited
         last = self._last_exited.get(pid)
         if last is not None and same_start(last.start_ns, start_ns):
             return last
@@ -505,30 +513,48 @@ class ProcessTable:
         proc.exited = True
         self._unlink_from_parent(proc)
         key = (proc.pid, proc.start_ns)
-        self._exited[key] = (proc, now)
+        self._exited[key] = proc
         self._last_exited[proc.pid] = proc
+        self._queue_exited(key, now)
         if now >= self._next_sweep:
             self._sweep(now)
         if len(self._exited) > self.exited_max:
-            self._trim_exited(key)
+            self._trim_exited(key, now)
 
-    def _trim_exited(self, newest: tuple[int, int]) -> None:
+    def _queue_exited(self, key: tuple[int, int], now: float) -> None:
+        """Append `key` to the exit order, in the run of exits of `now`."""
+        self._exit_order.append(key)
+        epochs = self._exit_epochs
+        if epochs and now - epochs[-1][0] < _EPOCH_SECONDS:
+            epochs[-1][1] += 1
+        else:
+            epochs.append([now, 1])
+
+    def _pop_oldest(self) -> tuple[tuple[int, int], Process | None]:
+        """The oldest exec id of the exit order, taken out of it, and its exited process
+        (None when the entry is already gone)."""
+        key = self._exit_order.popleft()
+        epoch = self._exit_epochs[0]
+        epoch[1] -= 1
+        if not epoch[1]:
+            self._exit_epochs.popleft()
+        return key, self._exited.get(key)
+
+    def _trim_exited(self, newest: tuple[int, int], now: float) -> None:
         """Back to `exited_max` exited entries, oldest first, never `newest` (its exit event
         is being built). One with live children moves to the young end instead: their
         clone and exec records still look it up. A trimmed process keeps its `parent`:
         events still in the pipeline may render its ancestry."""
-        exited = self._exited
         moved = 0
-        while len(exited) > self.exited_max and moved < _TRIM_SCAN:
-            key = next(iter(exited))
-            if key == newest:
-                return
-            entry = exited[key]
-            if entry[0] in self._children:
-                exited.move_to_end(key)
+        while len(self._exited) > self.exited_max and moved < _TRIM_SCAN and self._exit_order[0] != newest:
+            key, proc = self._pop_oldest()
+            if proc is None:
+                continue
+            if proc in self._children:
+                self._queue_exited(key, now)
                 moved += 1
             else:
-                self._forget_exited(key, entry[0])
+                self._forget_exited(key, proc)
                 self.trimmed += 1
 
     def _forget_exited(self, key: tuple[int, int], proc: Process) -> None:
@@ -542,17 +568,19 @@ class ProcessTable:
             proc.parent = None  # nothing live needs its ancestry any more
 
     def _sweep(self, now: float) -> None:
-        """Drop exited entries past their grace period that have no live children."""
+        """Drop exited entries past their grace period that have no live children (those
+        with live children go to the young end of the exit order, to be looked at again)."""
         self._next_sweep = now + _SWEEP_SECONDS
-        deadline = now - self.exit_grace_seconds
-        expired = []
-        for key, (proc, exited_at) in self._exited.items():
-            if exited_at > deadline:
-                break  # exit order: the rest are younger
-            if proc not in self._children:
-                expired.append((key, proc))
-        for key, proc in expired:
-            self._drop_exited(key, proc)
+        deadline = now - self.exit_grace_seconds - _EPOCH_SECONDS
+        epochs = self._exit_epochs
+        while epochs and epochs[0][0] <= deadline:
+            key, proc = self._pop_oldest()
+            if proc is None:
+                continue
+            if proc in self._children:
+                self._queue_exited(key, now)
+            else:
+                self._drop_exited(key, proc)
 
     def _after_insert(self, now: float) -> None:
         if now >= self._next_sweep and self._exited:
@@ -560,8 +588,10 @@ class ProcessTable:
         excess = len(self._live) + len(self._exited) - self.max_entries
         while excess > 0:
             if self._exited:
-                key = next(iter(self._exited))
-                self._drop_exited(key, self._exited[key][0])
+                key, proc = self._pop_oldest()
+                if proc is None:
+                    continue
+                self._drop_exited(key, proc)
             else:
                 proc = self._oldest_live_leaf()
                 del self._live[proc.pid]

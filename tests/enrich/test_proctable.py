@@ -390,3 +390,29 @@ def test_with_no_room_for_exited_processes_the_exit_still_resolves(host, fake_cl
 def test_a_negative_exited_bound_is_a_configuration_error(fake_proc, fake_clock):
     with pytest.raises(ConfigError, match="process_exited_max"):
         make_table(fake_proc, fake_clock, process_exited_max=-1)
+
+
+def test_an_exited_process_lasts_the_whole_grace_period_however_its_exit_was_batched(host, fake_clock):
+    table = make_table(host, fake_clock, process_exit_grace_seconds=5.0)
+    table.bootstrap()
+    bash = table.lookup(100)
+    first = _run_children(table, bash, [1000])[0]
+    fake_clock.now += 0.09  # within one run of exits: both are recorded at the first one's time
+    second = _run_children(table, bash, [1001], start_ns=2 * 10**12)[0]
+    fake_clock.now += 4.95  # 4.95 s after the second exit
+    table.reconcile()
+    assert not is_placeholder(table.lookup(*second))
+    fake_clock.now += 0.2
+    table.reconcile()
+    assert is_placeholder(table.lookup(*first)) and is_placeholder(table.lookup(*second))
+
+
+def test_exit_bookkeeping_stays_bounded_under_a_steady_exec_stream(host, fake_clock):
+    table = make_table(host, fake_clock, process_exit_grace_seconds=1.0, process_exited_max=100)
+    table.bootstrap()
+    bash = table.lookup(100)
+    for n in range(50):
+        _run_children(table, bash, range(1000, 1100), start_ns=10**12 + n * 10**6)
+        fake_clock.now += 0.05
+    assert table.stats()["exited"] == 100
+    assert len(table._exit_order) == 100 and len(table._exit_epochs) <= 21

@@ -77,7 +77,7 @@ class TableMachine(RuleBasedStateMachine):
         if exited is not None:
             assert exited.exited
         if retiring and len(table._exited) > table.exited_max:  # only parents of live processes stay over
-            over = [proc for proc, _when in table._exited.values() if proc is not exited]
+            over = [proc for proc in table._exited.values() if proc is not exited]
             assert all(proc in table._children for proc in over)
 
     @rule(seconds=st.floats(min_value=0, max_value=3))
@@ -104,11 +104,14 @@ class TableMachine(RuleBasedStateMachine):
         table = self.table
         for pid, proc in table._live.items():
             assert proc.pid == pid and not proc.exited
-        for (pid, start), (proc, _when) in table._exited.items():
+        for (pid, start), proc in table._exited.items():
             assert proc.exited and (proc.pid, proc.start_ns) == (pid, start)
         for pid, proc in table._last_exited.items():
             assert proc.pid == pid and (proc.pid, proc.start_ns) in table._exited
-        stored = set(map(id, table._live.values())) | {id(p) for p, _ in table._exited.values()}
+        assert set(table._exited) <= set(table._exit_order)
+        assert sum(count for _start, count in table._exit_epochs) == len(table._exit_order)
+        assert all(count > 0 for _start, count in table._exit_epochs)
+        stored = set(map(id, table._live.values())) | set(map(id, table._exited.values()))
         for parent, children in table._children.items():
             assert id(parent) in stored
             for child in children:
