@@ -188,7 +188,8 @@ class Decoder:
         ) = _EXEC(data)  # fmt: skip
         args_start = _EXEC_SIZE + filename_len + interp_len + exepath_len + cwd_len
         args_end = args_start + args_len
-        key = (cgroup_id, comm, data[_EXEC_CREDS:_EXEC_VPID], data[_EXEC_PGID:args_start], data[args_end : args_end + env_len])
+        env_end = args_end + env_len
+        key = (cgroup_id, comm, data[_EXEC_CREDS:_EXEC_VPID], data[_EXEC_PGID:args_start], data[args_end:env_end])
         template = self._templates.get(key)
         if template is None:
             template = self._exec_template(data, key)
@@ -312,8 +313,9 @@ class Decoder:
         args: dict[str, Any] = {"child_pid": pid, "child_tid": tid, "is_thread": is_thread}
         if flags & abi.F_CLONE_FLAGS:
             args["flags"] = clone_flags
+        event_type = _CLONE_EVENT_TYPES.get(syscall, "clone")
         # positional: a keyword call costs ~80 ns more, on every record
-        return Event(_CLONE_EVENT_TYPES.get(syscall, "clone"), parent, tid, args, None, boot_ns, self.boot_to_utc_ns(boot_ns), parent_tid)
+        return Event(event_type, parent, tid, args, None, boot_ns, self.boot_to_utc_ns(boot_ns), parent_tid)
 
     def _exit(self, data: bytes) -> Event:
         (
