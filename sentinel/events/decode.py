@@ -44,8 +44,11 @@ _CHDIR, _CHDIR_SIZE = abi.CHDIR.struct.unpack_from, abi.CHDIR.size
 _EXEC_CREDS = abi.EXEC.offsets["uid"]
 _EXEC_VPID = abi.EXEC.offsets["vpid"]
 _EXEC_PGID = abi.EXEC.offsets["pgid"]
-# Distinct exec templates and argv regions remembered; past this the memory starts over.
+# Exec templates and argv regions remembered, by count and by record bytes (a record's
+# tail is up to 16 KiB: count alone would let unique environments pin 64 MiB); past
+# either bound a cache starts over.
 MAX_SHARED = 4096
+MAX_SHARED_BYTES = 4 << 20
 
 
 class ProcessTableLike(Protocol):
@@ -132,8 +135,11 @@ class Decoder:
         self.dropped = 0
         self._next_num = 1
         self.max_shared = MAX_SHARED
+        self.max_shared_bytes = MAX_SHARED_BYTES
         self._templates: dict[tuple, Process] = {}  # exec record key -> shared fields
+        self._template_bytes = 0
         self._argvs: dict[bytes, tuple[str | None, tuple[str, ...]]] = {}  # args region -> argv
+        self._argv_bytes = 0
         self._handlers = {
             abi.OP_EXEC: self._exec,
             abi.OP_EXEC_FAILED: self._exec_failed,
@@ -269,18 +275,23 @@ class Decoder:
         proc.exe_upper_layer = bool(flags & abi.F_EXE_UPPER)
         proc.exe_writable = exe_writable(exe_mode, exe_uid, exe_gid, euid, egid, cap_effective)
         proc.exec_syscall = "execveat" if flags & abi.F_EXECVEAT else "execve"
-        if len(self._templates) >= self.max_shared:
+        size = len(key[2]) + len(key[3]) + len(key[4])
+        if len(self._templates) >= self.max_shared or self._template_bytes + size > self.max_shared_bytes:
             self._templates.clear()
+            self._template_bytes = 0
         self._templates[key] = proc
+        self._template_bytes += size
         return proc
 
     def _argv(self, raw: bytes) -> tuple[str | None, tuple[str, ...]]:
         """(argv[0], argv[1:]) of an args region, argv[0] None when argv is empty; remembered."""
         argv = _strings(raw, 0, len(raw))
         decoded = (argv[0], tuple(argv[1:])) if argv else (None, ())
-        if len(self._argvs) >= self.max_shared:
+        if len(self._argvs) >= self.max_shared or self._argv_bytes + len(raw) > self.max_shared_bytes:
             self._argvs.clear()
+            self._argv_bytes = 0
         self._argvs[raw] = decoded
+        self._argv_bytes += len(raw)
         return decoded
 
     def _exec_failed(self, data: bytes) -> Event:

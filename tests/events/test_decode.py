@@ -371,3 +371,16 @@ def test_execs_of_the_same_program_share_their_strings():
     assert second.start_ns == 8_000 and second.tid == 200
     for name in ("env", "args", "exepath", "cwd", "filename", "comm", "exe"):
         assert getattr(first, name) is getattr(second, name), name
+
+
+def test_shared_exec_fields_are_bounded_by_bytes_as_well_as_count():
+    decoder, _ = make_decoder()
+    decoder.max_shared_bytes = 1000
+    for n in range(50):
+        env = b"X=" + b"%03d" % n * 100 + b"\0"  # a 300-byte environment, unique each time
+        args = b"/bin/true\0" + b"%03d" % n * 100 + b"\0"
+        data = record(abi.EXEC, abi.OP_EXEC, args + env, hdr__pid=7, args_len=len(args), env_len=len(env))
+        event = decoder.decode(data)
+        assert event.proc.env == (env[:-1].decode(),) and event.proc.args == (args[10:-1].decode(),)
+    assert decoder._template_bytes <= 1000 and len(decoder._templates) <= 1000 // 300
+    assert decoder._argv_bytes <= 1000 and len(decoder._argvs) <= 1000 // 300
