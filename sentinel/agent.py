@@ -75,7 +75,7 @@ class Agent:
         self.store_error = ""
         self.sensor: Any = None
         self.table: Any = None
-        self.alerts = AlertWriter(config.alerts.file)
+        self.alerts = AlertWriter(config.alerts.file, flush_each=False)  # flushed after each batch of events
         self.control: ControlServer | None = None
         self.kernel_lock: Any = None
         self.enforcement: Any = None  # sentinel.actions.enforce.AgentEnforcement
@@ -159,12 +159,13 @@ class Agent:
         priority = normalise_priority(rule.priority)
         if PRIORITIES.index(priority) > self.min_priority:
             return
+        output, output_fields = rule.render_with_fields(event)
         record = alert_record(
             rule=rule.name,
             priority=priority,
-            output=rule.render_output(event),
+            output=output,
             tags=rule.tags,
-            output_fields=rule.output_fields(event),
+            output_fields=output_fields,
             time_ns=event.time_ns,
             host=self.host,
             ruleset_version=self.ruleset_version,
@@ -421,6 +422,7 @@ class Agent:
         while not self._stop.is_set():
             for event in self.sensor.poll(timeout=0.2):
                 self.handle(event)
+            self.alerts.flush()
             now = time.monotonic()
             watchdog.ping(now)
             if now >= next_housekeeping:
@@ -429,6 +431,7 @@ class Agent:
         self.shutdown()
 
     def housekeeping(self) -> None:
+        self.alerts.flush()  # alerts about the agent itself, raised from other threads
         if self._reopen_requested.is_set():
             self._reopen_requested.clear()
             self.alerts.reopen()

@@ -19,10 +19,18 @@ from sentinel import __version__
 from sentinel.actions.record import new_id
 
 
+# (second, its text): alerts come in bursts within the same second, which is formatted once.
+_last_second: tuple[int, str] = (-1, "")
+
+
 def rfc3339_ns(epoch_ns: int) -> str:
     """UTC time with nanoseconds, as Falco writes it: 2026-11-23T11:42:21.123456789Z."""
+    global _last_second
     seconds, nanos = divmod(epoch_ns, 1_000_000_000)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + ".%09dZ" % nanos
+    cached = _last_second  # one read: another thread may replace it meanwhile
+    if cached[0] != seconds:
+        cached = _last_second = (seconds, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)))
+    return cached[1] + ".%09dZ" % nanos
 
 
 def _read_first_line(path: str) -> str:
@@ -88,26 +96,44 @@ def dumps(record: dict[str, Any]) -> str:
 
 
 class AlertWriter:
-    """Writes alert lines to stdout or a file; `reopen()` (on SIGHUP) follows logrotate."""
+    """Writes alert lines to stdout or a file; `reopen()` (on SIGHUP) follows logrotate.
 
-    def __init__(self, path: str = "-") -> None:
+    Each line is flushed as it is written, unless `flush_each=False`: then lines wait in the
+    buffer until `flush()`, which the agent calls after each batch of events (a burst of
+    alerts costs a few writes instead of one per alert).
+    """
+
+    def __init__(self, path: str = "-", *, flush_each: bool = True) -> None:
         self.path = path
+        self.flush_each = flush_each
         self._lock = threading.Lock()
         self._handle: IO[str] = self._open()
+        self._unflushed = False
         self.written = 0
 
     def _open(self) -> IO[str]:
         if self.path == "-":
             return sys.stdout
-        return open(self.path, "a", buffering=1, encoding="utf-8", errors="surrogateescape")
+        return open(self.path, "a", buffering=1 if self.flush_each else -1, encoding="utf-8", errors="surrogateescape")
 
     def write(self, record: dict[str, Any]) -> None:
         line = dumps(record) + "\n"
         with self._lock:
             self._handle.write(line)
-            if self.path == "-":
-                self._handle.flush()
+            if self.flush_each:
+                if self.path == "-":
+                    self._handle.flush()
+            else:
+                self._unflushed = True
             self.written += 1
+
+    def flush(self) -> None:
+        """Hand the lines written since the last flush to the file (cheap when there are none)."""
+        if not self._unflushed:
+            return
+        with self._lock:
+            self._unflushed = False
+            self._handle.flush()
 
     def reopen(self) -> None:
         if self.path == "-":

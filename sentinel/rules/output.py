@@ -20,6 +20,8 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 def display(value: Any) -> str:
     """A value as Falco prints it: `<NA>` when absent, true/false, numbers in decimal."""
+    if type(value) is str:  # the common case first: one type check, one scan
+        return _CONTROL.sub(_escape_control, value) if _CONTROL.search(value) else value
     if value is None:
         return "<NA>"
     if isinstance(value, bool):
@@ -30,8 +32,21 @@ def display(value: Any) -> str:
         value = value.decode("utf-8", "backslashreplace")
     text = str(value)
     if _CONTROL.search(text):
-        text = _CONTROL.sub(lambda m: "\\x%02x" % ord(m.group(0)), text)
+        text = _CONTROL.sub(_escape_control, text)
     return text
+
+
+def _escape_control(match: re.Match[str]) -> str:
+    return "\\x%02x" % ord(match.group(0))
+
+
+def _field_value(value: Any) -> Any:
+    """A raw value as `output_fields` carries it: bytes as text, tuples as lists."""
+    if isinstance(value, bytes):
+        return display(value)
+    if isinstance(value, tuple):
+        return list(value)
+    return value
 
 
 @dataclass(frozen=True)
@@ -44,26 +59,28 @@ class OutputTemplate:
         return tuple(piece[0] for piece in self.pieces if not isinstance(piece, str))
 
     def render(self, event: Any) -> str:
-        parts = []
-        for piece in self.pieces:
-            if isinstance(piece, str):
-                parts.append(piece)
-            else:
-                parts.append(display(_safe(piece[2], event)))
-        return "".join(parts)
+        return self.render_with_fields(event)[0]
 
     def fields(self, event: Any) -> dict[str, Any]:
         """Falco's `output_fields`: each field of the template with its value (None when absent)."""
-        values: dict[str, Any] = {}
+        return self.render_with_fields(event)[1]
+
+    def render_with_fields(self, event: Any) -> tuple[str, dict[str, Any]]:
+        """The output text and `output_fields` together, each field extracted once: an alert
+        needs both."""
+        raw: dict[str, Any] = {}
+        parts = []
         for piece in self.pieces:
-            if not isinstance(piece, str) and piece[0] not in values:
-                value = _safe(piece[2], event)
-                if isinstance(value, bytes):
-                    value = display(value)
-                elif isinstance(value, tuple):
-                    value = list(value)
-                values[piece[0]] = value
-        return values
+            if piece.__class__ is str:
+                parts.append(piece)
+                continue
+            key = piece[0]
+            if key in raw:
+                value = raw[key]
+            else:
+                value = raw[key] = _safe(piece[2], event)
+            parts.append(display(value))
+        return "".join(parts), {key: _field_value(value) for key, value in raw.items()}
 
 
 def _safe(extract: Callable[[Any], Any], event: Any) -> Any:

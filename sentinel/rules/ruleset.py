@@ -127,6 +127,10 @@ class Rule:
     def output_fields(self, event: Event) -> dict[str, Any]:
         return self.output.fields(event)
 
+    def render_with_fields(self, event: Event) -> tuple[str, dict[str, Any]]:
+        """render_output() and output_fields() at once, each field extracted once."""
+        return self.output.render_with_fields(event)
+
     def __repr__(self) -> str:
         return "Rule(%r)" % self.name
 
