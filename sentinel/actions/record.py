@@ -8,7 +8,7 @@ JSON column, `extra`.
 Serialisation is split in two so that the caller's thread pays little: `event_row()` copies
 the values into a tuple at once (Process objects are updated in place later, so they cannot
 be read at flush time), and the JSON text of the extras is built by the writer
-(`finish_event_rows()`), off the hot path.
+(`finish_event_rows()`), off the hot path; alert rows likewise (`finish_alert_rows()`).
 """
 
 from __future__ import annotations
@@ -17,8 +17,10 @@ import errno
 import itertools
 import json
 import os
+import re
 import time
 from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime, timezone
 from typing import Any
 
 from sentinel.events.model import Event, Process
@@ -355,6 +357,9 @@ def ancestry_of(proc: Process, limit: int = 32) -> list[dict[str, Any]]:
     return [ancestry_entry(parent) for parent in proc.ancestors(limit)]
 
 
+_RFC3339 = re.compile(r"(\d{4})-(\d\d)-(\d\d)T(\d\d):(\d\d):(\d\d)(?:\.(\d{1,9}))?Z?")
+
+
 def _time_ns_of(value: Any) -> int:
     """Accept ns since the epoch or Falco's RFC 3339 text (2026-11-23T11:42:21.123456789Z)."""
     if isinstance(value, int):
@@ -362,8 +367,11 @@ def _time_ns_of(value: Any) -> int:
     if isinstance(value, float):
         return int(value * 1e9)
     if isinstance(value, str) and value:
-        from datetime import datetime, timezone
-
+        parts = _RFC3339.fullmatch(value)
+        if parts is not None:  # the agent's own alerts: no strptime, whose locale handling is slow
+            *date_time, fraction = parts.groups()
+            stamp = datetime(*(int(part) for part in date_time), tzinfo=timezone.utc)
+            return int(stamp.timestamp()) * 1_000_000_000 + int(((fraction or "") + "000000000")[:9])
         text = value.rstrip("Z")
         whole, _, fraction = text.partition(".")
         stamp = datetime.strptime(whole, "%Y-%m-%dT%H:%M:%S").replace(tzinfo=timezone.utc)
@@ -372,8 +380,16 @@ def _time_ns_of(value: Any) -> int:
     return time.time_ns()
 
 
+# Columns of an alert row that hold JSON text once the writer has finished the row.
+_ALERT_JSON_INDEXES = tuple(ALERT_COLUMNS.index(column) for column in ("tags", "output_fields", "ancestry"))
+_ALERT_TAGS_INDEX = ALERT_COLUMNS.index("tags")
+
+
 def alert_row(alert: Mapping[str, Any], event_id: str | None, ancestry: Sequence[Any] | None) -> tuple:
-    """An alert record (the dict sentinel.actions.alert builds) as a row; keeps its `id`."""
+    """An alert record (the dict sentinel.actions.alert builds) as a row; keeps its `id`.
+
+    Like event rows, its JSON columns (tags, output fields, ancestry) are encoded by the
+    writer (`finish_alert_rows()`), off the hot path."""
     entries = [ancestry_entry(item) if isinstance(item, Process) else dict(item) for item in ancestry or ()]
     tags = alert.get("tags") or []
     return (
@@ -384,12 +400,25 @@ def alert_row(alert: Mapping[str, Any], event_id: str | None, ancestry: Sequence
         str(alert.get("source", "syscall")),
         str(alert.get("hostname", "")),
         str(alert.get("output", "")),
-        to_json(sorted(tags)),
-        to_json(alert.get("output_fields") or {}),
+        sorted(tags),
+        alert.get("output_fields") or {},
         event_id,
-        to_json(entries),
+        entries,
         alert.get("enforcement"),
     )
+
+
+def finish_alert_rows(rows: Iterable[tuple]) -> list[tuple]:
+    """Alert rows with their JSON columns encoded (rows already finished pass unchanged)."""
+    finished = []
+    for row in rows:
+        if not isinstance(row[_ALERT_TAGS_INDEX], str):
+            values = list(row)
+            for index in _ALERT_JSON_INDEXES:
+                values[index] = to_json(values[index])
+            row = tuple(values)
+        finished.append(row)
+    return finished
 
 
 def action_row(
