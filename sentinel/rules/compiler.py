@@ -149,6 +149,29 @@ def ip_in_networks(value: Any, networks: tuple) -> bool:
     return False
 
 
+class NetworkMatcher:
+    """`ip in (networks)` for one list of networks in a condition: the answer for an address
+    string is remembered (a host talks to few addresses; parsing and testing one in Python's
+    ipaddress costs microseconds)."""
+
+    __slots__ = ("networks", "_answers")
+    MAX_REMEMBERED = 4096
+
+    def __init__(self, networks: tuple) -> None:
+        self.networks = networks
+        self._answers: dict[str, bool] = {}
+
+    def __call__(self, value: Any) -> bool:
+        if value.__class__ is not str:
+            return ip_in_networks(value, self.networks)
+        answer = self._answers.get(value)
+        if answer is None:
+            if len(self._answers) >= self.MAX_REMEMBERED:
+                self._answers.clear()
+            answer = self._answers[value] = ip_in_networks(value, self.networks)
+        return answer
+
+
 def path_prefix_match(value: Any, prefixes: tuple[str, ...]) -> bool:
     """Falco's pmatch: the path is one of the prefixes or lies below one of them."""
     if not isinstance(value, str):
@@ -400,7 +423,6 @@ class _Namespace:
     def __init__(self) -> None:
         self.values: dict[str, Any] = {
             "_U": _UNSET,
-            "_ip_in": ip_in_networks,
             "_pmatch": path_prefix_match,
             "_any": any_of,
             "_prefix_dispatch": prefix_dispatch,
@@ -557,7 +579,7 @@ class BucketCodegen:
             return self.single_check(op, bound, first, later, constant)
         # multi-valued: true if the check holds for any element
         if bound.type == "ipnet" and op == "=":
-            return "_ip_in(%s, (%s,))" % (first, self.ns.add(constant, "n"))
+            return "%s(%s)" % (self.ns.add(NetworkMatcher((constant,)), "n"), first)
         if op == "=":
             return "(%s in %s)" % (_literal(constant), first)
         inner = self.single_check(op, bound, "_a", "_a", constant)
@@ -573,11 +595,11 @@ class BucketCodegen:
 
     def single_check(self, op: str, bound: BoundField, first: str, later: str, constant: Any) -> str:
         if bound.type == "ipnet":
-            net = self.ns.add(constant, "n")
+            matcher = self.ns.add(NetworkMatcher((constant,)), "n")
             if op == "=":
-                return "_ip_in(%s, (%s,))" % (first, net)
+                return "%s(%s)" % (matcher, first)
             if op == "!=":
-                return "(%s is not None and not _ip_in(%s, (%s,)))" % (first, later, net)
+                return "(%s is not None and not %s(%s))" % (first, matcher, later)
         if op == "=":
             return "(%s == %s)" % (first, _literal(constant))
         if op in ("!=", "<", "<=", ">", ">="):
@@ -620,7 +642,7 @@ class BucketCodegen:
         if op not in ("in", "intersects"):
             raise CompileError("operator '%s' takes one value, not a list" % op, node.pos)
         if bound.type == "ipnet":
-            return "_ip_in(%s, %s)" % (first, self.ns.add(tuple(items), "n"))
+            return "%s(%s)" % (self.ns.add(NetworkMatcher(tuple(items)), "n"), first)
         constant = frozenset(items)
         if bound.kind == "single":
             return "(%s in %s)" % (first, _literal(constant))
