@@ -513,6 +513,33 @@ def test_values_the_pipe_cannot_carry_are_encoded_before_sending(db_path):
     assert json.loads(row[0])["args"] == {"buf": "\\xffdata"}
 
 
+def test_alert_json_columns_are_encoded_in_the_store_process(db_path):
+    fields = {"proc.args": ["-c", "id"], "fd.name": None, "fd.rport": 443}
+    produced = alert(output_fields=fields, tags=["b", "a"])
+    with StoreWriter(db_path, StoreConfig(), separate_process=True) as writer:
+        writer.add_alert(produced, None, [{"pid": 1, "comm": "systemd"}])
+        writer.add_alert(alert(output_fields={"buf": memoryview(b"x")}), None, [])  # not picklable
+    first, second = rows(db_path, "SELECT tags, output_fields, ancestry FROM alerts ORDER BY seq")
+    assert (json.loads(first[0]), json.loads(first[1]), json.loads(first[2])) == (
+        ["a", "b"], fields, [{"pid": 1, "comm": "systemd"}])
+    assert json.loads(second[1]) == {"buf": "x"}
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("2026-11-23T11:42:21Z", 1795434141000000000),
+    ("2026-11-23T11:42:21.5Z", 1795434141500000000),
+    ("2026-11-23T11:42:21.000000007", 1795434141000000007),
+    ("1970-01-01T00:00:00.000000005Z", 5),
+])
+def test_alert_times_in_rfc3339_are_read_to_the_nanosecond(text, expected):
+    assert record.alert_row(alert(time=text), None, None)[1] == expected
+
+
+def test_an_impossible_alert_time_is_an_error():
+    with pytest.raises(ValueError):
+        record.alert_row(alert(time="2026-13-23T11:42:21Z"), None, None)
+
+
 # What a decoder yields: valid text, or undecodable bytes kept as surrogates (surrogateescape).
 untrusted_text = st.text(st.characters(exclude_categories=("Cs",)), max_size=40) | st.binary(max_size=40).map(
     lambda raw: raw.decode("utf-8", "surrogateescape")

@@ -54,3 +54,31 @@ def test_reopen_follows_logrotate(tmp_path):
     assert json.loads(path.read_text()) == {"n": 2}
     assert json.loads((tmp_path / "alerts.json.1").read_text()) == {"n": 1}
     assert re.fullmatch(r"\d+", str(writer.written))
+
+
+def test_times_within_one_second_share_its_text_and_keep_their_nanoseconds():
+    first = rfc3339_ns(1_700_000_000_000_000_001)
+    second = rfc3339_ns(1_700_000_000_999_999_999)
+    assert (first, second) == ("2023-11-14T22:13:20.000000001Z", "2023-11-14T22:13:20.999999999Z")
+    assert rfc3339_ns(1_700_000_001_000_000_000) == "2023-11-14T22:13:21.000000000Z"
+
+
+def test_batched_writer_holds_lines_until_flush(tmp_path):
+    path = tmp_path / "alerts.json"
+    writer = AlertWriter(str(path), flush_each=False)
+    writer.write({"n": 1})
+    writer.write({"n": 2})
+    assert path.read_text() == ""
+    writer.flush()
+    assert [json.loads(line) for line in path.read_text().splitlines()] == [{"n": 1}, {"n": 2}]
+    writer.write({"n": 3})
+    writer.close()
+    assert len(path.read_text().splitlines()) == 3
+
+
+def test_line_writer_shows_each_line_at_once(tmp_path):
+    path = tmp_path / "alerts.json"
+    writer = AlertWriter(str(path))
+    writer.write({"n": 1})
+    assert json.loads(path.read_text()) == {"n": 1}
+    writer.close()

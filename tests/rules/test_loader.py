@@ -68,6 +68,16 @@ def test_output_rendering():
     assert "(parent <NA>," in absent.rule("Shell").render_output(event)
 
 
+def test_output_text_and_fields_together_match_each_alone():
+    ruleset = load(BASE.replace("output: shell %proc.name", "output: shell %proc.name again %proc.name args %proc.args"))
+    event = build_event(dict(execve("bash"), proc={"name": "bash", "args": ["-c", "id\x07"]}))
+    rule = ruleset.rule("Shell")
+    text, fields = rule.render_with_fields(event)
+    assert (text, fields) == (rule.render_output(event), rule.output_fields(event))
+    assert text.startswith("shell bash again bash args -c id\\x07 (parent sshd,")
+    assert list(fields)[:2] == ["proc.name", "proc.args"] and fields["proc.args"] == "-c id\x07"
+
+
 def test_output_times_render_as_falco_prints_them():
     ruleset = load(BASE.replace("output: shell %proc.name", "output: at %evt.time %evt.time.iso8601 shell %proc.name"))
     event = build_event(dict(execve("bash"), time_ns=1_700_000_000_123_456_789))
