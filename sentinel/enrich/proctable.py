@@ -485,7 +485,7 @@ class ProcessTable:
     def _fill_names(self, proc: Process) -> None:
         # The real ids, as the field registry's user.uid/user.name and group.gid/group.name.
         proc.user_name, proc.group_name, proc.login_name = self.users.names(
-            proc.pid, proc.uid, proc.gid, proc.loginuid, on_host=proc.container_id == HOST
+            proc.pid, proc.uid, proc.gid, proc.loginuid, proc.container_id == HOST  # on_host
         )
 
     def _link_to_parent(self, proc: Process) -> None:

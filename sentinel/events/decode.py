@@ -319,8 +319,12 @@ class Decoder:
             parent_pid, parent_tid, parent_start_ns, clone_flags, flags, syscall, vpid, _pad2,
         ) = _CLONE(data)  # fmt: skip
         is_thread = bool(flags & abi.F_CLONE_THREAD)
-        self.table.on_fork(parent_pid, parent_start_ns, pid, start_ns, is_thread, boot_ns, vpid)
-        parent = self._process(parent_pid, parent_start_ns, parent_tid, comm)
+        child = self.table.on_fork(parent_pid, parent_start_ns, pid, start_ns, is_thread, boot_ns, vpid)
+        known = child.parent if child is not None else None
+        if known is not None and known.pid == parent_pid and known.start_ns == parent_start_ns:
+            parent = self._process(parent_pid, parent_start_ns, parent_tid, comm, known)  # no second lookup
+        else:
+            parent = self._process(parent_pid, parent_start_ns, parent_tid, comm)
         args: dict[str, Any] = {"child_pid": pid, "child_tid": tid, "is_thread": is_thread}
         if flags & abi.F_CLONE_FLAGS:
             args["flags"] = clone_flags
