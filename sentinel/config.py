@@ -56,8 +56,8 @@ class SensorConfig:
     )
     # Pages of each CPU's ring buffer (a power of two): 1024 = 4 MiB per online CPU.
     ringbuf_pages: int = 1024
-    # Longest wait of an event in the ring buffer before the reader drains it; the kernel
-    # wakes the reader earlier once 32 records are queued on a CPU. Lower costs CPU when idle.
+    # While events flow, the reader drains the ring buffers once per batch_ms (events of
+    # kill rules at once): the longest wait of an event there. Lower costs CPU under load.
     batch_ms: int = 10
     btf_cache_dir: str = "/var/cache/sentinel/bcc-btf"
     proc_reconcile_seconds: float = 30.0

@@ -174,8 +174,12 @@ class Sensor:
             self._fill_open_filter(self.interest)
             self._fill_urgent_ops(self.interest)
             rings = ringbuf.fill_cpu_rings(self._bpf, slots)
+            doorbell = self._bpf[b"snt_doorbell"]
             self._reader = RingBufferReader(
-                rings, abi.HEADER.offsets["boot_ns"], poll_ms=self.config.sensor.batch_ms
+                rings,
+                abi.HEADER.offsets["boot_ns"],
+                poll_ms=self.config.sensor.batch_ms,
+                doorbell=ringbuf.Ring.map(doorbell.map_fd, int(doorbell.max_entries)),
             )
             self._reader.start()
             self._attach(programs_for(self.interest.event_types))

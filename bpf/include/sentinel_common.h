@@ -88,16 +88,13 @@ BPF_PERCPU_ARRAY(snt_lost, u64, SENTINEL_OP_SLOTS);
 BPF_PERCPU_ARRAY(snt_retried, u64, 1);
 /* Where a record is built before it is copied into the ring buffer with its real size. */
 BPF_PERCPU_ARRAY(snt_scratch, struct sentinel_record_buf, 1);
-/* Records queued on this CPU since it last woke the reader. Waking the reader for every
- * record costs an irq_work in the kernel and a thread wakeup in userspace per event; the
- * reader is woken once per SENTINEL_WAKEUP_BATCH records and otherwise drains the ring on
- * its own timer (sensor.batch_ms), which bounds the delay of a lone event. */
-#ifndef SENTINEL_WAKEUP_BATCH
-#define SENTINEL_WAKEUP_BATCH 32
-#endif
-BPF_PERCPU_ARRAY(snt_unwoken, u32, 1);
-/* Opcodes whose records wake the reader at once (non-zero): those a kill rule matches, so
- * that a kill decision never waits for a batch. Filled by userspace from the interest. */
+/* Wakeups. A record wakes the reader only when it lands in an empty ring (the ring buffer's
+ * adaptive notification): an idle reader sleeps until something arrives, and a reader that
+ * is behind is not woken per record. After a drain that found records, the reader waits
+ * sensor.batch_ms before the next one (records keep the rings non-empty meanwhile, so they
+ * wake nobody) unless the doorbell rings: a record of an opcode in snt_urgent_ops (those a
+ * kill rule matches) also rings it, so that a kill decision never waits for a batch. */
+BPF_RINGBUF_OUTPUT(snt_doorbell, 1);
 BPF_ARRAY(snt_urgent_ops, u8, SENTINEL_OP_SLOTS);
 
 /* Syscall tracepoint contexts: the layout every kernel since 4.x uses for syscalls:*. */
@@ -158,15 +155,9 @@ static __always_inline void sentinel_submit(char *rec, u32 body_size, u32 tail_l
 	asm volatile("%[size] &= 0x7fff" : [size] "+r"(size));
 	u32 op = hdr->op;
 	u32 zero = 0;
-	u64 wakeup = BPF_RB_NO_WAKEUP;
+	u64 wakeup = 0; /* adaptive: wake the reader if the ring was empty */
 	u32 cpu = bpf_get_smp_processor_id();
 	void *ring = snt_rings.lookup(&cpu);
-	u32 *unwoken = snt_unwoken.lookup(&zero);
-	u8 *urgent = snt_urgent_ops.lookup(&op);
-	if (unwoken && (++*unwoken >= SENTINEL_WAKEUP_BATCH || (urgent && *urgent))) {
-		*unwoken = 0;
-		wakeup = BPF_RB_FORCE_WAKEUP;
-	}
 	long failed = ring ? bpf_ringbuf_output(ring, rec, size, wakeup) : -1;
 	if (failed) {
 		/* another CPU's ring: its lock is not the one that refused */
@@ -175,14 +166,19 @@ static __always_inline void sentinel_submit(char *rec, u32 body_size, u32 tail_l
 		if (ring)
 			failed = bpf_ringbuf_output(ring, rec, size, wakeup);
 		if (failed && rescue)
-			failed = bpf_ringbuf_output(rescue, rec, size, BPF_RB_FORCE_WAKEUP);
+			failed = bpf_ringbuf_output(rescue, rec, size, wakeup);
 		if (failed && rescue)
-			failed = bpf_ringbuf_output(rescue, rec, size, BPF_RB_FORCE_WAKEUP);
+			failed = bpf_ringbuf_output(rescue, rec, size, wakeup);
 		if (!failed) {
 			u64 *retried = snt_retried.lookup(&zero);
 			if (retried)
 				__sync_fetch_and_add(retried, 1);
 		}
+	}
+	u8 *urgent = snt_urgent_ops.lookup(&op);
+	if (!failed && urgent && *urgent) {
+		u64 bell = op;
+		snt_doorbell.ringbuf_output(&bell, sizeof(bell), BPF_RB_FORCE_WAKEUP);
 	}
 	if (failed) {
 		u64 *lost = snt_lost.lookup(&op);

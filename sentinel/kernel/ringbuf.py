@@ -1,14 +1,21 @@
-"""Drain sentinel's per-CPU BPF ring buffers in a dedicated thread by reading their memory.
+"""Read sentinel's per-CPU BPF ring buffers by mapping their memory.
 
 Each ring is mmapped as the kernel lays it out (a consumer page we write, a producer page
 and the data pages mapped twice in a row so a record never wraps) and read in place: one
-slice per record, no ctypes callback per record as in bcc's ring_buffer__poll (measured
-~1.5 us each). The kernel side wakes this thread only once per batch of records per CPU
-(SENTINEL_WAKEUP_BATCH); between wakeups the thread drains the rings every `poll_ms`,
-which bounds the delay of a lone event. Batches are handed to the consumer, which decodes.
-When the consumer falls `max_backlog_bytes` behind, the thread stops draining: the rings
-fill and the kernel counts what it cannot queue (snt_lost), instead of this process
-growing without bound.
+copy of the committed span, then a slice per record, with no ctypes callback per record as
+in bcc's ring_buffer__poll (measured ~1.5 us each).
+
+Wakeups and thread handoffs cost ~100 us each on the VMs sentinel was measured on, so the
+consumer drains the rings itself, in its own thread, when it asks for records (`take`):
+- a record wakes a waiting consumer only when it lands in an empty ring (the kernel's
+  adaptive notification), so an idle sensor costs nothing;
+- after a drain that found records, the consumer waits `poll_ms` before the next one while
+  the rings fill without waking anyone, unless the doorbell ring is written (urgent
+  records: those a kill rule matches).
+A guard thread drains into memory when the consumer has not drained for `guard_ms` (a rule
+reload, a slow disk), so the kernel rings do not overflow meanwhile; past
+`max_backlog_bytes` it stops, the rings fill and the kernel counts what it cannot queue
+(snt_lost), instead of this process growing without bound.
 
 Records of one CPU are in order in its ring; the rings are merged by the u64 timestamp at
 `order_offset` of every record. The producer positions of all rings are read back to back
@@ -29,7 +36,7 @@ import os
 import select
 import struct
 import threading
-from collections import deque
+import time
 
 from sentinel.errors import KernelError
 from sentinel.log import get_logger
@@ -77,23 +84,33 @@ class Ring:
     def drain(self, produced: int) -> list[bytes]:
         """Every committed record between the consumer position and `produced`; advances
         the consumer position past them."""
-        producer, data_start, mask = self.producer, PAGE_SIZE, self.size - 1
-        consumed = was_consumed = _POSITION.unpack_from(self.consumer, 0)[0]
+        consumed = _POSITION.unpack_from(self.consumer, 0)[0]
+        if consumed >= produced:
+            return []
+        # one copy of the whole span (the data pages are mapped twice, so it never wraps),
+        # then records are cut from that local copy: cheaper than reading each record from
+        # memory another CPU just wrote
+        start = PAGE_SIZE + (consumed & (self.size - 1))
+        span = self.producer[start : start + (produced - consumed)]
         records = []
         append = records.append
         length_at = _LENGTH.unpack_from
-        while consumed < produced:
-            start = data_start + (consumed & mask)
-            length = length_at(producer, start)[0]
+        offset, end = 0, len(span)
+        while offset < end:
+            length = length_at(span, offset)[0]
             if length & _BUSY:
                 break  # records after a busy one wait until it is committed, as in libbpf
             size = length & ~(_BUSY | _DISCARDED)
             if not length & _DISCARDED:
-                append(producer[start + _HEADER_SIZE : start + _HEADER_SIZE + size])
-            consumed += (size + _HEADER_SIZE + 7) & ~7
-        if consumed != was_consumed:
-            _POSITION.pack_into(self.consumer, 0, consumed)
+                append(span[offset + _HEADER_SIZE : offset + _HEADER_SIZE + size])
+            offset += (size + _HEADER_SIZE + 7) & ~7
+        if offset:
+            _POSITION.pack_into(self.consumer, 0, consumed + offset)
         return records
+
+    def skip(self) -> None:
+        """Consume every record without reading it."""
+        _POSITION.pack_into(self.consumer, 0, self.produced())
 
     def close(self) -> None:
         self.consumer.close()
@@ -159,80 +176,113 @@ def fill_cpu_rings(bpf, slots: int, outer: str = "snt_rings", template: str = "s
 
 
 class RingBufferReader:
-    """Drains `rings` into time-ordered batches; `take()` returns the records seen so far."""
+    """Time-ordered records of `rings`; `take()` returns the records committed so far.
+
+    `doorbell`: a ring whose records only mean "drain now" (no content is read)."""
 
     def __init__(
-        self, rings: list[Ring], order_offset: int, poll_ms: int = 10, max_backlog_bytes: int = 64 << 20
+        self,
+        rings: list[Ring],
+        order_offset: int,
+        poll_ms: int = 10,
+        max_backlog_bytes: int = 64 << 20,
+        doorbell: Ring | None = None,
+        guard_ms: int = 250,
     ) -> None:
         if not rings:
             raise KernelError("no ring buffer to read")
         self._rings = rings
+        self._doorbell = doorbell
         self._order_offset = order_offset
         self._poll_seconds = poll_ms / 1000.0
-        self._epoll = select.epoll()
-        for ring in rings:
-            if ring.fd is not None:
-                self._epoll.register(ring.fd, select.EPOLLIN)
-        self._batches: deque[list[bytes]] = deque()
+        # the guard never drains in the way of a consumer that is only waiting for its batch
+        self._guard_seconds = max(guard_ms, 4 * poll_ms) / 1000.0
+        # ready when any ring has records (woken by the adaptive wakeup of an empty ring)
+        self._any_record = select.epoll()
+        # ready when the doorbell rang: the wait between drains while records flow
+        self._urgent_record = select.epoll()
+        for ring in (*rings, doorbell):
+            if ring is not None and ring.fd is not None:
+                self._any_record.register(ring.fd, select.EPOLLIN)
+        if doorbell is not None and doorbell.fd is not None:
+            self._urgent_record.register(doorbell.fd, select.EPOLLIN)
+        self._flowing = False  # the last drain found records: more are probably on their way
+        self._lock = threading.Lock()  # one drainer at a time: the consumer or the guard
+        self._last_drain = time.monotonic()
+        # what the guard drained while the consumer was away, and its size in bytes
+        self._backlog: list[bytes] = []
+        self._backlog_bytes = 0
         self._max_backlog = max_backlog_bytes
-        # bytes drained (written by the reader thread only) and taken (by the consumer only):
-        # one writer each, so the backlog, their difference, is exact without a lock
-        self._drained_bytes = 0
-        self._taken_bytes = 0
-        self._ready = threading.Event()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self.records = 0
+        self.drains = 0
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="sentinel-ringbuf", daemon=True)
+        self._thread = threading.Thread(target=self._guard, name="sentinel-ringbuf", daemon=True)
         self._thread.start()
 
-    def _run(self) -> None:
-        wait = self._epoll.poll
-        while not self._stopping.is_set():
-            wait(self._poll_seconds)
-            if self._drained_bytes - self._taken_bytes >= self._max_backlog:
-                self._stopping.wait(self._poll_seconds)  # let the consumer catch up
+    def _guard(self) -> None:
+        """Drain into memory while the consumer is away longer than guard_ms."""
+        while not self._stopping.wait(self._guard_seconds):
+            if time.monotonic() - self._last_drain < self._guard_seconds:
                 continue
-            batch = self.drain()
-            if batch:
-                self.records += len(batch)
-                self._drained_bytes += sum(map(len, batch))
-                self._batches.append(batch)
-                self._ready.set()
+            if self._backlog_bytes >= self._max_backlog:
+                continue  # the consumer is far behind: the kernel counts what overflows
+            with self._lock:
+                batch = self.drain()
+                self._backlog += batch
+                self._backlog_bytes += sum(map(len, batch))
 
     def drain(self) -> list[bytes]:
-        """Every committed record of every ring, in timestamp order."""
+        """Every committed record of every ring, in timestamp order (callers hold the lock)."""
+        self.drains += 1
+        self._last_drain = time.monotonic()
         rings = self._rings
         positions = [ring.produced() for ring in rings]
         if len(rings) == 1:
-            return rings[0].drain(positions[0])
-        per_ring = [records for ring, produced in zip(rings, positions) if (records := ring.drain(produced))]
-        if len(per_ring) == 1:
-            return per_ring[0]
-        offset, timestamp_at = self._order_offset, _TIMESTAMP.unpack_from
-        merged = [record for records in per_ring for record in records]
-        # each ring's records are (nearly) sorted already: timsort merges the runs
-        merged.sort(key=lambda record: timestamp_at(record, offset)[0])
-        return merged
+            records = rings[0].drain(positions[0])
+        else:
+            per_ring = [records for ring, produced in zip(rings, positions) if (records := ring.drain(produced))]
+            if len(per_ring) <= 1:
+                records = per_ring[0] if per_ring else []
+            else:
+                offset, timestamp_at = self._order_offset, _TIMESTAMP.unpack_from
+                records = [record for records in per_ring for record in records]
+                # each ring's records are (nearly) sorted already: timsort merges the runs
+                records.sort(key=lambda record: timestamp_at(record, offset)[0])
+        self.records += len(records)
+        return records
 
     def take(self, timeout: float | None = None) -> list[bytes]:
-        """Every record received since the last call; waits up to `timeout` for the first."""
-        if not self._batches and timeout:
-            self._ready.wait(timeout)
-        self._ready.clear()
-        records: list[bytes] = []
-        while self._batches:
-            records.extend(self._batches.popleft())
-        self._taken_bytes += sum(map(len, records))
-        return records
+        """Every record committed since the last call; waits up to `timeout` for the first.
+        While records flow, waits poll_ms (or `timeout` if shorter) before draining, unless
+        an urgent record rings the doorbell."""
+        deadline = time.monotonic() + (timeout or 0)
+        while True:
+            remaining = max(0.0, deadline - time.monotonic())
+            if remaining and self._flowing:
+                self._urgent_record.poll(min(self._poll_seconds, remaining))
+            elif remaining:
+                self._any_record.poll(remaining)
+            if self._doorbell is not None:
+                self._doorbell.skip()
+            with self._lock:
+                records = self.drain()
+                if self._backlog:
+                    records = self._backlog + records
+                    self._backlog, self._backlog_bytes = [], 0
+            self._flowing = bool(records)
+            if records or time.monotonic() >= deadline:
+                return records
 
     def stop(self) -> None:
         self._stopping.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
             self._thread = None
-        self._epoll.close()
-        for ring in self._rings:
-            ring.close()
+        self._any_record.close()
+        self._urgent_record.close()
+        for ring in (*self._rings, self._doorbell):
+            if ring is not None:
+                ring.close()
