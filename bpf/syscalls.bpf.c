@@ -272,6 +272,7 @@ static __always_inline void sentinel_put_walk(char *tail, struct sentinel_cursor
 	}
 	int j;
 	for (j = 0; j < SENTINEL_PATH_DEPTH; j++) {
+		SENTINEL_KEEP_COUNTER(j);
 		if (j >= count)
 			break;
 		if (pos >= SENTINEL_TAIL_MAX) {
@@ -347,6 +348,7 @@ static __always_inline int sentinel_walk_prefix_match(struct sentinel_walk *w)
 	}
 	int j;
 	for (j = 0; j < SENTINEL_PATH_DEPTH; j++) {
+		SENTINEL_KEEP_COUNTER(j);
 		if (j >= count || pos >= SENTINEL_PREFIX_MAX - 1)
 			break;
 		u32 k = count - 1 - j;

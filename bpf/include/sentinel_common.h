@@ -207,6 +207,14 @@ static __always_inline struct sentinel_cursor *sentinel_cursor_reset(void)
 	return cur;
 }
 
+/* Keep a loop counter as the compiler's induction variable (the asm emits no instruction).
+ * Without it, clang turns `for (j = 0; j < N; j++) { if (j >= count) break; ... }` into a
+ * countdown from min(count, N); the 6.1 verifier cannot see that countdown end, so it follows
+ * the loop until some other bound stops it (up to the tail size: thousands of rounds, then
+ * "The sequence of 8193 jumps is too complex"). Kept, the counter is a constant in each round
+ * the verifier follows, and the loop stops at N. */
+#define SENTINEL_KEEP_COUNTER(j) asm volatile("" : "+r"(j))
+
 /* Tail writers: each writes at (off & MASK) at most SENTINEL_TAIL_SLACK bytes, so nothing
  * lands past SENTINEL_TAIL_MAX + SENTINEL_TAIL_SLACK; what does not fit sets TAIL_FULL. */
 static __always_inline void sentinel_put_kstr(char *tail, struct sentinel_cursor *cur, const void *src)
