@@ -193,3 +193,17 @@ def test_every_descriptor_fits_the_c_struct():
         assert all(0 <= i <= 6 for i in spec.string_args)
     assert syscalls.BY_NR[257].descriptor()["dirfd_arg"] == 1
     assert syscalls.BY_NR[44].descriptor()["addr_arg"] == 5 and syscalls.BY_NR[44].descriptor()["addr_len_arg"] == 6
+
+
+@pytest.mark.parametrize(
+    "nr, res, args, expected",
+    [
+        (33, 9, (3, 9, 0, 0, 0, 0), [("fd", 9), ("oldfd", 3), ("newfd", 9)]),  # dup2: the result fd first
+        (288, 7, (3, 0, 0, 0x800, 0, 0), [("fd", 7), ("flags", 0x800)]),  # accept4
+        (2, -2, (0, 0o100, 0o600, 0, 0, 0), [("fd", -2), ("name", ""), ("flags", 0o100), ("mode", 0o600)]),  # open
+        (83, 0, (0, 0o755, 0, 0, 0, 0), [("path", ""), ("mode", 0o755)]),  # mkdir: no fd argument
+    ],
+)
+def test_argument_order_puts_a_result_fd_first(decoder, nr, res, args, expected):
+    event = decoder.decode(record(nr, res=res, args=args))
+    assert list(event.args.items()) == expected
