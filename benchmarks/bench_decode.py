@@ -1,9 +1,10 @@
 """Decoder CPU per kernel record, on a realistic clone+exec+exit stream, in one run.
 
-Two streams, replayed R times each through the Decoder:
+Three streams, replayed R times each through the Decoder:
 - `loop`: what benchmarks/bench_exec.py makes: a long-running loop forks and execs
   /bin/true with the same argv and environment every time (built from the ABI mirror, no
   root needed);
+- `opens`: openat records of one process, half succeeded, half failed (ABI mirror too);
 - `kernel` (root only): the records of N `/bin/true <i>` fork+execs captured from the
   running kernel (unique argv, all processes of the host).
 The processes a stream names but does not create (the loop itself, the host's daemons) are
@@ -23,6 +24,7 @@ from __future__ import annotations
 import argparse
 import os
 import stat
+import struct
 import subprocess
 import time
 from collections import defaultdict
@@ -34,7 +36,10 @@ from sentinel.events import abi
 from sentinel.events.decode import Decoder
 from sentinel.events.model import Event, Process
 
-OP_NAMES = {abi.OP_EXEC: "exec", abi.OP_EXEC_FAILED: "exec_failed", abi.OP_CLONE: "clone", abi.OP_EXIT: "exit", abi.OP_CHDIR: "chdir"}
+OP_NAMES = {
+    abi.OP_EXEC: "exec", abi.OP_EXEC_FAILED: "exec_failed", abi.OP_CLONE: "clone", abi.OP_EXIT: "exit",
+    abi.OP_CHDIR: "chdir", abi.OP_SYSCALL: "syscall",
+}  # fmt: skip
 _HEADER = abi.HEADER.struct.unpack_from
 _CLONE = abi.CLONE.struct.unpack_from
 _CLONE_PARENT = abi.CLONE.names.index("parent_pid"), abi.CLONE.names.index("parent_start_ns")
@@ -118,6 +123,36 @@ def loop_records(execs: int, loop_pid: int = 40_000, loop_start_ns: int = 10**12
             )  # fmt: skip
         )
         boot_ns += 800_000
+    return records
+
+
+def open_records(count: int, pid: int = 40_000, start_ns: int = 10**12) -> list[bytes]:
+    """openat records of one process: half open /etc/ld.so.cache, half fail on a relative
+    name (the kernel then sends the directory it was relative to)."""
+    openat = 257
+    records = []
+    for n in range(count):
+        common = dict(
+            hdr__op=abi.OP_SYSCALL, hdr__boot_ns=start_ns + n * 10_000, hdr__start_ns=start_ns, hdr__pid=pid,
+            hdr__tid=pid, hdr__comm=b"loader", nr=openat,
+        )  # fmt: skip
+        if n % 2:
+            name = b"/etc/ld.so.cache"
+            records.append(
+                pack(
+                    abi.SYSCALL, name + name + b"\0", res=5, fd=5, flags=abi.F_SYS_FD, fd_mode=0o100644, fd_ino=1234,
+                    args=struct.pack("<6q", -100, 0, 0o2000000, 0, 0, 0), path_len=len(name), str0_len=len(name) + 1,
+                    **common,
+                )  # fmt: skip
+            )
+        else:
+            name, base = b"libfoo.so.1\0", b"/usr/lib/x86_64-linux-gnu"
+            records.append(
+                pack(
+                    abi.SYSCALL, name + base, res=-2, fd=-1, args=struct.pack("<6q", -100, 0, 0o2000000, 0, 0, 0),
+                    str0_len=len(name), base_len=len(base), **common,
+                )  # fmt: skip
+            )
     return records
 
 
@@ -234,20 +269,27 @@ def report(name: str, records: list[bytes], repeats: int) -> None:
     for op in sorted(counts):
         print("  %-12s %8d %12.2f %16.2f" % (OP_NAMES.get(op, op), counts[op], alone[op], with_table[op]))
     lifecycle = [op for op in (abi.OP_CLONE, abi.OP_EXEC, abi.OP_EXIT) if op in with_table]
-    print(
-        "  mean of clone/exec/exit: decoder %.2f us, decoder+table %.2f us"
-        % (sum(alone[op] for op in lifecycle) / len(lifecycle), sum(with_table[op] for op in lifecycle) / len(lifecycle))
-    )
+    if lifecycle:
+        print(
+            "  mean of clone/exec/exit: decoder %.2f us, decoder+table %.2f us"
+            % (
+                sum(alone[op] for op in lifecycle) / len(lifecycle),
+                sum(with_table[op] for op in lifecycle) / len(lifecycle),
+            )
+        )
     print("  whole mix, timed at once: decoder %.2f us, decoder+table %.2f us per record" % (alone_mean, table_mean))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--execs", type=int, default=10_000, help="fork+execs per stream (past 8,192 the exited bound works)")
+    parser.add_argument(
+        "--execs", type=int, default=10_000, help="fork+execs per stream (past 8,192 the exited bound works)"
+    )
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--no-kernel", action="store_true", help="skip the stream captured from the kernel")
     options = parser.parse_args()
     report("loop (bench_exec's /bin/true loop)", loop_records(options.execs), options.repeats)
+    report("opens (openat, half of them failed)", open_records(options.execs), options.repeats)
     if not options.no_kernel and os.geteuid() == 0:
         report("kernel (/bin/true <i>, captured)", capture(options.execs), options.repeats)
 
