@@ -19,6 +19,7 @@ from __future__ import annotations
 import stat
 import struct
 import sys
+from functools import partial
 from typing import Any, Callable, Protocol
 
 from sentinel.events import abi, sysdecode
@@ -146,9 +147,10 @@ class Decoder:
             abi.OP_CLONE: self._clone,
             abi.OP_EXIT: self._exit,
             abi.OP_CHDIR: self._chdir,
-            abi.OP_SYSCALL: lambda data: sysdecode.decode_syscall(self, data),
-            abi.OP_COMPAT: lambda data: sysdecode.decode_compat(self, data),
-            abi.OP_IO_URING: lambda data: sysdecode.decode_io_uring(self, data),
+            # partial, not lambda: one Python frame less per record
+            abi.OP_SYSCALL: partial(sysdecode.decode_syscall, self),
+            abi.OP_COMPAT: partial(sysdecode.decode_compat, self),
+            abi.OP_IO_URING: partial(sysdecode.decode_io_uring, self),
         }
 
     def register(self, op: int, handler: Callable[[bytes], Event | None]) -> None:
