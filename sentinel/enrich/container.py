@@ -127,6 +127,14 @@ def parse_cgroup(text: str) -> CgroupInfo:
     )
 
 
+def shows_our_pids(proc_root: str) -> bool:
+    """`proc_root` is a procfs of our own pid namespace (its /self is us)."""
+    try:
+        return int(os.readlink(proc_root + "/self")) == os.getpid()
+    except (OSError, ValueError):
+        return False
+
+
 def pid_exists(pid: int) -> bool:
     """A process (or zombie) has this pid in our pid namespace now."""
     try:
@@ -163,9 +171,10 @@ class CgroupResolver:
         self._clock = clock
         self._by_cgroup_id: dict[int, CgroupInfo] = {}
         self._by_css_set: dict[tuple[int, int], tuple[CgroupInfo, float]] = {}
-        # Our own /proc: its pids are the ones kill() sees, so a gone process can be told
-        # by kill(pid, 0) (~1 us) instead of a failed open of /proc/<pid>/cgroup (~5 us).
-        self._own_proc = proc_root == "/proc"
+        # Our own pid namespace's /proc: its pids are the ones kill() sees, so a gone process
+        # can be told by kill(pid, 0) (~1 us) instead of a failed open of /proc/<pid>/cgroup
+        # (~5 us).
+        self._own_proc = shows_our_pids(proc_root)
 
     def resolve(self, pid: int, cgroup_id: int = 0, cgroups_key: int = 0) -> CgroupInfo | None:
         """The cgroup of `pid`, or None when the process is gone."""

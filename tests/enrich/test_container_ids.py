@@ -193,3 +193,8 @@ def test_resolver_does_not_read_proc_for_a_reaped_process(monkeypatch):
     monkeypatch.setattr(container, "read_at", lambda dir_fd, name: opened.append(name))
     assert CgroupResolver("/proc").resolve(child.pid, 0, 0) is None
     assert opened == []
+
+
+def test_only_a_procfs_of_our_own_pid_namespace_is_checked_with_kill(tmp_path):
+    assert container.shows_our_pids("/proc")
+    assert not container.shows_our_pids(str(tmp_path))  # a fake /proc: every read goes to the files
