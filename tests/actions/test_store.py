@@ -513,6 +513,22 @@ def test_values_the_pipe_cannot_carry_are_encoded_before_sending(db_path):
     assert json.loads(row[0])["args"] == {"buf": "\\xffdata"}
 
 
+def test_open_flag_columns_keep_their_values_across_the_v5_migration(db_path):
+    events = [open_event(), exec_event(), connect_event()]
+    events[0].args["flags"] = 0o2  # O_RDWR: read and write
+    write_only = open_event("/tmp/out")
+    write_only.args["flags"] = 0o1101  # O_WRONLY|O_CREAT|O_TRUNC
+    events.append(write_only)
+    query = "SELECT evt_type, evt_is_open_read, evt_is_open_write FROM events ORDER BY seq"
+    with Store(db_path, migrations=MIGRATIONS[:4]) as store:
+        for event in events:
+            store.add_event(event, matched=True)
+    before = [tuple(row) for row in rows(db_path, query)]
+    assert before == [("openat", 1, 1), ("execve", 0, 0), ("connect", 0, 0), ("openat", 0, 1)]
+    Store(db_path).close()
+    assert [tuple(row) for row in rows(db_path, query)] == before
+
+
 def test_alert_json_columns_are_encoded_in_the_store_process(db_path):
     fields = {"proc.args": ["-c", "id"], "fd.name": None, "fd.rport": 443}
     produced = alert(output_fields=fields, tags=["b", "a"])
