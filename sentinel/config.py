@@ -69,6 +69,13 @@ class SensorConfig:
     # children stay whatever the count): at 5,000 execs/s the grace alone would keep 25,000.
     process_exited_max: int = 8192
 
+    def __post_init__(self) -> None:
+        pages = self.ringbuf_pages
+        if not isinstance(pages, int) or pages <= 0 or pages & (pages - 1):
+            raise ConfigError("sensor.ringbuf_pages must be a power of two, not %r" % (pages,))
+        if not isinstance(self.batch_ms, int) or not 1 <= self.batch_ms <= 1000:
+            raise ConfigError("sensor.batch_ms must be between 1 and 1000, not %r" % (self.batch_ms,))
+
 
 @dataclass(frozen=True)
 class StoreConfig:
@@ -209,6 +216,8 @@ def _build(cls: type, data: Any, path: str, where: tuple[int, int]) -> Any:
         return cls(**kwargs)
     except TypeError as exc:
         raise ConfigError(str(exc), location) from None
+    except ConfigError as exc:  # a section's own check: point at the section
+        raise ConfigError(exc.message, exc.location or location) from None
 
 
 def _coerce(hint: Any, value: Any, path: str, where: tuple[int, int], key: str) -> Any:

@@ -159,11 +159,7 @@ class Sensor:
         the bootstrap is seen by the kernel side too."""
         started = time.monotonic()
         env_keys = env_keep_keys(self.config.sensor.env_keep)
-        pages = self.config.sensor.ringbuf_pages
-        if pages <= 0 or pages & (pages - 1):
-            raise ConfigError("sensor.ringbuf_pages must be a power of two, not %d" % pages)
-        if not 1 <= self.config.sensor.batch_ms <= 1000:
-            raise ConfigError("sensor.batch_ms must be between 1 and 1000, not %d" % self.config.sensor.batch_ms)
+        pages = self.config.sensor.ringbuf_pages  # checked by SensorConfig
         slots = ringbuf.cpu_slots()
         loaded = loader.load_object(defines={"SENTINEL_RINGBUF_PAGES": pages, "SENTINEL_CPU_SLOTS": slots})
         self._bpf = loaded.bpf

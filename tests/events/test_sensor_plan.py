@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from sentinel import config
 from sentinel.config import Config, SensorConfig
 from sentinel.errors import ConfigError
 from sentinel.events.interest import PROCESS_LIFECYCLE, Interest
@@ -33,10 +34,22 @@ def test_env_keep_names_that_cannot_match_are_errors(bad):
         env_keep_keys((bad,))
 
 
-def test_ring_buffer_size_must_be_a_power_of_two_pages():
-    sensor = Sensor(Config().replace(sensor=SensorConfig(ringbuf_pages=3)), Interest(), table=object())
-    with pytest.raises(ConfigError, match="power of two"):
-        sensor.start()
+@pytest.mark.parametrize(
+    "setting, message",
+    [("ringbuf_pages: 3", "ringbuf_pages must be a power of two, not 3"),
+     ("ringbuf_pages: 0", "ringbuf_pages must be a power of two, not 0"),
+     ("batch_ms: 0", "batch_ms must be between 1 and 1000, not 0"),
+     ("batch_ms: 5000", "batch_ms must be between 1 and 1000, not 5000")],
+)
+def test_ring_buffer_settings_are_checked_when_the_configuration_loads(tmp_path, setting, message):
+    """Before anything starts, with the file and line of the sensor section."""
+    path = tmp_path / "sentinel.yaml"
+    path.write_text("store:\n  path: /tmp/x.db\nsensor:\n  %s\n" % setting)
+    with pytest.raises(ConfigError, match=message) as raised:
+        config.load(path)
+    assert str(raised.value).startswith("%s:4:" % path)
+    with pytest.raises(ConfigError, match=message):
+        SensorConfig(**{setting.split(":")[0]: int(setting.split(":")[1])})
 
 
 def test_private_struct_offsets_read_from_btf_match_bpftool():
