@@ -168,6 +168,19 @@ def test_ids_are_unique_time_ordered_uuid7():
     assert all(re.fullmatch(r"[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}", i) for i in ids[:100])
 
 
+def test_ids_carry_time_counter_and_node_in_the_uuid7_layout():
+    source = record._IdSource()
+    before = time.time_ns() // 1_000_000
+    ids = [source() for _ in range(70_000)]  # past a 16-bit boundary of the counter
+    after = time.time_ns() // 1_000_000
+    values = [int(i.replace("-", ""), 16) for i in ids]
+    assert all(before <= value >> 80 <= after for value in values)
+    assert {value >> 76 & 0xF for value in values} == {7} and {value >> 62 & 0x3 for value in values} == {2}
+    counters = [(value >> 64 & 0xFFF) << 30 | (value >> 48 & 0x3FFF) << 16 | (value >> 32 & 0xFFFF) for value in values]
+    assert all(later - earlier == 1 for earlier, later in zip(counters, counters[1:]) if later)  # 0: the 42 bits wrapped
+    assert len({value & 0xFFFFFFFF for value in values}) == 1
+
+
 def test_alert_links_event_keeps_its_id_and_records_ancestry(db_path):
     event = open_event()
     with Store(db_path) as store:
