@@ -8,7 +8,7 @@ log line or a SIEM record.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from sentinel.rules import ast
@@ -53,41 +53,62 @@ def _field_value(value: Any) -> Any:
 class OutputTemplate:
     text: str
     pieces: tuple[tuple[str, str, Callable[[Any], Any]] | str, ...]  # literal, or (key, key, extractor)
+    # pieces as one generated function: (event) -> (text, output_fields)
+    _render: Callable[[Any], tuple[str, dict[str, Any]]] = field(init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_render", _compile_renderer(self.pieces))
 
     @property
     def field_keys(self) -> tuple[str, ...]:
         return tuple(piece[0] for piece in self.pieces if not isinstance(piece, str))
 
     def render(self, event: Any) -> str:
-        return self.render_with_fields(event)[0]
+        return self._render(event)[0]
 
     def fields(self, event: Any) -> dict[str, Any]:
         """Falco's `output_fields`: each field of the template with its value (None when absent)."""
-        return self.render_with_fields(event)[1]
+        return self._render(event)[1]
 
     def render_with_fields(self, event: Any) -> tuple[str, dict[str, Any]]:
         """The output text and `output_fields` together, each field extracted once: an alert
         needs both."""
-        raw: dict[str, Any] = {}
-        parts = []
-        for piece in self.pieces:
-            if piece.__class__ is str:
-                parts.append(piece)
-                continue
-            key = piece[0]
-            if key in raw:
-                value = raw[key]
-            else:
-                value = raw[key] = _safe(piece[2], event)
-            parts.append(display(value))
-        return "".join(parts), {key: _field_value(value) for key, value in raw.items()}
+        return self._render(event)
 
 
-def _safe(extract: Callable[[Any], Any], event: Any) -> Any:
-    try:
-        return extract(event)
-    except Exception:  # an output never breaks alerting: a bad value shows as absent
-        return None
+# Classes whose values display() shows with str() and _field_value() passes unchanged.
+_PLAIN = frozenset({int, float, type(None)})
+
+
+def _compile_renderer(pieces: tuple[Any, ...]) -> Callable[[Any], tuple[str, dict[str, Any]]]:
+    """One function per template: each field extracted once into a local (None if its
+    extractor fails), plain strings shown without a call (measured: half the CPU of
+    rendering the text and the fields separately). Literals, keys and extractors are
+    globals of the function, never source text."""
+    scope: dict[str, Any] = {"_display": display, "_field_value": _field_value, "_control": _CONTROL.search,
+                             "_plain": _PLAIN}
+    local_of: dict[str, str] = {}
+    lines = ["def render(e):"]
+    parts = []
+    for number, piece in enumerate(pieces):
+        if piece.__class__ is str:
+            scope["_l%d" % number] = piece
+            parts.append("_l%d" % number)
+            continue
+        key, _, extract = piece
+        value = local_of.get(key)
+        if value is None:
+            value = local_of[key] = "v%d" % len(local_of)
+            scope["_x" + value] = extract
+            scope["_k" + value] = key
+            lines += ["    try:", "        %s = _x%s(e)" % (value, value), "    except Exception:",
+                      "        %s = None" % value]  # an output never breaks alerting: absent
+        parts.append("(%s if %s.__class__ is str and _control(%s) is None else _display(%s))" % ((value,) * 4))
+    fields = ", ".join("_k%s: (%s if %s.__class__ in _plain or %s.__class__ is str else _field_value(%s))"
+                       % ((value,) * 5) for value in local_of.values())
+    lines.append("    return ''.join((%s%s)), {%s}" % (", ".join(parts), "," if len(parts) == 1 else "", fields))
+    exec(compile("\n".join(lines), "<output template>", "exec"), scope)
+    return scope["render"]
 
 
 def _formatted(formatter: Callable[[Any], Any], extract: Callable[[Any], Any]) -> Callable[[Any], Any]:

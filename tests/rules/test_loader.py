@@ -78,6 +78,27 @@ def test_output_text_and_fields_together_match_each_alone():
     assert list(fields)[:2] == ["proc.name", "proc.args"] and fields["proc.args"] == "-c id\x07"
 
 
+def test_output_values_of_every_kind_and_a_failing_field():
+    from types import SimpleNamespace
+
+    from sentinel.rules.output import parse_output
+
+    values = {"a.str": "x\x1by", "a.int": 7, "a.none": None, "a.bool": True, "a.tuple": ("p", "q"), "a.bytes": b"\xffz"}
+
+    def bind(ref):
+        if ref.name == "a.fails":
+            return SimpleNamespace(extract=lambda event: 1 / 0)
+        return SimpleNamespace(extract=lambda event: values[ref.name])
+
+    template = parse_output("%a.str|%a.int|%a.none|%a.bool|%a.tuple|%a.bytes|%a.fails|%a.int '{x}' \\n", bind)
+    text, fields = template.render_with_fields(None)
+    assert text == "x\\x1by|7|<NA>|true|p,q|\\xffz|<NA>|7 '{x}' \\n"
+    assert fields == {"a.str": "x\x1by", "a.int": 7, "a.none": None, "a.bool": True, "a.tuple": ["p", "q"],
+                      "a.bytes": "\\xffz", "a.fails": None}
+    assert parse_output("", bind).render_with_fields(None) == ("", {})
+    assert parse_output("%a.int", bind).render(None) == "7"
+
+
 def test_output_times_render_as_falco_prints_them():
     ruleset = load(BASE.replace("output: shell %proc.name", "output: at %evt.time %evt.time.iso8601 shell %proc.name"))
     event = build_event(dict(execve("bash"), time_ns=1_700_000_000_123_456_789))
