@@ -19,20 +19,35 @@ which the kernel filter drops on a real host, are kept: the conservative case), 
 synthetic stream of benchmarks/bench_rules.py (a third of its events raise an alert).
 Each figure is the best of --rounds runs.
 
+CPU time on a machine shared with other work is noisy; `--instructions` measures the same
+stages in instructions per event instead (valgrind's callgrind, which counts them exactly):
+the benchmark runs itself under callgrind, zeroes and dumps the counters around each stage
+(client requests from benchmarks/callgrind_marks.c), and takes the store process's share as
+the difference between a store process that served only the warm-up and one that also
+served the measured events. Needs valgrind and its headers (Debian: valgrind).
+
     .venv/bin/python -m benchmarks.bench_agent_cpu [--events N] [--rounds R] [--rules-dir DIR]
+    .venv/bin/python -m benchmarks.bench_agent_cpu --instructions [--events N]
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
+import dataclasses
+import glob
 import os
+import re
 import resource
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 from benchmarks.bench_rules import UPSTREAM_FILES, find_rules_dir, synthetic_events
+from sentinel.actions.store import StoreWriter
 from sentinel.agent import Agent
 from sentinel.config import AlertsConfig, Config, StoreConfig
 from sentinel.events.model import Event, Fd, Process
@@ -160,19 +175,121 @@ def measure(agent: Agent, events: list[Event], rounds: int) -> dict[str, float]:
     }
 
 
+_STREAMS = {"mix": mix_events, "alerting": synthetic_events}
+_STAGE = re.compile(r"^desc: Trigger: Client Request: stage-(\w+)", re.M)
+
+
+def stages_under_callgrind(marks_library: str, stream: str, count: int, rules_dir: Path) -> None:
+    """The stages between callgrind marks (this process runs under callgrind)."""
+    marks = ctypes.CDLL(marks_library)
+    make = _STREAMS[stream]
+    warm, events = make(500), make(count)
+    with tempfile.TemporaryDirectory(prefix="sentinel-bench-cpu-") as directory:
+        agent = make_agent(directory, rules_dir)
+        for event in warm:
+            agent.handle(event)
+        agent.store.close()  # the first store process: its start and the warm-up only
+        # Batches by size, never by age: callgrind slows the agent down 50-fold.
+        config = dataclasses.replace(agent.config.store, flush_seconds=3600.0)
+        agent.store = store = StoreWriter(os.path.join(directory, "second.db"), config)
+        for event in warm:
+            agent.handle(event)
+        store.flush()
+        match, handle = agent.ruleset.match, agent.handle
+        marks.marks_zero()
+        for event in events:
+            match(event)
+        marks.marks_dump(b"stage-rules")
+        agent.store = None
+        marks.marks_zero()
+        for event in events:
+            handle(event)
+        marks.marks_dump(b"stage-nostore")
+        agent.store = store
+        marks.marks_zero()
+        for event in events:
+            handle(event)
+        store.flush()
+        marks.marks_dump(b"stage-store")
+        store.close()  # the second store process: start, warm-up and the measured events
+        agent.alerts.close()
+
+
+def _total_instructions(path: str) -> int:
+    with open(path) as handle:
+        for line in handle:
+            if line.startswith(("summary:", "totals:")):
+                return int(line.split()[1])
+    raise SystemExit("no instruction total in %s" % path)
+
+
+def instructions_per_event(stream: str, count: int, rules_dir: Path, directory: str) -> dict[str, float]:
+    """Run the stages of one stream under callgrind; instructions per event by stage."""
+    library = os.path.join(directory, "callgrind_marks.so")
+    if not os.path.exists(library):
+        subprocess.run(["gcc", "-O2", "-shared", "-fPIC", "-o", library, str(REPO / "benchmarks" / "callgrind_marks.c")],
+                       check=True)
+    output = os.path.join(directory, stream)
+    os.mkdir(output)
+    command = ["valgrind", "--tool=callgrind", "--trace-children=yes", "--callgrind-out-file=%s/cg.%%p.out" % output,
+               sys.executable, "-m", "benchmarks.bench_agent_cpu", "--under-callgrind", library, "--stream", stream,
+               "--events", str(count), "--rules-dir", str(rules_dir)]
+    environment = dict(os.environ, PYTHONHASHSEED="0", PYTHONPATH=str(REPO))
+    subprocess.run(command, check=True, cwd=REPO, env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    stages: dict[str, int] = {}
+    store_processes = []
+    for path in glob.glob(os.path.join(output, "cg.*.out*")):
+        with open(path) as handle:
+            head = handle.read(4000)
+        stage = _STAGE.search(head)
+        if stage:
+            stages[stage.group(1)] = _total_instructions(path)
+        elif "serve_store_process" in head:
+            store_processes.append(path)
+    if len(store_processes) != 2 or len(stages) != 3:
+        raise SystemExit("callgrind output incomplete in %s" % output)
+    first, second = sorted(store_processes, key=os.path.getmtime)
+    return {
+        "rules": stages["rules"] / count,
+        "alert": (stages["nostore"] - stages["rules"]) / count,
+        "store_encode": (stages["store"] - stages["nostore"]) / count,
+        "agent_total": stages["store"] / count,
+        "store_process": (_total_instructions(second) - _total_instructions(first)) / count,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--events", type=int, default=40_000)
+    parser.add_argument("--events", type=int, default=None, help="per stream (default 40,000; 5,000 with --instructions)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--rules-dir", default=None)
+    parser.add_argument("--instructions", action="store_true", help="instructions per event under callgrind")
+    parser.add_argument("--under-callgrind", metavar="MARKS_LIBRARY", help=argparse.SUPPRESS)
+    parser.add_argument("--stream", choices=sorted(_STREAMS), help=argparse.SUPPRESS)
     options = parser.parse_args()
     rules_dir = find_rules_dir(options.rules_dir)
-    streams = {"mix": mix_events(options.events), "alerting": synthetic_events(options.events)}
+    if options.under_callgrind:
+        stages_under_callgrind(options.under_callgrind, options.stream, options.events, rules_dir)
+        return
+    if options.instructions:
+        count = options.events or 5_000
+        print("instructions per event after the decoder (callgrind, %d events per stream; upstream Falco files + rules/)"
+              % count)
+        print("%-9s %9s %9s %13s %12s %14s" % ("stream", "rules", "alert", "store encode", "agent total", "store process"))
+        with tempfile.TemporaryDirectory(prefix="sentinel-bench-callgrind-") as directory:
+            for name in _STREAMS:
+                figures = instructions_per_event(name, count, rules_dir, directory)
+                print("%-9s %9.0f %9.0f %13.0f %12.0f %14.0f" % (
+                    name, figures["rules"], figures["alert"], figures["store_encode"], figures["agent_total"],
+                    figures["store_process"]))
+        return
+    events_per_stream = options.events or 40_000
+    streams = {name: make(events_per_stream) for name, make in _STREAMS.items()}
     with tempfile.TemporaryDirectory(prefix="sentinel-bench-cpu-") as directory:
         agent = make_agent(directory, rules_dir)
         try:
             print("CPU us per event after the decoder (best of %d runs of %d events; upstream Falco files + rules/)"
-                  % (options.rounds, options.events))
+                  % (options.rounds, events_per_stream))
             print("%-9s %7s %7s %7s %13s %13s %14s" % ("stream", "alerts", "rules", "alert", "store encode",
                                                        "agent total", "store process"))
             for name, events in streams.items():
