@@ -13,7 +13,7 @@ RUN_DEBS := python3-bpfcc bpfcc-tools bpftool python3-venv python3-pip
 # (Debian's `loki` is a genetics tool, not Grafana Loki: the Loki output is tested against
 # the push/query API served by the test harness.)
 TEST_DEBS := tmux rsyslog rsyslog-gnutls rsyslog-relp openssl iproute2 gcc libc6-dev \
-             dpkg-dev fakeroot systemd debootstrap logrotate util-linux
+             dpkg-dev fakeroot systemd debootstrap logrotate util-linux valgrind
 PYTEST_ARGS ?=
 
 .PHONY: run test deps-run deps-test venv bench lsm-test deb container-test clean
