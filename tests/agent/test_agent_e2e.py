@@ -228,11 +228,12 @@ def test_alerts_and_events_are_forwarded_through_the_outbox(start_agent, agent_d
 
 
 def test_a_part_failing_at_start_stops_the_others_and_exits(agent_dir):
-    """The store, forwarder and enforcement start before the sensor; when the sensor refuses
-    its configuration the process must still exit (nothing left holding it alive)."""
+    """The store, forwarder and enforcement start before the sensor; when the sensor's process
+    table refuses its configuration (a check made at start, not when the file loads) the
+    process must still exit (nothing left holding it alive)."""
     config = agent_dir / "bad.yaml"
     config.write_text(
-        "sensor:\n  ringbuf_pages: 3\ncontrol:\n  socket: %s\nforward:\n  outbox: %s\n"
+        "sensor:\n  process_table_max: 0\ncontrol:\n  socket: %s\nforward:\n  outbox: %s\n"
         "outputs:\n  - {name: f, type: jsonfile, path: %s}\n"
         % (agent_dir / "c.sock", agent_dir / "outbox.db", agent_dir / "f.jsonl")
     )
@@ -241,7 +242,7 @@ def test_a_part_failing_at_start_stops_the_others_and_exits(agent_dir):
         capture_output=True, text=True, timeout=120, cwd=REPO,
     )
     assert result.returncode == 1
-    assert "sensor.ringbuf_pages must be a power of two, not 3" in result.stderr
+    assert "sensor.process_table_max must be at least 1, not 0" in result.stderr
     assert "agent.stopped" in result.stderr
 
 
