@@ -176,7 +176,7 @@ class Agent:
         if self.forwarder is not None:
             self.forwarder.submit(record)
         if self.store is not None:
-            self.store.add_alert(record, event_id, ancestry_of(event.proc))
+            self.store.add_alert(record, event_id, ancestry_of(event.proc), time_ns=event.time_ns)
 
     def _internal_alert(self, rule: str, priority: str, output: str, fields: dict[str, Any] | None = None) -> None:
         """Alerts about the agent itself (drops, failed reloads): never silent."""

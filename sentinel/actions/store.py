@@ -134,8 +134,9 @@ class RowBuffer:
         self.pending.events.append(record.event_row(event, event_id, matched))
         return event_id
 
-    def add_alert(self, alert: dict[str, Any], event_id: str | None, ancestry: Sequence[Any] | None) -> str:
-        row = record.alert_row(alert, event_id, ancestry)
+    def add_alert(self, alert: dict[str, Any], event_id: str | None, ancestry: Sequence[Any] | None,
+                  time_ns: int | None = None) -> str:
+        row = record.alert_row(alert, event_id, ancestry, time_ns)
         self._note_first()
         self.pending.alerts.append(row)
         return row[0]
@@ -307,8 +308,10 @@ class Store:
             self.flush()
         return event_id
 
-    def add_alert(self, alert: dict[str, Any], event_id: str | None = None, ancestry: Sequence[Any] | None = None) -> str:
-        return self.buffer.add_alert(alert, event_id, ancestry)
+    def add_alert(self, alert: dict[str, Any], event_id: str | None = None, ancestry: Sequence[Any] | None = None,
+                  time_ns: int | None = None) -> str:
+        """time_ns: the alert's time when the caller has it as a number (else read from the record)."""
+        return self.buffer.add_alert(alert, event_id, ancestry, time_ns)
 
     def add_action(self, kind: str, target: str, **details: Any) -> str:
         """Record an enforcement or operator action; details: rule, mode, outcome, detail, alert_id."""
@@ -788,9 +791,11 @@ class StoreWriter:
             self._hand_off()
         return event_id
 
-    def add_alert(self, alert: dict[str, Any], event_id: str | None = None, ancestry: Sequence[Any] | None = None) -> str:
+    def add_alert(self, alert: dict[str, Any], event_id: str | None = None, ancestry: Sequence[Any] | None = None,
+                  time_ns: int | None = None) -> str:
+        """time_ns: the alert's time when the caller has it as a number (else read from the record)."""
         with self._lock:
-            alert_id = self._buffer.add_alert(alert, event_id, ancestry)
+            alert_id = self._buffer.add_alert(alert, event_id, ancestry, time_ns)
             self.stats.queued += 1
         return alert_id
 

@@ -564,6 +564,13 @@ def test_alert_times_in_rfc3339_are_read_to_the_nanosecond(text, expected):
     assert record.alert_row(alert(time=text), None, None)[1] == expected
 
 
+def test_an_alert_time_given_as_a_number_is_the_stored_time(db_path):
+    with Store(db_path) as store:
+        store.add_alert(alert(), None, [], time_ns=1795434141123456789)
+        store.add_alert(alert(id="second"), None, [], time_ns=7)
+    assert [row[0] for row in rows(db_path, "SELECT time FROM alerts ORDER BY seq")] == [1795434141123456789, 7]
+
+
 def test_an_impossible_alert_time_is_an_error():
     with pytest.raises(ValueError):
         record.alert_row(alert(time="2026-13-23T11:42:21Z"), None, None)
