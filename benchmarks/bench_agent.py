@@ -36,6 +36,7 @@ import os
 import shutil
 import signal
 import socket
+import statistics
 import sqlite3
 import subprocess
 import sys
@@ -183,19 +184,24 @@ def config_text(workdir: Path, outputs: int = 0, ringbuf_pages: int | None = Non
     return text
 
 
-def exec_slowdown(agent_dir: Path, loop: str, iterations: int) -> dict:
-    before = run_loops(loop, iterations, 2)
+def exec_slowdown(agent_dir: Path, loop: str, iterations: int, rounds: int) -> dict:
+    """Loop runs without the agent (before it starts and after it stops) and with it running,
+    `rounds` of each; ratios of the medians. The first run with the agent is a warm-up, not
+    counted: right after READY the agent is still settling (bootstrap, first collections)."""
+    without = [run_loops(loop, iterations, 2) for _ in range(rounds - rounds // 2)]
     agent = Agent(agent_dir)
     try:
-        during = run_loops(loop, iterations, 2)
+        run_loops(loop, iterations, 2)
+        during = [run_loops(loop, iterations, 2) for _ in range(rounds)]
     finally:
         agent.stop()
-    after = run_loops(loop, iterations, 2)
-    base_wall = (before["seconds"] + after["seconds"]) / 2
-    base_cpu = (before["cpu"] + after["cpu"]) / 2
+    without += [run_loops(loop, iterations, 2) for _ in range(rounds // 2)]
+    base_wall = statistics.median(run["seconds"] for run in without)
+    base_cpu = statistics.median(run["cpu"] for run in without)
     return {
-        "wall_ratio": during["seconds"] / base_wall,
-        "cpu_ratio": during["cpu"] / base_cpu,
+        "wall_ratio": statistics.median(run["seconds"] for run in during) / base_wall,
+        "cpu_ratio": statistics.median(run["cpu"] for run in during) / base_cpu,
+        "wall_ratios": [run["seconds"] / base_wall for run in during],
         "execs_per_second_without": 2 * iterations / base_wall,
     }
 
@@ -398,6 +404,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2, help="generator processes sharing the rate")
     parser.add_argument("--ringbuf-pages", type=int, help="sensor.ringbuf_pages for the throughput steps (default: the configured one)")
     parser.add_argument("--exec-iterations", type=int, default=2000, help="0 skips the exec-loop slowdown")
+    parser.add_argument("--exec-rounds", type=int, default=5, help="exec-loop runs with the agent (and as many without)")
     parser.add_argument("--outputs", type=int, default=3, help="SIEM outputs (taking every event) for the forwarding overhead run")
     parser.add_argument("--profile", type=int, nargs="?", const=-1, metavar="RATE",
                         help="profile the consumer thread at RATE syscalls/s (default: the best rate found)")
@@ -414,9 +421,11 @@ def main() -> None:
         if args.exec_iterations:
             slow_dir = Path(build_dir) / "slowdown"
             slow_dir.mkdir()
-            result = exec_slowdown(slow_dir, loop, args.exec_iterations)
-            print("exec loop (2 x %d fork+exec, %.0f execs/s without the agent): slowdown wall %.3fx, cpu %.3fx"
-                  % (args.exec_iterations, result["execs_per_second_without"], result["wall_ratio"], result["cpu_ratio"]))
+            result = exec_slowdown(slow_dir, loop, args.exec_iterations, args.exec_rounds)
+            print("exec loop (2 x %d fork+exec, %.0f execs/s without the agent, median of %d runs with and %d without): "
+                  "slowdown wall %.3fx (runs: %s), cpu %.3fx"
+                  % (args.exec_iterations, result["execs_per_second_without"], args.exec_rounds, args.exec_rounds,
+                     result["wall_ratio"], ", ".join("%.3f" % r for r in result["wall_ratios"]), result["cpu_ratio"]))
 
         load_dir = Path(build_dir) / "throughput"
         load_dir.mkdir()

@@ -7,6 +7,7 @@ import sys
 
 BENCHMARKS = (
     "bench_rules",
+    "bench_agent_cpu",
     "bench_decode",
     "bench_proctable",
     "bench_store",
