@@ -77,6 +77,8 @@ struct sentinel_prefix_key {
 	u32 prefixlen;
 	char data[SENTINEL_PREFIX_MAX];
 };
+/* The value: the access-mode bits (1 << (f_flags & O_ACCMODE)) of the opens this prefix
+ * passes, those of every shorter prefix included (the trie answers with the longest). */
 BPF_LPM_TRIE(snt_open_prefixes, struct sentinel_prefix_key, u8, SENTINEL_OPEN_FILTER_ENTRIES);
 struct sentinel_comm_key {
 	char comm[SENTINEL_COMM_LEN];
@@ -332,14 +334,15 @@ static __always_inline int sentinel_first_listed(struct sentinel_walk *w)
 	return snt_open_first.lookup(key) != 0;
 }
 
-/* Whether the walked path, root first, starts with a configured prefix: the trie key is
- * written straight from the dentry names (the record is built only for opens that pass). */
-static __always_inline int sentinel_walk_prefix_match(struct sentinel_walk *w)
+/* The access-mode bits of the longest configured prefix the walked path, root first, starts
+ * with (0: none): the trie key is written straight from the dentry names (the record is
+ * built only for opens that pass). */
+static __always_inline u32 sentinel_walk_prefix_match(struct sentinel_walk *w)
 {
 	u32 zero = 0;
 	struct sentinel_prefix_scratch *key = snt_prefix_buf.lookup(&zero);
 	if (!key)
-		return 1;  /* cannot check: over-approximate */
+		return 0xf;  /* cannot check: over-approximate */
 	u32 count = w->count;
 	u32 pos = 0;
 	if (count == 0) {
@@ -371,16 +374,23 @@ static __always_inline int sentinel_walk_prefix_match(struct sentinel_walk *w)
 	if (pos > SENTINEL_PREFIX_MAX - 1)
 		pos = SENTINEL_PREFIX_MAX - 1;  /* longer paths compare on their first bytes */
 	key->prefixlen = pos * 8;
-	return snt_open_prefixes.lookup((struct sentinel_prefix_key *)key) != 0;
+	u8 *accmodes = snt_open_prefixes.lookup((struct sentinel_prefix_key *)key);
+	return accmodes ? *accmodes : 0;
 }
 
 /* The open filter's cheap part, before any path walk: the selectors (access mode, inode
  * type, uid, cgroup class), then whether the any-path selectors let it through. */
+/* The open's access-mode bit: a failed open, or an O_PATH one (the kernel clears its access
+ * mode), is of any access mode. */
+static __always_inline u32 sentinel_open_acc_bit(int has_file, u32 f_flags)
+{
+	return !has_file || (f_flags & SENTINEL_O_PATH) ? 0xf : 1U << (f_flags & SENTINEL_O_ACCMODE);
+}
+
 static __always_inline int sentinel_open_selectors(struct sentinel_open_cfg *cfg, int has_file, u32 f_flags,
 						   struct inode *inode)
 {
-	/* a failed open, or an O_PATH one (the kernel clears its access mode), is of any access mode */
-	u32 acc_bit = !has_file || (f_flags & SENTINEL_O_PATH) ? 0xf : 1U << (f_flags & SENTINEL_O_ACCMODE);
+	u32 acc_bit = sentinel_open_acc_bit(has_file, f_flags);
 	u32 type_bit = 0xffff;
 	if (has_file && cfg->file_types != 0xffff) {
 		u16 mode = SENTINEL_FIELD(inode, i_mode);
@@ -708,7 +718,8 @@ int snt_sys_exit(struct sentinel_sys_exit_args *args)
 				w = sentinel_walk_path(fcopy->f_path.dentry, fcopy->f_path.mnt, root_dentry, root_mnt,
 						       SENTINEL_F_SYS_PATH_TRUNC, SENTINEL_F_SYS_PATH_DETACHED);
 				if (w && !(cfg->has_basenames && sentinel_basename_listed(w)) &&
-				    !((!cfg->first_check || sentinel_first_listed(w)) && sentinel_walk_prefix_match(w)))
+				    !((!cfg->first_check || sentinel_first_listed(w)) &&
+				      (sentinel_walk_prefix_match(w) & sentinel_open_acc_bit(1, fcopy->f_flags))))
 					return 0;
 				open_filter = 0;
 			}

@@ -341,7 +341,7 @@ class Sensor:
             key = trie.Key()
             key.prefixlen = len(raw) * 8
             ctypes.memmove(ctypes.addressof(key) + 4, raw, len(raw))
-            trie[key] = ctypes.c_uint8(1)
+            trie[key] = ctypes.c_uint8(plan.prefix_accmodes[raw])
         for raw in plan.comms:
             key = comms.Key()
             ctypes.memmove(ctypes.addressof(key), raw, len(raw))

@@ -83,6 +83,11 @@ class Interest:
     event_types: frozenset[str] = frozenset()
     # Opens: only paths (resolved by the kernel) under one of these prefixes reach userspace.
     open_path_prefixes: tuple[str, ...] | None = None
+    # The access modes ((flags & O_ACCMODE) values) of opens under a prefix that rules can
+    # match, for the prefixes that do not take every mode: ("/etc/", {1, 2, 3}) when every
+    # rule on /etc/ is about writes. The kernel drops a read under /etc/ (unless another part
+    # of the filter passes it).
+    open_prefix_accmodes: tuple[tuple[str, frozenset[int]], ...] = ()
     # Opens by these comms reach userspace whatever their path (adds to the prefixes).
     open_comms: frozenset[str] = frozenset()
     # Opens whose resolved path's last component is one of these names (fd.filename) reach
@@ -123,13 +128,20 @@ class Interest:
         if not self.wants_opens:
             return replace(other, **merged)
         prefixes = None
+        prefix_accmodes: dict[str, frozenset[int]] = {}
         if self.open_path_prefixes is not None and other.open_path_prefixes is not None:
             prefixes = tuple(sorted(set(self.open_path_prefixes) | set(other.open_path_prefixes)))
+            for side in (self, other):
+                restricted = dict(side.open_prefix_accmodes)
+                for prefix in side.open_path_prefixes:
+                    modes = restricted.get(prefix, _ALL_ACCMODE_VALUES)
+                    prefix_accmodes[prefix] = prefix_accmodes.get(prefix, frozenset()) | modes
         any_path = self.open_any_path if other.open_any_path is None else other.open_any_path
         if self.open_any_path is not None and other.open_any_path is not None:
             any_path = self.open_any_path.union(other.open_any_path)
         return Interest(
             open_path_prefixes=prefixes,
+            open_prefix_accmodes=tuple(sorted((p, m) for p, m in prefix_accmodes.items() if m != _ALL_ACCMODE_VALUES)),
             open_comms=self.open_comms | other.open_comms,
             open_basenames=self.open_basenames | other.open_basenames,
             open_created=self.open_created or other.open_created,
@@ -175,6 +187,10 @@ class OpenFilterPlan:
     enabled: bool
     cfg: dict[str, int]  # struct sentinel_open_cfg, by member
     prefixes: tuple[bytes, ...] = ()
+    # the access-mode bits (1 << (flags & O_ACCMODE)) of opens each prefix passes: the value
+    # of its trie entry (the kernel takes the longest prefix, so a prefix's bits include
+    # those of the prefixes above it)
+    prefix_accmodes: dict[bytes, int] = field(default_factory=dict)
     comms: tuple[bytes, ...] = ()
     basenames: tuple[bytes, ...] = ()
     # the first component of every prefix, when each has the form "/<component>/..." and the
@@ -274,12 +290,25 @@ def plan_open_filter(interest: Interest, hybrid: bool = False) -> OpenFilterPlan
     }
     prefixes_kept = () if path_everything else encoded["prefixes"]
     firsts = _first_components(prefixes_kept)
+    restricted = dict(interest.open_prefix_accmodes)
+    own: dict[bytes, int] = {}
+    for prefix in () if path_everything else prefixes or ():
+        raw = prefix.encode("utf-8", "surrogateescape")[: abi.OPEN_PREFIX_MAX - 1]
+        own[raw] = own.get(raw, 0) | _mask(restricted.get(prefix), _ALL_ACCMODES)
+    prefix_accmodes = {}
+    for raw in own:
+        bits = 0
+        for other, other_bits in own.items():
+            if raw.startswith(other):
+                bits |= other_bits
+        prefix_accmodes[raw] = bits
     cfg["first_check"] = int(bool(firsts))
     return OpenFilterPlan(
         enabled=True,
         cfg=cfg,
         first_components=firsts,
         prefixes=prefixes_kept,
+        prefix_accmodes=prefix_accmodes,
         comms=() if path_everything else encoded["comms"],
         basenames=() if path_everything else encoded["file names"],
         uids=uids,

@@ -841,6 +841,7 @@ _ACCMODES = {"evt.is_open_read": frozenset({0, 2, 3}), "evt.is_open_write": froz
 # inode types (mode >> 12) by fd.typechar / fd.type: only those a path open can return
 _S_IFIFO, _S_IFDIR = 0o01, 0o04
 _ALL_FILE_TYPES = frozenset(range(16))
+_ALL_ACCMODES = frozenset(range(4))
 _FILE_TYPES = {
     "f": _ALL_FILE_TYPES - {_S_IFIFO, _S_IFDIR, 0o14},  # regular, devices, anon inodes: sysdecode.fd_type "file"
     "file": _ALL_FILE_TYPES - {_S_IFIFO, _S_IFDIR, 0o14},
@@ -969,10 +970,17 @@ def _negated_narrowing(node: ast.Expr) -> Narrowing:
     return ANY_OPEN
 
 
-def minimal_prefixes(prefixes: Iterable[str]) -> tuple[str, ...]:
-    """Drop prefixes covered by a shorter one."""
-    result: list[str] = []
-    for prefix in sorted(set(prefixes)):
-        if not any(prefix.startswith(kept) for kept in result):
-            result.append(prefix)
-    return tuple(result)
+def prefix_access_modes(paths: list[Narrowing]) -> dict[str, frozenset[int] | None]:
+    """The path prefixes of `paths` (narrowings with a path part, one per rule), each with
+    the access modes (flags & O_ACCMODE) an open under it may have and still match one of
+    them (None: any). The kernel takes a path's longest prefix: a prefix under another is
+    kept only where it allows more (a read rule on /etc/pam.d/ under a write rule on /etc/)."""
+    kept: dict[str, frozenset[int] | None] = {}
+    for prefix in sorted({p for part in paths for p in part.prefixes}):
+        modes = _either([part.accmodes for part in paths if any(prefix.startswith(q) for q in part.prefixes)])
+        if modes is not None and modes >= _ALL_ACCMODES:
+            modes = None
+        if not any(prefix.startswith(k) and (allowed is None or (modes is not None and modes <= allowed))
+                   for k, allowed in kept.items()):
+            kept[prefix] = modes
+    return kept

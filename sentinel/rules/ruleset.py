@@ -32,7 +32,7 @@ from sentinel.rules.compiler import (
     merge_alternatives,
     ANY_OPEN,
     Narrowing,
-    minimal_prefixes,
+    prefix_access_modes,
     narrowing,
     union_narrowings,
     specialize,
@@ -656,9 +656,11 @@ def _interest(enabled: list[Rule], per_bucket: dict[str, list[tuple[Rule, ast.Ex
         path_part = ANY_OPEN
     if global_selectors.uids is not None or (any_path is not None and any_path.uids is not None):
         event_types |= _UID_CHANGES  # the process table must follow the uid changes the kernel filter sees
+    prefix_modes = {} if path_part.any_path else prefix_access_modes([n for _, n in found if not n.any_path])
     return Interest(
         event_types=frozenset(event_types),
-        open_path_prefixes=None if path_part.any_path else minimal_prefixes(path_part.prefixes),
+        open_path_prefixes=None if path_part.any_path else tuple(sorted(prefix_modes)),
+        open_prefix_accmodes=tuple(sorted((p, modes) for p, modes in prefix_modes.items() if modes is not None)),
         open_comms=frozenset() if path_part.any_path else path_part.comms,
         open_basenames=frozenset() if path_part.any_path else path_part.basenames,
         open_created=path_part.created,

@@ -316,6 +316,29 @@ def test_access_selector_passes_only_opens_for_writing(sensor, collector, workdi
         sensor.update_interest(Interest(event_types=frozenset(TYPES), open_path_prefixes=("/tmp/", "/var/tmp/")))
 
 
+def test_a_prefix_for_writes_keeps_reads_under_it_in_the_kernel(sensor, collector, workdir):
+    """A prefix carries the access modes its rules match: a read under a write-only prefix
+    stays in the kernel, unless a longer prefix under it takes reads; writes pass."""
+    inner = workdir / "readable"
+    inner.mkdir()
+    outer_file, inner_file = workdir / "outer.txt", inner / "inner.txt"
+    outer_file.write_text("x")
+    inner_file.write_text("x")
+    try:
+        sensor.update_interest(Interest(event_types=frozenset(TYPES),
+                                        open_path_prefixes=(str(workdir) + "/", str(inner) + "/"),
+                                        open_prefix_accmodes=((str(workdir) + "/", ACCMODES_WRITE),)))
+        for path, mode in ((outer_file, "r"), (inner_file, "r"), (outer_file, "a")):
+            with open(path, mode):
+                pass
+        collector.wait_for(_mine("openat", lambda e: e.fd.name == str(inner_file) and e.args["flags"] & os.O_ACCMODE == os.O_RDONLY))
+        collector.wait_for(_mine("openat", lambda e: e.fd.name == str(outer_file) and e.args["flags"] & os.O_ACCMODE == os.O_WRONLY))
+        _marker(collector, workdir, "prefix-marker")
+        assert os.O_RDONLY not in [e.args["flags"] & os.O_ACCMODE for e in _opened(collector, outer_file)]
+    finally:
+        sensor.update_interest(Interest(event_types=frozenset(TYPES), open_path_prefixes=("/tmp/", "/var/tmp/")))
+
+
 def test_file_type_selector_keeps_directory_opens_in_the_kernel(sensor, collector, workdir):
     (workdir / "sub").mkdir()
     target = workdir / "typed.txt"

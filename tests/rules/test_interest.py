@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from sentinel.events import abi
 from sentinel.events.interest import (
+    ACCMODES_READ,
     ACCMODES_WRITE,
     IN_CONTAINER,
     ON_HOST,
@@ -108,7 +109,7 @@ def test_kill_rules_make_their_event_types_urgent_and_survive_a_union():
     assert interest.union(always).urgent_types == always.union(interest).urgent_types == frozenset({"execve"})
 
 
-_PATHS = st.sampled_from(["/etc/shadow", "/etc/shadowed", "/etc/sudoers.d/x", "/etc/sudoers", "/root/.ssh/id", "/root/.sshx",
+_PATHS = st.sampled_from(["/etc/sudoers.d/a", "/etc/passwd", "/etc/shadow", "/etc/shadowed", "/etc/sudoers.d/x", "/etc/sudoers", "/root/.ssh/id", "/root/.sshx",
                           "/home/a/.ssh/k", "/home/a/x", "/srv/keys", "/srv/keys/a", "/srv/keysx", "/tmp/a", "/var/log/x",
                           "/home/b/.ssh/authorized_keys", "/opt/authorized_keys2", "/opt/authorized_keys3"])
 _COMMS = st.sampled_from(["nc", "socat", "cat", "bash"])
@@ -242,7 +243,9 @@ _UIDS = st.sampled_from([0, 1000, 33])
 _CONTAINERS = st.sampled_from(["host", "0123456789ab"])
 _KINDS = st.sampled_from(["file", "directory", "pipe"])
 SELECTING_RULES = load(SELECTING, "- rule: U\n  desc: d\n  condition: evt.type = openat and user.uid = 33 and fd.typechar = d\n"
-                                  "  output: x\n  priority: debug\n")
+                                  "  output: x\n  priority: debug\n"
+                                  "- rule: Read sudoers drop-ins\n  desc: d\n  condition: evt.type = openat and evt.is_open_read = true"
+                                  " and fd.name startswith /etc/sudoers.d/\n  output: x\n  priority: debug\n")
 
 
 @settings(max_examples=400, deadline=None)
@@ -269,10 +272,30 @@ def test_selectors_over_approximate(path, flags, uid, container, kind):
         return drop_class != (abi.CGROUP_CONTAINER if in_container else abi.CGROUP_HOST)
 
     assert allowed(plan.cfg["accmodes"], plan.cfg["file_types"], abi.OPEN_SEL_GLOBAL, plan.cfg["drop_class"])
-    path_part = (any(path.startswith(p.decode()) for p in plan.prefixes) or path.rsplit("/", 1)[-1].encode() in plan.basenames)
+    under = [p for p in plan.prefixes if path.startswith(p.decode())]  # the kernel takes the longest
+    path_part = (bool(under) and plan.prefix_accmodes[max(under, key=len)] & accmode) or \
+        path.rsplit("/", 1)[-1].encode() in plan.basenames
     alt = plan.cfg["alt_enabled"] and allowed(plan.cfg["alt_accmodes"], plan.cfg["alt_file_types"], abi.OPEN_SEL_ANY_PATH,
                                               plan.cfg["alt_drop_class"])
     assert plan.cfg["any_path"] or path_part or alt
+
+
+def test_prefixes_carry_the_access_modes_of_their_rules():
+    """Write below etc makes /etc/ a prefix for writes only; a read rule on /etc/sudoers.d/
+    keeps that longer prefix, for reads and (from /etc/) writes."""
+    interest = SELECTING_RULES.interest
+    assert interest.open_path_prefixes == ("/etc/", "/etc/sudoers.d/")
+    assert interest.open_prefix_accmodes == (("/etc/", ACCMODES_WRITE),)
+    plan = plan_open_filter(interest)
+    assert plan.prefix_accmodes == {b"/etc/": 0b1110, b"/etc/sudoers.d/": 0b1111}
+    # a longer prefix that allows nothing more is not kept; one kept under a union takes the
+    # modes of the prefixes above it
+    assert load(SELECTING, SELECTING.replace("Write below etc", "Write below sudoers").replace(
+        "startswith /etc/", "startswith /etc/sudoers.d/")).interest.open_path_prefixes == ("/etc/",)
+    reads_under = Interest(event_types=frozenset({"openat"}), open_path_prefixes=("/etc/x/",),
+                           open_prefix_accmodes=(("/etc/x/", ACCMODES_READ),))
+    merged = plan_open_filter(interest.union(reads_under))
+    assert merged.prefix_accmodes[b"/etc/x/"] == 0b1111
 
 
 def test_first_components_for_the_kernel_quick_check():
