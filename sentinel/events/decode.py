@@ -23,8 +23,7 @@ from functools import partial
 from typing import Any, Callable, Protocol
 
 from sentinel.events import abi, sysdecode
-from sentinel.events.model import Event, Process
-from sentinel.events.model import _copy_process  # the straight-line slot copy Process forks use
+from sentinel.events.model import Event, Process, copy_process
 from sentinel.log import get_logger
 
 log = get_logger("sentinel.events.decode")
@@ -205,7 +204,7 @@ class Decoder:
         argv = self._argvs.get(raw_args)
         if argv is None:
             argv = self._argv(raw_args)
-        proc = _copy_process(template)
+        proc = copy_process(template)
         proc.pid = pid
         proc.tid = old_pid if old_pid != pid else pid
         proc.ppid = ppid

@@ -166,7 +166,7 @@ class Process:
             limit -= 1
 
     def copy_for_fork(self, pid: int, start_ns: int) -> Process:
-        child = _copy_process(self)
+        child = copy_process(self)
         child.pid = pid
         child.tid = pid
         child.ppid = self.pid
@@ -194,7 +194,8 @@ def _slot_copier(cls):
     return namespace["copy"]
 
 
-_copy_process = _slot_copier(Process)
+# a shallow copy of a Process (forks, and exec records that share their decoded fields)
+copy_process = _slot_copier(Process)
 
 
 class Fd:
