@@ -41,7 +41,6 @@ KERNEL_FILESYSTEMS: tuple[tuple[str, str, str], ...] = (
     ("bpf", "/sys/fs/bpf", "bpf"),
 )
 
-_BPF_MAP_TYPE_RINGBUF = 27
 _BPF_F_ALLOW_MULTI = 1 << 1
 _FAN_CLOEXEC = 0x1
 _FAN_CLASS_CONTENT = 0x4
@@ -156,9 +155,10 @@ def probe_header_tree(configured_cache_dir: str | None = None) -> ProbeResult:
 
 def probe_ringbuf() -> ProbeResult:
     from bcc.libbcc import lib
+    from bcc.table import BPF_MAP_TYPE_RINGBUF
 
     size = max(4096, os.sysconf("SC_PAGE_SIZE"))
-    fd = lib.bcc_create_map(_BPF_MAP_TYPE_RINGBUF, (PROBE_NAME_PREFIX + "rb").encode(), 0, 0, size, 0)
+    fd = lib.bcc_create_map(BPF_MAP_TYPE_RINGBUF, (PROBE_NAME_PREFIX + "rb").encode(), 0, 0, size, 0)
     if fd < 0:
         return ProbeResult("ringbuf", False, error="map create: " + _errno_text(ctypes.get_errno()))
     os.close(fd)

@@ -50,7 +50,6 @@ _HEADER_SIZE = 8  # u32 length with the two flag bits, u32 page offset
 _POSITION = struct.Struct("<Q")
 _LENGTH = struct.Struct("<I")
 _TIMESTAMP = struct.Struct("<Q")
-_BPF_MAP_TYPE_RINGBUF = 27
 
 
 class Ring:
@@ -150,6 +149,7 @@ def fill_cpu_rings(bpf, slots: int, outer: str = "snt_rings", template: str = "s
     made like the `template` ring (which serves the first online CPU); CPUs that are not
     online now share those rings. Returns the rings, mapped."""
     from bcc.libbcc import lib
+    from bcc.table import BPF_MAP_TYPE_RINGBUF
 
     model = bpf[template.encode()]
     size = int(model.max_entries)
@@ -158,7 +158,7 @@ def fill_cpu_rings(bpf, slots: int, outer: str = "snt_rings", template: str = "s
     rings = [Ring.map(model.map_fd, size)]
     try:
         for _cpu in online[1:]:
-            fd = lib.bcc_create_map(_BPF_MAP_TYPE_RINGBUF, template.encode(), 0, 0, size, 0)
+            fd = lib.bcc_create_map(BPF_MAP_TYPE_RINGBUF, template.encode(), 0, 0, size, 0)
             if fd < 0:
                 raise KernelError("cannot create a ring buffer of %d bytes for each CPU" % size)
             fds.append(fd)

@@ -4,17 +4,15 @@ wake it at once."""
 
 from __future__ import annotations
 
-import collections
 import ctypes
 import os
-import select
 import struct
 import subprocess
 import sys
-import threading
 import time
 
 import pytest
+from enforce_helpers import eventually
 
 from sentinel.config import Config, SensorConfig
 from sentinel.events import abi
@@ -162,15 +160,6 @@ def test_cpu_lists_as_sysfs_writes_them():
     assert cpu_list("0-1\n") == [0, 1]
     assert cpu_list("0,2-4,7") == [0, 2, 3, 4, 7]
     assert cpu_list("5") == [5]
-
-
-def eventually(check, seconds: float = 2.0) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        time.sleep(0.005)
-    return check()
 
 
 def test_urgent_ops_name_the_records_that_carry_each_event_type():
