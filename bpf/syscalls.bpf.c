@@ -33,6 +33,7 @@
 #define SENTINEL_OPEN_DROP 0
 #define SENTINEL_OPEN_PASS 1
 #define SENTINEL_OPEN_CHECK_PATH 2
+#define SENTINEL_OPEN_CHECK_DOTDOT 3  /* passes with "../" in the path as passed, else CHECK_PATH */
 /* The members of struct file and struct dentry the exit program reads, as one read each from
  * the start of the object (or of d_parent): their ends, computed from the kernel's layout. */
 #define SENTINEL_END(type, member) (__builtin_offsetof(type, member) + sizeof(((type *)0)->member))
@@ -70,6 +71,7 @@ struct sentinel_open_cfg {
 	u32 alt_accmodes;
 	u32 alt_file_types;
 	u32 alt_drop_class;
+	u32 alt_dotdot_accmodes;  /* opens of only these modes pass by alt_* only with "../" in the path as passed */
 	u32 first_check;    /* every prefix is "/<component>/...": snt_open_first lists those components */
 };
 BPF_ARRAY(snt_open_cfg, struct sentinel_open_cfg, 1);
@@ -378,6 +380,58 @@ static __always_inline u32 sentinel_walk_prefix_match(struct sentinel_walk *w)
 	return accmodes ? *accmodes : 0;
 }
 
+/* Whether "../" may be in the path the caller passed to this open (argument `arg`, 1-based,
+ * read from its registers): read into the trie key's scratch and scanned eight bytes at a
+ * time, at a stride of six so that every three-byte run lies whole in one word. A path longer
+ * than the scan, or one that cannot be read, counts as having it. No branch on the bytes:
+ * the verifier walks the loop once whatever the path. */
+#define SENTINEL_DOTDOT_SCAN_MAX 256
+#define SENTINEL_BYTES(b) (0x0101010101010101ULL * (b))
+static __always_inline u64 sentinel_bytes_equal(u64 word, u8 b)
+{
+	/* 0x80 in each byte of word equal to b, 0 elsewhere (exact: no borrow between bytes) */
+	u64 x = word ^ SENTINEL_BYTES(b);
+	u64 low = SENTINEL_BYTES(0x7f);
+	return ~(((x & low) + low) | x | low);
+}
+
+static __always_inline int sentinel_open_has_dotdot(u32 arg)
+{
+#if defined(__x86_64__) || defined(__TARGET_ARCH_x86)
+	u32 zero = 0;
+	struct sentinel_prefix_scratch *buf = snt_prefix_buf.lookup(&zero);
+	if (!buf)
+		return 1;
+	struct pt_regs *regs = (struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf());
+	u64 at_reg = arg == 1 ? __builtin_offsetof(struct pt_regs, di)
+		   : arg == 2 ? __builtin_offsetof(struct pt_regs, si) : __builtin_offsetof(struct pt_regs, dx);
+	u64 path = 0;
+	if (arg < 1 || arg > 3 || bpf_probe_read_kernel(&path, sizeof(path), (char *)regs + at_reg) != 0)
+		return 1;
+	long len = bpf_probe_read_user_str(buf->data, SENTINEL_DOTDOT_SCAN_MAX + 1, (void *)path);
+	if (len <= 0 || len > SENTINEL_DOTDOT_SCAN_MAX)
+		return 1;
+	u64 found = 0;
+	u32 at;
+	for (at = 0; at < SENTINEL_DOTDOT_SCAN_MAX; at += 6) {
+		SENTINEL_KEEP_COUNTER(at);
+		if (at >= len)
+			break;
+		u64 word = *(u64 *)(buf->data + (at & (SENTINEL_DOTDOT_SCAN_MAX - 1)));
+		/* keep only the path's bytes (left of them in this word), without a branch */
+		u32 left = len - at;
+		u32 short_word = (left - 8) >> 31;
+		u64 cut = (short_word * (8 - left) * 8) & 63;
+		word = (word << cut) >> cut;
+		u64 dots = sentinel_bytes_equal(word, '.');
+		found |= dots & (dots >> 8) & (sentinel_bytes_equal(word, '/') >> 16);
+	}
+	return found != 0;
+#else
+	return 1;
+#endif
+}
+
 /* The open filter's cheap part, before any path walk: the selectors (access mode, inode
  * type, uid, cgroup class), then whether the any-path selectors let it through. */
 /* The open's access-mode bit: a failed open, or an O_PATH one (the kernel clears its access
@@ -420,7 +474,7 @@ static __always_inline int sentinel_open_selectors(struct sentinel_open_cfg *cfg
 	if (cfg->alt_enabled && (cfg->alt_accmodes & acc_bit) && (cfg->alt_file_types & type_bit) &&
 	    (!(cfg->uid_bits & SENTINEL_OPEN_SEL_ANY_PATH) || (uid_bits & SENTINEL_OPEN_SEL_ANY_PATH)) &&
 	    !(class && class == cfg->alt_drop_class))
-		return SENTINEL_OPEN_PASS;
+		return acc_bit & ~cfg->alt_dotdot_accmodes ? SENTINEL_OPEN_PASS : SENTINEL_OPEN_CHECK_DOTDOT;
 	return SENTINEL_OPEN_CHECK_PATH;
 }
 
@@ -711,6 +765,8 @@ int snt_sys_exit(struct sentinel_sys_exit_args *args)
 			int verdict = sentinel_open_selectors(cfg, file != 0, fcopy->f_flags, inode);
 			if (verdict == SENTINEL_OPEN_DROP)
 				return 0;
+			if (verdict == SENTINEL_OPEN_CHECK_DOTDOT)
+				verdict = sentinel_open_has_dotdot(desc->str_args[0]) ? SENTINEL_OPEN_PASS : SENTINEL_OPEN_CHECK_PATH;
 			open_filter = verdict == SENTINEL_OPEN_CHECK_PATH &&
 				      !(cfg->pass_created && (fmode & SENTINEL_FMODE_CREATED)) &&
 				      !(cfg->has_comms && sentinel_comm_listed());

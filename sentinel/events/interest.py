@@ -8,7 +8,8 @@ one a rule could match. `None` for a filter means "no narrowing possible".
 An open reaches userspace when it satisfies `open_selectors` AND either the path part
 (its resolved path starts with one of `open_path_prefixes`, OR its file name is in
 `open_basenames`, OR its comm is in `open_comms`, OR with `open_created` it created its file)
-or `open_any_path` (the selectors of the rules that match opens whatever their path).
+or `open_any_path` (the selectors of the rules that match opens whatever their path; for some
+access modes they may require "../" in the path as the program passed it).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from sentinel.events.syscalls import OPEN_TYPES
 # Values of (open flags & O_ACCMODE) that evt.is_open_read / evt.is_open_write accept.
 ACCMODES_READ = frozenset({0, 2, 3})
 ACCMODES_WRITE = frozenset({1, 2, 3})
-_ALL_ACCMODE_VALUES = frozenset(range(4))
+ACCMODES_ALL = frozenset(range(4))
 _ALL_FILE_TYPE_VALUES = frozenset(range(16))
 # OpenSelectors.container values: only opens by processes in containers / on the host.
 IN_CONTAINER = "container"
@@ -46,13 +47,16 @@ class OpenSelectors:
     uids: frozenset[int] | None = None
     # IN_CONTAINER or ON_HOST: the caller runs there
     container: str | None = None
+    # opens of these access modes must also have "../" in the path as the program passed it
+    # (fd.nameraw): every rule taking such an open requires it
+    dotdot_accmodes: frozenset[int] = frozenset()
 
     @property
     def names(self) -> tuple[str, ...]:
         """The selectors in effect, by name (for logs and reasons)."""
         values = (("access", self.accmodes), ("file type", self.file_types), ("uid", self.uids),
                   ("container", self.container))  # fmt: skip
-        return tuple(name for name, value in values if value is not None)
+        return tuple(name for name, value in values if value is not None) + (("../ in the path",) if self.dotdot_accmodes else ())
 
     def as_dict(self) -> dict[str, object]:
         """The selectors in effect, JSON-ready: access modes and inode types as sorted numbers."""
@@ -60,6 +64,8 @@ class OpenSelectors:
         shown: dict[str, object] = {name: sorted(value) for name, value in values.items() if value is not None}
         if self.container is not None:
             shown["container"] = self.container
+        if self.dotdot_accmodes:
+            shown["../ in the path, for access"] = sorted(self.dotdot_accmodes)
         return shown
 
     def union(self, other: OpenSelectors) -> OpenSelectors:
@@ -67,11 +73,20 @@ class OpenSelectors:
         accmodes = _either(self.accmodes, other.accmodes)
         file_types = _either(self.file_types, other.file_types)
         return OpenSelectors(
-            accmodes=None if accmodes == _ALL_ACCMODE_VALUES else accmodes,
+            accmodes=None if accmodes == ACCMODES_ALL else accmodes,
             file_types=None if file_types == _ALL_FILE_TYPE_VALUES else file_types,
             uids=_either(self.uids, other.uids),
             container=self.container if self.container == other.container else None,
+            dotdot_accmodes=self._dotdot_or_disallowed() & other._dotdot_or_disallowed() & (
+                self._allowed_accmodes() | other._allowed_accmodes()),
         )
+
+    def _allowed_accmodes(self) -> frozenset[int]:
+        return ACCMODES_ALL if self.accmodes is None else self.accmodes
+
+    def _dotdot_or_disallowed(self) -> frozenset[int]:
+        """The access modes for which this side passes only opens with "../" (or none at all)."""
+        return self.dotdot_accmodes | (ACCMODES_ALL - self._allowed_accmodes())
 
 
 ANY = OpenSelectors()
@@ -134,14 +149,14 @@ class Interest:
             for side in (self, other):
                 restricted = dict(side.open_prefix_accmodes)
                 for prefix in side.open_path_prefixes:
-                    modes = restricted.get(prefix, _ALL_ACCMODE_VALUES)
+                    modes = restricted.get(prefix, ACCMODES_ALL)
                     prefix_accmodes[prefix] = prefix_accmodes.get(prefix, frozenset()) | modes
         any_path = self.open_any_path if other.open_any_path is None else other.open_any_path
         if self.open_any_path is not None and other.open_any_path is not None:
             any_path = self.open_any_path.union(other.open_any_path)
         return Interest(
             open_path_prefixes=prefixes,
-            open_prefix_accmodes=tuple(sorted((p, m) for p, m in prefix_accmodes.items() if m != _ALL_ACCMODE_VALUES)),
+            open_prefix_accmodes=tuple(sorted((p, m) for p, m in prefix_accmodes.items() if m != ACCMODES_ALL)),
             open_comms=self.open_comms | other.open_comms,
             open_basenames=self.open_basenames | other.open_basenames,
             open_created=self.open_created or other.open_created,
@@ -267,7 +282,7 @@ def plan_open_filter(interest: Interest, hybrid: bool = False) -> OpenFilterPlan
         reasons.append("more open filter %s than the kernel map holds (%d)" % (" and ".join(too_many), abi.OPEN_FILTER_ENTRIES))
     if not narrowed:
         cfg = dict.fromkeys(("enabled", "pass_created", "has_comms", "has_basenames", "any_path", "uid_bits", "drop_class",
-                             "alt_enabled", "alt_drop_class"), 0)  # fmt: skip
+                             "alt_enabled", "alt_drop_class", "alt_dotdot_accmodes"), 0)  # fmt: skip
         cfg.update(accmodes=_ALL_ACCMODES, file_types=_ALL_FILE_TYPES, alt_accmodes=0, alt_file_types=0, first_check=0)
         return OpenFilterPlan(enabled=False, cfg=cfg, reasons=tuple(reasons))
     path_everything = prefixes is None or "" in prefixes
@@ -287,6 +302,7 @@ def plan_open_filter(interest: Interest, hybrid: bool = False) -> OpenFilterPlan
         "alt_accmodes": _mask(alt.accmodes, _ALL_ACCMODES) if alt is not None else 0,
         "alt_file_types": _mask(alt.file_types, _ALL_FILE_TYPES) if alt is not None else 0,
         "alt_drop_class": _drop_class(alt.container, hybrid, reasons) if alt is not None else 0,
+        "alt_dotdot_accmodes": _mask(alt.dotdot_accmodes, 0) if alt is not None else 0,
     }
     prefixes_kept = () if path_everything else encoded["prefixes"]
     firsts = _first_components(prefixes_kept)

@@ -802,7 +802,8 @@ class Narrowing:
     The path part: a path prefix OR a file name OR a comm OR having created its file;
     `any_path` when the path is not restricted. The selectors (None: any) restrict every open
     further: the access mode (flags & O_ACCMODE), the inode type (mode >> 12, fd.typechar),
-    the caller's real uid, and whether it runs in a container ("container"/"host")."""
+    the caller's real uid, whether it runs in a container ("container"/"host"), and whether
+    the path as the program passed it (fd.nameraw) contains "../" (`raw_dotdot`)."""
 
     prefixes: frozenset[str] = frozenset()
     comms: frozenset[str] = frozenset()
@@ -813,6 +814,7 @@ class Narrowing:
     file_types: frozenset[int] | None = None
     uids: frozenset[int] | None = None
     container: str | None = None
+    raw_dotdot: bool = False
 
     def size(self) -> int:
         return len(self.prefixes) + len(self.comms) + self.created + len(self.basenames)
@@ -831,7 +833,8 @@ class Narrowing:
     @property
     def selectors(self) -> dict[str, Any]:
         """The selectors in effect, by name."""
-        values = {"access": self.accmodes, "file type": self.file_types, "uid": self.uids, "container": self.container}
+        values = {"access": self.accmodes, "file type": self.file_types, "uid": self.uids, "container": self.container,
+                  "../ in the path": self.raw_dotdot or None}
         return {name: value for name, value in values.items() if value is not None}
 
 
@@ -878,7 +881,7 @@ def _and(parts: list[Narrowing]) -> Narrowing:
         uids = _both(uids, part.uids)
     container = containers.pop() if len(containers) == 1 else ("" if containers else None)  # "": contradictory
     return Narrowing(best.prefixes, best.comms, best.created, best.basenames, best.any_path, accmodes, file_types, uids,
-                     container)
+                     container, any(part.raw_dotdot for part in parts))
 
 
 def union_narrowings(parts: list[Narrowing]) -> Narrowing:
@@ -898,6 +901,7 @@ def union_narrowings(parts: list[Narrowing]) -> Narrowing:
         _either([p.file_types for p in parts]),
         _either([p.uids for p in parts]),
         containers.pop() if len(containers) == 1 else None,
+        all(p.raw_dotdot for p in parts),
     )
 
 
@@ -929,6 +933,8 @@ def narrowing(node: ast.Expr) -> Narrowing:
         if op == "startswith":
             return Narrowing(prefixes=frozenset(items))
         return Narrowing(prefixes=frozenset(item.rstrip("/") + "/" for item in items))
+    if name == "fd.nameraw" and _requires_dotdot(op, items):
+        return Narrowing(any_path=True, raw_dotdot=True)
     if name == "fd.filename" and op in ("=", "in", "intersects"):
         return Narrowing(basenames=frozenset(items))
     if name == "proc.name" and op in ("=", "in", "intersects"):
@@ -951,6 +957,15 @@ def narrowing(node: ast.Expr) -> Narrowing:
     if name in _CONTAINER_ID_FIELDS and op in ("=", "!=", "in", "intersects"):
         return _container_narrowing(items, op != "!=")
     return ANY_OPEN
+
+
+def _requires_dotdot(op: str, items: tuple[str, ...]) -> bool:
+    """Whether every string the check accepts contains "../" (Falco's directory_traversal)."""
+    if op in ("contains", "icontains"):
+        return "../" in items[0]
+    if op == "glob":
+        return "[" not in items[0] and any("../" in literal for literal in re.split(r"[*?]", items[0]))
+    return False
 
 
 def _container_narrowing(items: tuple[str, ...], equal: bool) -> Narrowing:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Iterable, Sequence
 
 from sentinel.errors import SourceLocation
-from sentinel.events.interest import Interest, OpenSelectors
+from sentinel.events.interest import ACCMODES_ALL, Interest, OpenSelectors
 from sentinel.events.model import Event
 from sentinel.log import get_logger
 from sentinel.rules import ast, grammar
@@ -680,7 +680,8 @@ def _any_path_if_root(narrowed: Narrowing) -> Narrowing:
 
 
 def _selectors(narrowed: Narrowing) -> OpenSelectors:
-    return OpenSelectors(narrowed.accmodes, narrowed.file_types, narrowed.uids, narrowed.container)
+    dotdot = (narrowed.accmodes if narrowed.accmodes is not None else ACCMODES_ALL) if narrowed.raw_dotdot else frozenset()
+    return OpenSelectors(narrowed.accmodes, narrowed.file_types, narrowed.uids, narrowed.container, dotdot)
 
 
 def _union_selectors(selectors: list[OpenSelectors]) -> OpenSelectors:

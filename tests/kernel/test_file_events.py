@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from syscall_sensor import Collector, start_sensor
 
-from sentinel.events.interest import ACCMODES_WRITE, ON_HOST, Interest, OpenSelectors
+from sentinel.events.interest import ACCMODES_READ, ACCMODES_WRITE, ON_HOST, Interest, OpenSelectors
 from sentinel.rules import render
 
 pytestmark = pytest.mark.kernel
@@ -335,6 +335,44 @@ def test_a_prefix_for_writes_keeps_reads_under_it_in_the_kernel(sensor, collecto
         collector.wait_for(_mine("openat", lambda e: e.fd.name == str(outer_file) and e.args["flags"] & os.O_ACCMODE == os.O_WRONLY))
         _marker(collector, workdir, "prefix-marker")
         assert os.O_RDONLY not in [e.args["flags"] & os.O_ACCMODE for e in _opened(collector, outer_file)]
+    finally:
+        sensor.update_interest(Interest(event_types=frozenset(TYPES), open_path_prefixes=("/tmp/", "/var/tmp/")))
+
+
+def test_reads_outside_the_prefixes_pass_only_with_dotdot_in_the_path_as_passed(sensor, collector, workdir):
+    """Falco's directory traversal rule reads any path, but only through "../": reads whose
+    path as passed has none stay in the kernel, at whatever offset the "../" sits (the kernel
+    scans eight bytes at a stride of six); writes, failed opens and paths longer than the
+    scan pass whatever their path."""
+    (workdir / "sub").mkdir()
+    target = workdir / "t.txt"
+    target.write_text("x")
+    listed = workdir / "listed"
+    try:
+        sensor.update_interest(Interest(event_types=frozenset(TYPES), open_path_prefixes=(str(listed) + "/",),
+                                        open_any_path=OpenSelectors(dotdot_accmodes=ACCMODES_READ)))
+        passing = [str(workdir) + "/" + "./" * pad + "sub/../t.txt" for pad in range(8)]
+        passing += [str(workdir) + "/" + "/" * pad + "sub/../t.txt" for pad in range(1, 8)]
+        passing.append("/" * 300 + str(target)[1:])  # longer than the scan: counts as having "../"
+        (workdir / "d..x").mkdir()
+        (workdir / "d..x" / "t.txt").write_text("x")
+        dropped = [str(target), str(workdir) + "/./d..x/./t.txt", str(workdir) + "/.//./t.txt"]
+        for raw in passing + dropped:
+            os.close(os.open(raw, os.O_RDONLY))
+        relative = os.open("../t.txt", os.O_RDONLY, dir_fd=os.open(workdir / "sub", os.O_RDONLY | os.O_DIRECTORY))
+        os.close(relative)
+        os.close(os.open(target, os.O_WRONLY))
+        with pytest.raises(FileNotFoundError):
+            os.open(workdir / "missing", os.O_RDONLY)
+        for raw in passing + ["../t.txt"]:
+            collector.wait_for(_mine("openat", lambda e, raw=raw: e.fd.nameraw == raw))
+        collector.wait_for(_mine("openat", lambda e: e.fd.name == str(target) and e.args["flags"] & os.O_ACCMODE == os.O_WRONLY))
+        collector.wait_for(_mine("openat", lambda e: e.fd.nameraw == str(workdir / "missing")))
+        marker = workdir / "dotdot-marker"
+        os.close(os.open(marker, os.O_WRONLY | os.O_CREAT, 0o644))  # a write: passes, after the reads
+        collector.wait_for(_mine("openat", lambda e: e.fd.name == str(marker)))
+        assert not [e for e in collector.mine("openat")
+                    if e.fd.nameraw in dropped and e.args["flags"] & os.O_ACCMODE == os.O_RDONLY]
     finally:
         sensor.update_interest(Interest(event_types=frozenset(TYPES), open_path_prefixes=("/tmp/", "/var/tmp/")))
 

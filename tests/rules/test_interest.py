@@ -232,7 +232,8 @@ def test_upstream_falco_selectors():
     if not upstream:
         pytest.skip("the upstream Falco files are not next to the repository")
     interest = load_rules(upstream).interest
-    assert interest.open_any_path == OpenSelectors(file_types=FILE_KINDS)
+    # reads outside the prefixes pass only with "../" in the path as passed (directory traversal)
+    assert interest.open_any_path == OpenSelectors(file_types=FILE_KINDS, dotdot_accmodes=frozenset({0}))
     assert interest.open_selectors == OpenSelectors()
     stable = load_rules([p for p in upstream if p.endswith("/falco_rules.yaml")]).interest
     assert stable.open_selectors == OpenSelectors(file_types=FILE_KINDS)
@@ -242,21 +243,30 @@ _ACCESS = st.sampled_from([0, 1, 2, 3, 0o10000000])
 _UIDS = st.sampled_from([0, 1000, 33])
 _CONTAINERS = st.sampled_from(["host", "0123456789ab"])
 _KINDS = st.sampled_from(["file", "directory", "pipe"])
-SELECTING_RULES = load(SELECTING, "- rule: U\n  desc: d\n  condition: evt.type = openat and user.uid = 33 and fd.typechar = d\n"
+SELECTING_RULES = load(SELECTING, "- rule: U\n  desc: d\n  condition: evt.type = openat and evt.is_open_write = true and user.uid = 33"
+                                  " and fd.typechar = d\n"
                                   "  output: x\n  priority: debug\n"
                                   "- rule: Read sudoers drop-ins\n  desc: d\n  condition: evt.type = openat and evt.is_open_read = true"
-                                  " and fd.name startswith /etc/sudoers.d/\n  output: x\n  priority: debug\n")
+                                  " and fd.name startswith /etc/sudoers.d/\n  output: x\n  priority: debug\n"
+                                  "- rule: Traversal\n  desc: d\n  condition: evt.type = openat and evt.is_open_read = true"
+                                  " and fd.typechar = f and fd.name contains sh\n    and fd.nameraw contains '../'\n  output: x\n  priority: debug\n")
+_DOTDOT_SCAN_MAX = 256  # SENTINEL_DOTDOT_SCAN_MAX: a longer path counts as having "../"
+
+
+_RAW = st.sampled_from(["", "/srv/../", "/srv/..", "/.x./", "/" * 260])  # how the path was passed: before it
 
 
 @settings(max_examples=400, deadline=None)
-@given(path=_PATHS, flags=_ACCESS, uid=_UIDS, container=_CONTAINERS, kind=_KINDS)
-def test_selectors_over_approximate(path, flags, uid, container, kind):
+@given(path=_PATHS, raw=_RAW, flags=_ACCESS, uid=_UIDS, container=_CONTAINERS, kind=_KINDS)
+def test_selectors_over_approximate(path, raw, flags, uid, container, kind):
     """Whatever a rule matches passes the kernel's checks, as the kernel makes them."""
     ruleset = SELECTING_RULES
     proc = Process(10, 1, comm="x")
     proc.uid = uid
     proc.container_id = container
-    event = Event("openat", proc, res=3, args={"flags": flags}, fd=Fd(3, kind, path), num=1)
+    fd = Fd(3, kind, path)
+    fd.nameraw = raw + path
+    event = Event("openat", proc, res=3, args={"flags": flags}, fd=fd, num=1)
     if not ruleset.match(event):
         return
     plan = plan_open_filter(ruleset.interest)
@@ -277,6 +287,8 @@ def test_selectors_over_approximate(path, flags, uid, container, kind):
         path.rsplit("/", 1)[-1].encode() in plan.basenames
     alt = plan.cfg["alt_enabled"] and allowed(plan.cfg["alt_accmodes"], plan.cfg["alt_file_types"], abi.OPEN_SEL_ANY_PATH,
                                               plan.cfg["alt_drop_class"])
+    if accmode & ~plan.cfg["alt_dotdot_accmodes"] == 0:  # the kernel scans the path as passed, NUL included
+        alt = alt and ("../" in fd.nameraw or len(fd.nameraw.encode()) + 1 > _DOTDOT_SCAN_MAX)
     assert plan.cfg["any_path"] or path_part or alt
 
 
@@ -296,6 +308,31 @@ def test_prefixes_carry_the_access_modes_of_their_rules():
                            open_prefix_accmodes=(("/etc/x/", ACCMODES_READ),))
     merged = plan_open_filter(interest.union(reads_under))
     assert merged.prefix_accmodes[b"/etc/x/"] == 0b1111
+
+
+def test_dotdot_selector_for_the_access_modes_only_traversal_rules_take():
+    """Falco's directory traversal rule reads any path, through "../" only: reads (O_RDONLY,
+    which no other any-path rule takes) need "../" in the path as passed; O_RDWR does not,
+    a write rule takes it whatever its path."""
+    traversal = SELECTING_RULES.interest.open_any_path
+    assert traversal.dotdot_accmodes == frozenset({0})
+    assert plan_open_filter(SELECTING_RULES.interest).cfg["alt_dotdot_accmodes"] == 0b1
+    reads_only = load("- rule: T\n  desc: d\n  condition: evt.type = openat and evt.is_open_read = true and "
+                      "fd.nameraw glob '*../*../*'\n  output: x\n  priority: debug\n").interest
+    assert reads_only.open_any_path is None and reads_only.open_selectors.accmodes == ACCMODES_READ  # every rule: any path
+    # a union keeps a mode only where neither side takes it without "../"
+    assert OpenSelectors(dotdot_accmodes=ACCMODES_READ).union(OpenSelectors(accmodes=ACCMODES_WRITE)).dotdot_accmodes == {0}
+    assert OpenSelectors(dotdot_accmodes=ACCMODES_READ).union(OpenSelectors()).dotdot_accmodes == frozenset()
+    merged = Interest(event_types=frozenset({"openat"}), open_path_prefixes=(),
+                      open_any_path=OpenSelectors(accmodes=frozenset({0}), dotdot_accmodes=frozenset({0})))
+    assert merged.union(SELECTING_RULES.interest).open_any_path.dotdot_accmodes == frozenset({0})
+    for condition in ("fd.nameraw contains '..'", "fd.nameraw glob '*[.]./*'", "not fd.nameraw contains '../'",
+                      "(fd.nameraw contains '../' or fd.name startswith /tmp/x)"):
+        interest = load("- rule: W\n  desc: d\n  condition: evt.type = openat and evt.is_open_write = true\n"
+                        "    and fd.name startswith /etc/\n  output: x\n  priority: debug\n"
+                        "- rule: T\n  desc: d\n  condition: evt.type = openat and %s\n  output: x\n  priority: debug\n"
+                        % condition).interest
+        assert interest.open_any_path is None or not interest.open_any_path.dotdot_accmodes, condition
 
 
 def test_first_components_for_the_kernel_quick_check():

@@ -51,13 +51,15 @@ def test_every_enabled_rule_compiles_to_event_types(upstream):
 def test_interest_reports_rules_that_need_every_open(upstream):
     interest = upstream.interest
     # Four rules match opens whatever their path; none whatever their kind: all four require
-    # fd.typechar = f, so directory and fifo opens outside the prefixes stay in the kernel.
+    # fd.typechar = f, so directory and fifo opens outside the prefixes stay in the kernel. Of
+    # them only the directory traversal one takes O_RDONLY opens, and only through "../".
     assert interest.open_path_prefixes is not None and "/etc/" in interest.open_path_prefixes
-    assert interest.open_any_path == OpenSelectors(file_types=frozenset(range(16)) - {0o1, 0o4, 0o14})
+    assert interest.open_any_path == OpenSelectors(file_types=frozenset(range(16)) - {0o1, 0o4, 0o14},
+                                                   dotdot_accmodes=frozenset({0}))
     assert sorted(interest.reasons) == [
         "rule 'Delete or rename shell history' passes opens by access, file type only, whatever their path",
         "rule 'Detect release_agent File Container Escapes' passes opens by access, file type, container only, whatever their path",
-        "rule 'Directory traversal monitored file read' passes opens by file type only, whatever their path",
+        "rule 'Directory traversal monitored file read' passes opens by file type, ../ in the path only, whatever their path",
         "rule 'Write below root' passes opens by access, file type only, whatever their path",
     ]
 
