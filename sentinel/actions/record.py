@@ -316,9 +316,13 @@ def _json_default(value: Any) -> Any:
     return repr(value)
 
 
+# One encoder for every row: json.dumps with options builds a new one per call (~0.6 us).
+_ENCODER = json.JSONEncoder(separators=(",", ":"), default=_json_default)
+
+
 def to_json(value: Any) -> str:
     """Compact JSON; non-ASCII escaped so that strings a program smuggled in stay valid text."""
-    return json.dumps(value, separators=(",", ":"), default=_json_default)
+    return _ENCODER.encode(value)
 
 
 def extra_json(extra: tuple) -> str:
