@@ -8,7 +8,8 @@ Prints, from one run:
 - memory of the agent and of its store process, after start and after the load steps:
   VmRSS, and PSS (smaps_rollup), which splits the pages shared with other processes;
 - exec-loop slowdown: two parallel C loops fork+exec /bin/true, without the agent before
-  and after, and with it (ratio of wall times, and of the loops' CPU times);
+  and after, and with it (ratio of wall times, and of the loops' CPU times), and per exec
+  the events the agent handled and the CPU it and its store process spent;
 - throughput: a C load generator (benchmarks/mix_load.c) offers 60% open (half under /etc),
   25% exec (vfork + exec of a static do-nothing binary), 15% connect (to its own loopback
   listener) at increasing rates of syscalls per second; for each step: the rate it really
@@ -46,6 +47,7 @@ import time
 from pathlib import Path
 
 from benchmarks.bench_exec import build_loop, run_loops
+from sentinel.config import SensorConfig
 from sentinel.control import request
 
 REPO = Path(__file__).resolve().parents[1]
@@ -192,7 +194,10 @@ def exec_slowdown(agent_dir: Path, loop: str, iterations: int, rounds: int) -> d
     agent = Agent(agent_dir)
     try:
         run_loops(loop, iterations, 2)
+        (agent_cpu, store_cpu), events = agent.cpu(), agent.events()
         during = [run_loops(loop, iterations, 2) for _ in range(rounds)]
+        time.sleep(2 * SensorConfig().batch_ms / 1000)  # the last batch read
+        (agent_after, store_after), events_after = agent.cpu(), agent.events()
     finally:
         agent.stop()
     without += [run_loops(loop, iterations, 2) for _ in range(rounds // 2)]
@@ -203,6 +208,10 @@ def exec_slowdown(agent_dir: Path, loop: str, iterations: int, rounds: int) -> d
         "cpu_ratio": statistics.median(run["cpu"] for run in during) / base_cpu,
         "wall_ratios": [run["seconds"] / base_wall for run in during],
         "execs_per_second_without": 2 * iterations / base_wall,
+        # what the agent did per exec (the host's other events included: few, on an idle host)
+        "events_per_exec": (events_after - events) / (2 * iterations * rounds),
+        "agent_us_per_exec": 1e6 * (agent_after - agent_cpu) / (2 * iterations * rounds),
+        "store_us_per_exec": 1e6 * (store_after - store_cpu) / (2 * iterations * rounds),
     }
 
 
@@ -426,6 +435,8 @@ def main() -> None:
                   "slowdown wall %.3fx (runs: %s), cpu %.3fx"
                   % (args.exec_iterations, result["execs_per_second_without"], args.exec_rounds, args.exec_rounds,
                      result["wall_ratio"], ", ".join("%.3f" % r for r in result["wall_ratios"]), result["cpu_ratio"]))
+            print("  per exec: %.2f agent events, %.1f us agent CPU, %.1f us store process CPU"
+                  % (result["events_per_exec"], result["agent_us_per_exec"], result["store_us_per_exec"]))
 
         load_dir = Path(build_dir) / "throughput"
         load_dir.mkdir()
