@@ -347,9 +347,30 @@ def finish_event_rows(rows: Iterable[list]) -> list[list]:
     for row in rows:
         extra = row[_EXTRA_INDEX]
         if type(extra) is tuple:
-            row[_EXTRA_INDEX] = extra_json(extra)
+            row[_EXTRA_INDEX] = _extra_json_of_process_event(extra) if extra[-1] is None else extra_json(extra)
         finished.append(row)
     return finished
+
+
+# Events without a file descriptor (execs above all) repeat their extras: the execs of one
+# program by one parent differ in none of them. Their JSON is remembered (~0.5 us a lookup
+# against ~5 us to encode), a bounded number of them.
+_PROCESS_EXTRAS: dict[tuple, str] = {}
+_PROCESS_EXTRAS_MAX = 1024
+
+
+def _extra_json_of_process_event(extra: tuple) -> str:
+    args = extra[0]
+    try:
+        key = (tuple(args.items()) if args else None, extra[1:])
+        text = _PROCESS_EXTRAS.get(key)
+    except TypeError:  # an argument that cannot be a key (a list)
+        return extra_json(extra)
+    if text is None:
+        if len(_PROCESS_EXTRAS) >= _PROCESS_EXTRAS_MAX:
+            _PROCESS_EXTRAS.clear()
+        text = _PROCESS_EXTRAS[key] = extra_json(extra)
+    return text
 
 
 def ancestry_entry(proc: Process) -> dict[str, Any]:

@@ -139,6 +139,23 @@ def test_event_row_round_trips_columns_and_extras(db_path):
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", row["ts"])
 
 
+def test_extras_of_events_without_a_file_are_remembered_exactly_and_boundedly():
+    """Execs repeat their extras: their JSON is looked up, and must equal a fresh encoding
+    whatever the values (an unhashable argument is encoded, not remembered)."""
+    record._PROCESS_EXTRAS.clear()
+    events = [exec_event(pid) for pid in (10, 11)] + [exec_event(12, comm="wget")]
+    events.append(Event("execve", make_process(13), -2, {"filename": "/x", "argv": ["a", "b"]}, time_ns=1))
+    events.append(Event("execve", make_process(14, sid=7), 0, {"filename": "/usr/bin/curl"}, time_ns=1))
+    for event in events + events:
+        (row,) = record.finish_event_rows([record.event_row(event, "id", False)])
+        assert row[record._EXTRA_INDEX] == record.extra_json(record.event_row(event, "id", False)[record._EXTRA_INDEX])
+    assert json.loads(row[record._EXTRA_INDEX])["proc"]["sid"] == 7
+    assert len(record._PROCESS_EXTRAS) == 3  # curl (twice the same), wget, curl with another sid
+    for number in range(record._PROCESS_EXTRAS_MAX + 5):
+        record.finish_event_rows([record.event_row(Event("execve", make_process(), 0, {"filename": str(number)}), "id", False)])
+    assert len(record._PROCESS_EXTRAS) <= record._PROCESS_EXTRAS_MAX
+
+
 @pytest.mark.parametrize("server", [False, True])
 def test_socket_server_and_client_columns_follow_the_connection_side(db_path, server):
     with Store(db_path) as store:
