@@ -25,7 +25,7 @@ from sentinel.events.syscalls import OPEN_TYPES
 ACCMODES_READ = frozenset({0, 2, 3})
 ACCMODES_WRITE = frozenset({1, 2, 3})
 ACCMODES_ALL = frozenset(range(4))
-_ALL_FILE_TYPE_VALUES = frozenset(range(16))
+FILE_TYPES_ALL = frozenset(range(16))
 # OpenSelectors.container values: only opens by processes in containers / on the host.
 IN_CONTAINER = "container"
 ON_HOST = "host"
@@ -55,8 +55,8 @@ class OpenSelectors:
     def names(self) -> tuple[str, ...]:
         """The selectors in effect, by name (for logs and reasons)."""
         values = (("access", self.accmodes), ("file type", self.file_types), ("uid", self.uids),
-                  ("container", self.container))  # fmt: skip
-        return tuple(name for name, value in values if value is not None) + (("../ in the path",) if self.dotdot_accmodes else ())
+                  ("container", self.container), ("../ in the path", self.dotdot_accmodes or None))  # fmt: skip
+        return tuple(name for name, value in values if value is not None)
 
     def as_dict(self) -> dict[str, object]:
         """The selectors in effect, JSON-ready: access modes and inode types as sorted numbers."""
@@ -74,7 +74,7 @@ class OpenSelectors:
         file_types = _either(self.file_types, other.file_types)
         return OpenSelectors(
             accmodes=None if accmodes == ACCMODES_ALL else accmodes,
-            file_types=None if file_types == _ALL_FILE_TYPE_VALUES else file_types,
+            file_types=None if file_types == FILE_TYPES_ALL else file_types,
             uids=_either(self.uids, other.uids),
             container=self.container if self.container == other.container else None,
             dotdot_accmodes=self._dotdot_or_disallowed() & other._dotdot_or_disallowed() & (

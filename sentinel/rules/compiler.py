@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Callable, Iterable
 
+from sentinel.events.interest import ACCMODES_ALL, ACCMODES_READ, ACCMODES_WRITE, FILE_TYPES_ALL
 from sentinel.rules import ast
 from sentinel.rules.fields import TRANSFORMERS, FieldDef, lookup, transformed_type
 
@@ -840,14 +841,12 @@ class Narrowing:
 
 ANY_OPEN = Narrowing(any_path=True)
 _PATH_FIELDS = ("fd.name", "fs.path.name")
-_ACCMODES = {"evt.is_open_read": frozenset({0, 2, 3}), "evt.is_open_write": frozenset({1, 2, 3})}
+_ACCMODES = {"evt.is_open_read": ACCMODES_READ, "evt.is_open_write": ACCMODES_WRITE}
 # inode types (mode >> 12) by fd.typechar / fd.type: only those a path open can return
 _S_IFIFO, _S_IFDIR = 0o01, 0o04
-_ALL_FILE_TYPES = frozenset(range(16))
-_ALL_ACCMODES = frozenset(range(4))
 _FILE_TYPES = {
-    "f": _ALL_FILE_TYPES - {_S_IFIFO, _S_IFDIR, 0o14},  # regular, devices, anon inodes: sysdecode.fd_type "file"
-    "file": _ALL_FILE_TYPES - {_S_IFIFO, _S_IFDIR, 0o14},
+    "f": FILE_TYPES_ALL - {_S_IFIFO, _S_IFDIR, 0o14},  # regular, devices, anon inodes: sysdecode.fd_type "file"
+    "file": FILE_TYPES_ALL - {_S_IFIFO, _S_IFDIR, 0o14},
     "d": frozenset({_S_IFDIR}),
     "directory": frozenset({_S_IFDIR}),
     "p": frozenset({_S_IFIFO}),
@@ -993,7 +992,7 @@ def prefix_access_modes(paths: list[Narrowing]) -> dict[str, frozenset[int] | No
     kept: dict[str, frozenset[int] | None] = {}
     for prefix in sorted({p for part in paths for p in part.prefixes}):
         modes = _either([part.accmodes for part in paths if any(prefix.startswith(q) for q in part.prefixes)])
-        if modes is not None and modes >= _ALL_ACCMODES:
+        if modes is not None and modes >= ACCMODES_ALL:
             modes = None
         if not any(prefix.startswith(k) and (allowed is None or (modes is not None and modes <= allowed))
                    for k, allowed in kept.items()):
