@@ -13,10 +13,11 @@
 int snt_compat_enter(struct bpf_raw_tracepoint_args *ctx)
 {
 #if defined(__x86_64__) || defined(__TARGET_ARCH_x86)
-	/* every syscall of the host comes through here: a BTF load, no helper read, before the
-	 * rare compat case (CONFIG_THREAD_INFO_IN_TASK: thread_info is in task_struct) */
-	struct task_struct *task = (struct task_struct *)bpf_get_current_task_btf();
-	if (!(task->thread_info.status & SENTINEL_TS_COMPAT))
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	u32 status = 0;
+	/* CONFIG_THREAD_INFO_IN_TASK: thread_info is the first member of task_struct */
+	bpf_probe_read_kernel(&status, sizeof(status), &task->thread_info.status);
+	if (!(status & SENTINEL_TS_COMPAT))
 		return 0;
 	struct pt_regs *regs = (struct pt_regs *)ctx->args[0];
 	char *rec = sentinel_record();
