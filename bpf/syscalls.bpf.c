@@ -380,11 +380,11 @@ static __always_inline u32 sentinel_walk_prefix_match(struct sentinel_walk *w)
 	return accmodes ? *accmodes : 0;
 }
 
-/* Whether "../" may be in the path the caller passed to this open (argument `arg`, 1-based,
- * read from its registers): read into the trie key's scratch and scanned eight bytes at a
- * time, at a stride of six so that every three-byte run lies whole in one word. A path longer
- * than the scan, or one that cannot be read, counts as having it. No branch on the bytes:
- * the verifier walks the loop once whatever the path. */
+/* Whether "../" may be in `path`, the path a caller passed to an open: read into the trie
+ * key's scratch and scanned eight bytes at a time, at a stride of six so that every
+ * three-byte run lies whole in one word. A path longer than the scan, or one that cannot be
+ * read, counts as having it. No branch on the bytes: the verifier walks the loop once
+ * whatever the path. */
 #define SENTINEL_DOTDOT_SCAN_MAX 256
 #define SENTINEL_BYTES(b) (0x0101010101010101ULL * (b))
 static __always_inline u64 sentinel_bytes_equal(u64 word, u8 b)
@@ -395,18 +395,11 @@ static __always_inline u64 sentinel_bytes_equal(u64 word, u8 b)
 	return ~(((x & low) + low) | x | low);
 }
 
-static __always_inline int sentinel_open_has_dotdot(u32 arg)
+static __always_inline int sentinel_path_has_dotdot(u64 path)
 {
-#if defined(__x86_64__) || defined(__TARGET_ARCH_x86)
 	u32 zero = 0;
 	struct sentinel_prefix_scratch *buf = snt_prefix_buf.lookup(&zero);
-	if (!buf)
-		return 1;
-	struct pt_regs *regs = (struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf());
-	u64 at_reg = arg == 1 ? __builtin_offsetof(struct pt_regs, di)
-		   : arg == 2 ? __builtin_offsetof(struct pt_regs, si) : __builtin_offsetof(struct pt_regs, dx);
-	u64 path = 0;
-	if (arg < 1 || arg > 3 || bpf_probe_read_kernel(&path, sizeof(path), (char *)regs + at_reg) != 0)
+	if (!buf || !path)
 		return 1;
 	long len = bpf_probe_read_user_str(buf->data, SENTINEL_DOTDOT_SCAN_MAX + 1, (void *)path);
 	if (len <= 0 || len > SENTINEL_DOTDOT_SCAN_MAX)
@@ -427,9 +420,6 @@ static __always_inline int sentinel_open_has_dotdot(u32 arg)
 		found |= dots & (dots >> 8) & (sentinel_bytes_equal(word, '/') >> 16);
 	}
 	return found != 0;
-#else
-	return 1;
-#endif
 }
 
 /* The open filter's cheap part, before any path walk: the selectors (access mode, inode
@@ -765,8 +755,13 @@ int snt_sys_exit(struct sentinel_sys_exit_args *args)
 			int verdict = sentinel_open_selectors(cfg, file != 0, fcopy->f_flags, inode);
 			if (verdict == SENTINEL_OPEN_DROP)
 				return 0;
-			if (verdict == SENTINEL_OPEN_CHECK_DOTDOT)
-				verdict = sentinel_open_has_dotdot(desc->str_args[0]) ? SENTINEL_OPEN_PASS : SENTINEL_OPEN_CHECK_PATH;
+			if (verdict == SENTINEL_OPEN_CHECK_DOTDOT) {
+				/* the open family's arguments are read at exit: here, for the path only */
+				u64 path = 0;
+				if (desc->str_args[0] && (!args_at_exit || sentinel_args_from_regs(&saved) == 0))
+					path = saved.args[(desc->str_args[0] - 1) & 7];
+				verdict = sentinel_path_has_dotdot(path) ? SENTINEL_OPEN_PASS : SENTINEL_OPEN_CHECK_PATH;
+			}
 			open_filter = verdict == SENTINEL_OPEN_CHECK_PATH &&
 				      !(cfg->pass_created && (fmode & SENTINEL_FMODE_CREATED)) &&
 				      !(cfg->has_comms && sentinel_comm_listed());
