@@ -184,7 +184,7 @@ class RingBufferReader:
         self,
         rings: list[Ring],
         order_offset: int,
-        poll_ms: int = 10,
+        poll_ms: int,
         max_backlog_bytes: int = 64 << 20,
         doorbell: Ring | None = None,
         guard_ms: int = 250,
